@@ -1,0 +1,270 @@
+"""Run configuration: YAML files validated against dataclasses, with ``key=value`` overrides.
+
+The fixed sections (``train``, ``episodes``, ``eval``) are dataclasses; the open sections
+(``dataset``, ``backbone``, ``learner``) hold a ``name`` plus options that are checked against the
+signature of whatever that name builds, so a new learner brings its own options without any change
+here. Every unknown key fails with one line naming it and the closest valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from metakit.errors import MetakitError
+
+
+def _unknown_key(section: str, key: str, valid: Sequence[str]) -> MetakitError:
+    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    where = f"{section}." if section else ""
+    return MetakitError(
+        f"unknown config key {where}{key}.{hint} Valid keys{' in ' + section if section else ''}: "
+        f"{', '.join(sorted(valid))}."
+    )
+
+
+def call_with_options(fn: Callable[..., Any], options: dict[str, Any], what: str, *args: Any) -> Any:
+    """Call ``fn(*args, **options)`` after checking every option names one of ``fn``'s parameters.
+
+    Datasets, backbones and learners are configured through their own signatures this way; an
+    unknown option fails with one line naming it and the closest valid options.
+    """
+    params = list(inspect.signature(fn).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return fn(*args, **options)
+    valid = [p.name for p in params[len(args):] if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise MetakitError(f"unknown option {key!r} for {what}.{hint} Valid: {', '.join(valid) or 'none'}.")
+    try:
+        return fn(*args, **options)
+    except TypeError as exc:
+        raise MetakitError(f"bad options for {what}: {exc}.") from None
+
+
+@dataclass
+class TrainConfig:
+    """Meta-training loop settings."""
+
+    steps: int = 2000
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    step_size: int = 0
+    gamma: float = 0.5
+    grad_clip: float | None = None
+    val_every: int = 250
+    checkpoint_every: int = 0
+    patience: int | None = None
+    threads: int | None = None
+    tensorboard: bool = False
+    device: str = "cpu"
+
+
+@dataclass
+class EpisodeConfig:
+    """Meta-training episodes: N-way K-shot Q-query, ``meta_batch`` tasks per step."""
+
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    meta_batch: int = 4
+    augment: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    """Validation and test protocol: fixed episodes drawn from ``seed``."""
+
+    ways: list[int] = field(default_factory=lambda: [5])
+    shots: list[int] = field(default_factory=lambda: [1, 5])
+    queries: int = 15
+    episodes: int = 1000
+    val_episodes: int = 200
+    val_shots: int | None = None
+    seed: int = 1234
+
+
+@dataclass
+class DatasetConfig:
+    """Which dataset and how its classes are split; other keys go to the dataset's loader."""
+
+    name: str = "glyphs"
+    split: str = "group"
+    split_seed: int = 0
+    fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    rotations: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NamedConfig:
+    """A ``name`` plus options checked against what the name builds (backbone, learner)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    """A whole run: everything needed to reproduce it, saved as ``config.yaml`` in the run dir."""
+
+    name: str = "run"
+    seed: int = 0
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    backbone: NamedConfig = field(default_factory=lambda: NamedConfig(_DEFAULT_NAMES["backbone"]))
+    learner: NamedConfig = field(default_factory=lambda: NamedConfig(_DEFAULT_NAMES["learner"]))
+    episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data, with open sections flattened as they are written in YAML."""
+        out = asdict(self)
+        for section in ("dataset", "backbone", "learner"):
+            opts = out[section].pop("options")
+            out[section].update(opts)
+        return out
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+T = TypeVar("T")
+# An override such as backbone.hidden=32 without a name configures the default backbone.
+_DEFAULT_NAMES = {"backbone": "conv4", "learner": "protonet"}
+_OPEN = {DatasetConfig, NamedConfig}
+
+
+def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
+    name = f"{section}.{key}" if section else key
+    text = str(hint)
+    optional = "None" in text
+    if value is None:
+        if optional:
+            return None
+        raise MetakitError(f"config key {name} must not be empty.")
+    if "list" in text:
+        if not isinstance(value, list):
+            value = [value]
+        inner = float if "float" in text else int if "int" in text else None
+        if inner is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise MetakitError(f"config key {name} must be a list of numbers, got {value!r}.")
+        return [inner(v) for v in value] if inner else value
+    if text.startswith("bool") or hint is bool:
+        if not isinstance(value, bool):
+            raise MetakitError(f"config key {name} must be true or false, got {value!r}.")
+        return value
+    if hint is int or text.startswith("int"):
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise MetakitError(f"config key {name} must be an integer, got {value!r}.")
+        return int(value)
+    if hint is float or text.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MetakitError(f"config key {name} must be a number, got {value!r}.")
+        return float(value)
+    if hint is str or text.startswith("str"):
+        if not isinstance(value, str):
+            raise MetakitError(f"config key {name} must be a string, got {value!r}.")
+    return value
+
+
+def _build(cls: type[T], data: Any, section: str) -> T:
+    if isinstance(data, str) and cls in _OPEN:
+        data = {"name": data}
+    if not isinstance(data, dict):
+        raise MetakitError(f"config section {section or 'top level'} must be a mapping, got {data!r}.")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key)
+        if key == "options" or key not in fields:
+            if cls in _OPEN:
+                options.update(value if key == "options" and isinstance(value, dict) else {key: value})
+                continue
+            raise _unknown_key(section, key, list(fields))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, key)
+        else:
+            kwargs[key] = _coerce(section, key, value, hint)
+    if cls in _OPEN:
+        if "name" not in kwargs and cls is NamedConfig:
+            if section not in _DEFAULT_NAMES:
+                raise MetakitError(f"config section {section} needs a name.")
+            kwargs["name"] = _DEFAULT_NAMES[section]
+        kwargs["options"] = options
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["train.steps=100", "learner.inner_lr=0.1"]`` into a nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise MetakitError(f"override {item!r} must look like key=value, e.g. train.steps=100.")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MetakitError(f"override {item!r} sets a key inside a non-mapping.")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``extra`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Validate plain data (parsed YAML) into a :class:`Config`."""
+    return _build(Config, dict(data), "")
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config file (``None`` = all defaults), apply overrides and validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MetakitError(f"config file {path} not found; pass a YAML file such as configs/quickstart.yaml.")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise MetakitError(f"malformed YAML in {path}{where}; fix the syntax.") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise MetakitError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}.")
+        data = loaded
+    return config_from_dict(merge(data, parse_overrides(overrides)))

@@ -1,0 +1,147 @@
+"""Datasets: a registry of named sources of few-shot tasks.
+
+Each entry says where the data comes from, its license, how to load it and how to split it.
+Loaders are imported lazily (``"module:function"`` strings) so ``metakit --help`` stays fast and a
+dataset's optional dependencies are only needed when it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from metakit.datasets.base import ClassDataset, class_split, group_split, rotate_classes
+from metakit.config import call_with_options
+from metakit.errors import MetakitError, unknown_name
+
+__all__ = [
+    "ClassDataset",
+    "DatasetSpec",
+    "DATASETS",
+    "class_split",
+    "get_dataset",
+    "group_split",
+    "load_splits",
+    "register_dataset",
+    "rotate_classes",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to obtain one dataset.
+
+    Attributes:
+        name: registry name used in configs (``dataset.name``).
+        summary: one line for ``metakit datasets``.
+        source: where the files come from (URL, or "rendered locally").
+        license: the license stated by the source.
+        task_type: ``"classification"`` (a :class:`ClassDataset`) or ``"regression"`` (a task
+            distribution).
+        loader: ``"module:function"`` returning a :class:`ClassDataset` (classification) or a
+            task-distribution factory (regression); its keyword arguments are the dataset options.
+        status: ``"module:function"`` returning a one-line local status ("cached at ...").
+        splitter: optional ``"module:function"`` ``(dataset, split, seed, fractions) -> dict``
+            for dataset-specific named splits; ``group`` and ``class`` always work.
+        splits: the split names the dataset supports (shown in errors and ``metakit datasets``).
+    """
+
+    name: str
+    summary: str
+    source: str
+    license: str
+    task_type: str
+    loader: str
+    status: str
+    splitter: str | None = None
+    splits: tuple[str, ...] = ("group", "class")
+
+    def resolve(self, attr: str) -> Callable[..., Any]:
+        """Import and return the function named by ``attr`` (``loader``, ``status``, ``splitter``)."""
+        module, func = getattr(self, attr).split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add ``spec`` to the registry (later issues and users register their own datasets)."""
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """Return the spec registered as ``name`` or raise a one-line error with close names."""
+    if name not in DATASETS:
+        raise unknown_name("dataset", name, DATASETS)
+    return DATASETS[name]
+
+
+def load_splits(
+    name: str,
+    split: str = "group",
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    rotations: bool = False,
+    **options: Any,
+) -> dict[str, ClassDataset]:
+    """Load a classification dataset and split its classes into ``train``/``val``/``test``.
+
+    ``rotations`` adds each class rotated by 90/180/270 degrees as new classes *after* the split,
+    so a class and its rotations always fall in the same split.
+    """
+    spec = get_dataset(name)
+    if spec.task_type != "classification":
+        raise MetakitError(f"dataset {name!r} is a {spec.task_type} task distribution, not a class dataset.")
+    dataset = call_with_options(spec.resolve("loader"), options, f"dataset {name!r}")
+    if split == "group":
+        parts = group_split(dataset, fractions, seed)
+    elif split == "class":
+        parts = class_split(dataset, fractions, seed)
+    elif spec.splitter and split in spec.splits:
+        parts = spec.resolve("splitter")(dataset, split, seed, fractions)
+    else:
+        raise unknown_name(f"split for dataset {name!r}", split, spec.splits)
+    if rotations:
+        parts = {k: rotate_classes(v) for k, v in parts.items()}
+    return parts
+
+
+register_dataset(
+    DatasetSpec(
+        name="glyphs",
+        summary="Omniglot-like letters rendered from the fonts inside matplotlib; alphabets = Unicode blocks.",
+        source="rendered locally from matplotlib's DejaVu and STIX fonts (no download)",
+        license="fonts: Bitstream Vera / DejaVu license and SIL OFL 1.1 (STIX)",
+        task_type="classification",
+        loader="metakit.datasets.glyphs:load_glyphs",
+        status="metakit.datasets.glyphs:glyphs_status",
+    )
+)
+register_dataset(
+    DatasetSpec(
+        name="omniglot",
+        summary="Omniglot handwritten characters (Lake et al. 2015), 105x105 drawings by 20 people.",
+        source="https://github.com/brendenlake/omniglot (python/images_background.zip, images_evaluation.zip)",
+        license="MIT (Brenden Lake)",
+        task_type="classification",
+        loader="metakit.datasets.omniglot:load_omniglot",
+        status="metakit.datasets.omniglot:omniglot_status",
+        splitter="metakit.datasets.omniglot:omniglot_splits",
+        splits=("group", "class", "vinyals", "lake"),
+    )
+)
+register_dataset(
+    DatasetSpec(
+        name="sinusoid",
+        summary="Sinusoid regression tasks (Finn et al. 2017): amplitude U[0.1,5], phase U[0,pi], x U[-5,5].",
+        source="generated (no download)",
+        license="n/a",
+        task_type="regression",
+        loader="metakit.datasets.sinusoid:SinusoidTasks",
+        status="metakit.datasets.sinusoid:sinusoid_status",
+    )
+)

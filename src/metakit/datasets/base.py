@@ -1,0 +1,183 @@
+"""In-memory class datasets and their class-level / group-level splits.
+
+A :class:`ClassDataset` is Torchmeta's "ClassDataset": items indexed by class, with an optional
+group per class (Omniglot alphabets, Unicode blocks). Splits are made over classes (or over whole
+groups), never over items, so test classes are unseen in meta-training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from metakit.errors import MetakitError
+
+
+@dataclass
+class ClassDataset:
+    """Labelled images held in memory as one uint8 tensor.
+
+    Attributes:
+        name: dataset name (shown in reports and errors).
+        images: uint8 tensor ``[items, channels, height, width]``; for line drawings ink is high.
+        labels: int64 tensor ``[items]`` of class indices ``0..num_classes-1``.
+        class_names: one name per class.
+        class_groups: optional group name per class (alphabet, Unicode block, ...).
+    """
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    class_groups: list[str] | None = None
+    _index: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise MetakitError(
+                f"dataset {self.name!r}: images must be a uint8 tensor [items, C, H, W], "
+                f"got {self.images.dtype} with shape {tuple(self.images.shape)}."
+            )
+        if len(self.labels) != len(self.images):
+            raise MetakitError(
+                f"dataset {self.name!r}: {len(self.labels)} labels for {len(self.images)} images."
+            )
+        if self.class_groups is not None and len(self.class_groups) != len(self.class_names):
+            raise MetakitError(f"dataset {self.name!r}: one group per class is required.")
+        # The class index is built once: the sampler's hot path only slices it.
+        order = torch.argsort(self.labels, stable=True)
+        counts = torch.bincount(self.labels, minlength=self.num_classes).tolist()
+        self._index = list(torch.split(order, counts))
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one item."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def items_of(self, cls: int) -> torch.Tensor:
+        """Item indices of class ``cls``."""
+        return self._index[cls]
+
+    def class_sizes(self) -> list[int]:
+        """Number of items per class."""
+        return [len(ix) for ix in self._index]
+
+    @property
+    def groups(self) -> list[str]:
+        """Distinct group names in first-seen order (empty if the dataset has no groups)."""
+        return list(dict.fromkeys(self.class_groups or []))
+
+    def subset(self, classes: Sequence[int], name: str | None = None) -> ClassDataset:
+        """A dataset of the given classes only, relabelled ``0..len(classes)-1`` in that order."""
+        classes = list(classes)
+        items = torch.cat([self._index[c] for c in classes]) if classes else torch.zeros(0, dtype=torch.long)
+        new_labels = torch.cat(
+            [torch.full((len(self._index[c]),), i, dtype=torch.long) for i, c in enumerate(classes)]
+        ) if classes else torch.zeros(0, dtype=torch.long)
+        return ClassDataset(
+            name=name or self.name,
+            images=self.images[items],
+            labels=new_labels,
+            class_names=[self.class_names[c] for c in classes],
+            class_groups=[self.class_groups[c] for c in classes] if self.class_groups else None,
+        )
+
+    def describe(self) -> str:
+        """One line: classes, items, groups, image shape."""
+        g = f", {len(self.groups)} groups" if self.class_groups else ""
+        return (
+            f"{self.name}: {self.num_classes} classes, {len(self.images)} items{g}, "
+            f"images {'x'.join(map(str, self.image_shape))}"
+        )
+
+
+def _check_fractions(fractions: Sequence[float]) -> None:
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise MetakitError(
+            f"split fractions must be three non-negative numbers (train, val, test) summing to 1, "
+            f"got {list(fractions)}."
+        )
+
+
+def _counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    n_val = int(round(n * fractions[1]))
+    n_test = int(round(n * fractions[2]))
+    return n - n_val - n_test, n_val, n_test
+
+
+def class_split(
+    dataset: ClassDataset, fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 0
+) -> dict[str, ClassDataset]:
+    """Split classes at random (seeded) into train/val/test class sets."""
+    _check_fractions(fractions)
+    perm = np.random.default_rng(seed).permutation(dataset.num_classes).tolist()
+    n_tr, n_va, _ = _counts(dataset.num_classes, fractions)
+    parts = {"train": perm[:n_tr], "val": perm[n_tr : n_tr + n_va], "test": perm[n_tr + n_va :]}
+    return {k: dataset.subset(sorted(v), f"{dataset.name}/{k}") for k, v in parts.items()}
+
+
+def group_split(
+    dataset: ClassDataset,
+    fractions: Sequence[float] | None = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    groups: dict[str, Sequence[str]] | None = None,
+) -> dict[str, ClassDataset]:
+    """Split whole groups (alphabets, Unicode blocks) into train/val/test.
+
+    Either ``groups`` names the groups of each split explicitly (a published split), or the
+    groups are shuffled with ``seed`` and cut by ``fractions`` of the number of groups.
+    """
+    if not dataset.class_groups:
+        raise MetakitError(
+            f"dataset {dataset.name!r} has no groups; use split: class instead of split: group."
+        )
+    all_groups = dataset.groups
+    if groups is None:
+        _check_fractions(fractions or ())
+        perm = [all_groups[i] for i in np.random.default_rng(seed).permutation(len(all_groups))]
+        n_tr, n_va, _ = _counts(len(all_groups), fractions)  # type: ignore[arg-type]
+        groups = {"train": perm[:n_tr], "val": perm[n_tr : n_tr + n_va], "test": perm[n_tr + n_va :]}
+    unknown = sorted({g for gs in groups.values() for g in gs} - set(all_groups))
+    if unknown:
+        raise MetakitError(f"dataset {dataset.name!r} has no group(s) {unknown}.")
+    out = {}
+    for part, names in groups.items():
+        chosen = set(names)
+        classes = [c for c, g in enumerate(dataset.class_groups) if g in chosen]
+        out[part] = dataset.subset(classes, f"{dataset.name}/{part}")
+    return out
+
+
+def rotate_classes(dataset: ClassDataset, angles: Sequence[int] = (0, 90, 180, 270)) -> ClassDataset:
+    """Each rotation of each class becomes a new class (the Vinyals et al. Omniglot protocol).
+
+    Rotated copies keep their class's group, so group splits stay disjoint. Class ``c`` rotated by
+    ``angles[r]`` becomes class ``c * len(angles) + r``.
+    """
+    bad = [a for a in angles if a % 90]
+    if bad or not angles:
+        raise MetakitError(f"rotations must be multiples of 90 degrees, got {list(angles)}.")
+    n = dataset.num_classes
+    imgs, labels = [], []
+    for r, angle in enumerate(angles):
+        imgs.append(torch.rot90(dataset.images, k=angle // 90, dims=(2, 3)))
+        labels.append(dataset.labels * len(angles) + r)
+    order_names = [f"{dataset.class_names[c]}@{a}" for c in range(n) for a in angles]
+    order_groups = (
+        [dataset.class_groups[c] for c in range(n) for _ in angles] if dataset.class_groups else None
+    )
+    return ClassDataset(
+        name=dataset.name,
+        images=torch.cat(imgs),
+        labels=torch.cat(labels),
+        class_names=order_names,
+        class_groups=order_groups,
+    )

@@ -1,0 +1,42 @@
+"""Learners: one file a method, all behind :class:`~metakit.learners.base.Learner`.
+
+Register a learner with :func:`register_learner`; configs name it (``learner.name``) and its
+constructor's keyword arguments are its options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from metakit.config import call_with_options
+from metakit.errors import unknown_name
+from metakit.learners.base import Learner, NonFiniteLoss, Predictor, TaskInfo
+
+LEARNERS: dict[str, type[Learner]] = {}
+
+
+def register_learner(name: str) -> Callable[[type[Learner]], type[Learner]]:
+    """Class decorator adding a learner to the registry under ``name``."""
+
+    def wrap(cls: type[Learner]) -> type[Learner]:
+        LEARNERS[name] = cls
+        cls.registry_name = name  # type: ignore[attr-defined]
+        return cls
+
+    return wrap
+
+
+def build_learner(name: str, backbone: nn.Module, task: TaskInfo, **options: Any) -> Learner:
+    """Build learner ``name`` on ``backbone`` for ``task``, validating ``options``."""
+    if name not in LEARNERS:
+        raise unknown_name("learner", name, LEARNERS)
+    return call_with_options(LEARNERS[name], options, f"learner {name!r}", backbone, task)
+
+
+# Importing the modules registers the built-in learners.
+from metakit.learners import finetune, protonet  # noqa: E402,F401
+
+__all__ = ["LEARNERS", "Learner", "NonFiniteLoss", "Predictor", "TaskInfo", "build_learner", "register_learner"]

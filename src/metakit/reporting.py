@@ -1,0 +1,127 @@
+"""Plots and reports: what people would rather see than read.
+
+``learning_curve`` draws a run's metrics log; ``write_report`` renders ``report.md`` from the files
+in a run directory, so it can be rebuilt at any time; ``results_table`` is the console table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from metakit.runs import RunPaths, load_run_config, read_json
+from metakit.utils import atomic_path, write_text
+
+
+def _matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: reports are files
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curve(metrics_path: Path, out_png: Path, metric: str) -> None:
+    """Plot training loss, training ``metric`` and validation ``metric`` against steps."""
+    if not metrics_path.is_file():
+        return
+    records = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [r for r in records if r["split"] == "train"]
+    val = [r for r in records if r["split"] == "val"]
+    plt = _matplotlib()
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    ax_loss.set_xlabel("meta-training step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_yscale("log" if metric == "mse" else "linear")
+    ax_loss.legend()
+    ax_metric.plot([r["step"] for r in train], [r[metric] for r in train], label=f"train {metric}", alpha=0.6)
+    if val:
+        steps = [r["step"] for r in val]
+        means = [r[metric] for r in val]
+        cis = [r.get("ci95", 0.0) for r in val]
+        ax_metric.errorbar(steps, means, yerr=cis, marker="o", capsize=3, label=f"val {metric} (95% CI)")
+    ax_metric.set_xlabel("meta-training step")
+    ax_metric.set_ylabel(metric)
+    ax_metric.legend()
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def results_table(results: Sequence[dict[str, Any]], title: str = "evaluation") -> Table:
+    """A rich table of evaluation results (one row per ways x shots setting)."""
+    table = Table(title=title)
+    for col in ("setting", "metric", "mean ± 95% CI", "episodes", "median adapt (ms)"):
+        table.add_column(col, justify="right" if col != "setting" else "left")
+    for r in results:
+        table.add_row(
+            f"{r['ways']}-way {r['shots']}-shot" if r["metric"] == "accuracy" else f"{r['shots']}-shot",
+            r["metric"],
+            _fmt(r),
+            str(r["episodes"]),
+            f"{1000 * r['median_adapt_seconds']:.2f}",
+        )
+    return table
+
+
+def _fmt(r: dict[str, Any]) -> str:
+    if r["metric"] == "accuracy":
+        return f"{100 * r['mean']:.2f}% ± {100 * r['ci95']:.2f}"
+    return f"{r['mean']:.4f} ± {r['ci95']:.4f}"
+
+
+def write_report(run_dir: Path) -> Path:
+    """Render ``report.md`` from the run directory's config, training summary and evaluation."""
+    paths = RunPaths(Path(run_dir))
+    config = load_run_config(run_dir)
+    training = read_json(paths.summary)
+    evaluation = read_json(paths.evaluation)
+    d = config.dataset
+    lines = [
+        f"# metakit run `{config.name}`",
+        "",
+        f"- learner: **{config.learner.name}** {config.learner.options or ''}",
+        f"- backbone: {config.backbone.name} {config.backbone.options or ''}",
+        f"- dataset: {d.name} (split: {d.split}, rotations: {d.rotations}) {d.options or ''}",
+        f"- training episodes: {config.episodes.ways}-way {config.episodes.shots}-shot, "
+        f"{config.episodes.queries} queries/class, meta-batch {config.episodes.meta_batch}",
+        f"- seed: {config.seed}; resolved config: `config.yaml`",
+        "",
+    ]
+    if training:
+        metric = training["metric"]
+        best = training.get(f"best_val_{metric}")
+        lines += [
+            "## Meta-training",
+            "",
+            f"- steps: {training['steps']}{' (stopped early)' if training.get('stopped_early') else ''}; "
+            f"time: {training['train_seconds']:.1f} s on {training['device']} with {training['threads']} thread(s)"
+            f"{', ' + str(training['world_size']) + ' processes' if training.get('world_size', 1) > 1 else ''}",
+            f"- best validation {metric}: {best:.4f} at step {training['best_step']}" if best is not None else "- no validation yet",
+            f"- parameters: {training['parameters']:,}",
+            "",
+            "![learning curve](learning_curve.png)",
+            "",
+        ]
+    if evaluation:
+        lines += [
+            f"## Evaluation ({evaluation['split']} split, checkpoint `{evaluation['checkpoint']}`, episode seed {evaluation['episode_seed']})",
+            "",
+            "| setting | metric | mean ± 95% CI | episodes | median adaptation (ms) |",
+            "|---|---|---|---:|---:|",
+        ]
+        for r in evaluation["results"]:
+            lines.append(
+                f"| {r['ways']}-way {r['shots']}-shot, {r['queries']} queries | {r['metric']} | {_fmt(r)} "
+                f"| {r['episodes']} | {1000 * r['median_adapt_seconds']:.2f} |"
+            )
+        lines.append("")
+    write_text(paths.report, "\n".join(lines))
+    return paths.report

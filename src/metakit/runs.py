@@ -1,0 +1,105 @@
+"""The run directory: one folder per run holding everything needed to inspect or continue it.
+
+Layout::
+
+    RUN_DIR/
+      config.yaml            resolved config (re-run it to reproduce the run)
+      metrics.jsonl          one JSON record per log point (train and val)
+      checkpoints/last.pt    full training state, for --resume
+      checkpoints/best.pt    learner weights at the best validation score
+      training.json          training summary (steps, time, best validation)
+      evaluation.json        test results written by ``metakit evaluate``
+      learning_curve.png     train loss/metric and validation metric against steps
+      report.md              human-readable summary linking the plots
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from metakit.config import Config, config_from_dict
+from metakit.errors import MetakitError
+
+
+@dataclass
+class RunPaths:
+    """Paths of the files in a run directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        """Resolved config."""
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        """JSONL metrics log."""
+        return self.root / "metrics.jsonl"
+
+    @property
+    def last(self) -> Path:
+        """Full training state for resuming."""
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        """Weights at the best validation score."""
+        return self.root / "checkpoints" / "best.pt"
+
+    @property
+    def summary(self) -> Path:
+        """Training summary."""
+        return self.root / "training.json"
+
+    @property
+    def evaluation(self) -> Path:
+        """Test results."""
+        return self.root / "evaluation.json"
+
+    @property
+    def report(self) -> Path:
+        """Markdown report."""
+        return self.root / "report.md"
+
+    @property
+    def curve(self) -> Path:
+        """Learning-curve plot."""
+        return self.root / "learning_curve.png"
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """Read a run directory's resolved ``config.yaml``."""
+    path = RunPaths(Path(run_dir)).config
+    if not path.is_file():
+        raise MetakitError(f"{run_dir} is not a metakit run directory (no config.yaml); pass the --out of a train run.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise MetakitError(f"{path} is not valid YAML; restore it or re-run training.") from None
+    return config_from_dict(data)
+
+
+def load_weights(run_dir: str | Path, which: str = "best") -> dict[str, Any]:
+    """The learner ``state_dict`` of checkpoint ``which`` (``best`` or ``last``)."""
+    paths = RunPaths(Path(run_dir))
+    path = paths.best if which == "best" else paths.last
+    if which not in ("best", "last"):
+        raise MetakitError(f"checkpoint must be 'best' or 'last', got {which!r}.")
+    if not path.is_file():
+        raise MetakitError(f"{path} not found; train the run first (metakit train CONFIG --out {run_dir}).")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["learner"]
+    except Exception as exc:  # a truncated or foreign file: say so in one line
+        raise MetakitError(f"checkpoint {path} is corrupt or not a metakit checkpoint ({type(exc).__name__}); re-run training.") from None
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's content, or ``None`` if it does not exist."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

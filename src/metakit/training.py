@@ -1,0 +1,250 @@
+"""The meta-training loop.
+
+One loop for every learner: sample a meta-batch, ``learner.meta_step`` writes the meta-gradient,
+the optimiser steps. Validation runs every ``val_every`` steps on fixed episodes and keeps the best
+checkpoint; ``last.pt`` holds everything needed to continue exactly (weights, optimiser, schedule,
+episode-sampler and global RNG states), written atomically so a killed run resumes cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from metakit import distributed as dist
+from metakit.config import Config
+from metakit.episodes import FixedEpisodes, sample_batch
+from metakit.errors import MetakitError
+from metakit.evaluation import evaluate_learner
+from metakit.experiment import Experiment, build_experiment
+from metakit.runs import RunPaths, load_run_config
+from metakit.utils import rng_state, seed_everything, set_rng_state, set_threads, torch_save, write_text
+
+def _make_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.lr <= 0:
+        raise MetakitError(f"train.lr must be > 0, got {t.lr}.")
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.momentum > 0)
+    raise MetakitError(f"unknown train.optimizer {t.optimizer!r}; use adam, adamw or sgd.")
+
+
+def _make_schedule(cfg: Config, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    t = cfg.train
+    if t.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    if t.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.steps))
+    if t.schedule == "step":
+        step_size = t.step_size or max(1, t.steps // 4)
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=t.gamma)
+    raise MetakitError(f"unknown train.schedule {t.schedule!r}; use constant, cosine or step.")
+
+
+def _better(metric: str, new: float, old: float | None) -> bool:
+    if old is None or math.isnan(old):
+        return True
+    return new > old if metric == "accuracy" else new < old
+
+
+class Trainer:
+    """Meta-trains ``experiment.learner`` and writes the run directory.
+
+    Args:
+        experiment: built from the run's config.
+        run_dir: where config, metrics, checkpoints, report and plots go.
+        resume: continue from ``run_dir/checkpoints/last.pt`` if present.
+        progress: show a rich progress bar.
+    """
+
+    def __init__(self, experiment: Experiment, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+        self.exp = experiment
+        self.cfg = experiment.config
+        self.paths = RunPaths(Path(run_dir))
+        self.resume = resume
+        self.progress = progress
+        self.console = Console(stderr=True)
+        t = self.cfg.train
+        if t.steps < 1 or t.val_every < 1:
+            raise MetakitError(f"train.steps and train.val_every must be >= 1, got {t.steps} and {t.val_every}.")
+        self.checkpoint_every = t.checkpoint_every or t.val_every
+        self.device = torch.device("cuda" if t.device == "auto" and torch.cuda.is_available() else "cpu" if t.device == "auto" else t.device)
+
+    # -- run directory ------------------------------------------------------------------------
+
+    def _prepare_dir(self) -> dict[str, Any] | None:
+        """Create the run directory, or load the checkpoint to resume from."""
+        p = self.paths
+        if p.last.exists():
+            if not self.resume:
+                raise MetakitError(f"{p.root} already holds a run; pass --resume to continue it or choose another --out.")
+            saved = load_run_config(p.root).to_dict()
+            mine = self.cfg.to_dict()
+            saved["train"]["steps"] = mine["train"]["steps"]  # extending a run is allowed
+            if saved != mine:
+                raise MetakitError(f"the config differs from the one {p.root} was started with; resume with the same config.")
+            return torch.load(p.last, map_location="cpu", weights_only=False)
+        if dist.is_main():
+            p.root.mkdir(parents=True, exist_ok=True)
+            write_text(p.config, self.cfg.to_yaml())
+        return None
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not dist.is_main():
+            return
+        with open(self.paths.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("step", "split") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"{record['split']}/{key}", value, record["step"])
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop records after ``step`` so a resumed run's log has no duplicates."""
+        if not self.paths.metrics.exists() or not dist.is_main():
+            return
+        kept = [
+            line for line in self.paths.metrics.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
+        write_text(self.paths.metrics, "".join(line + "\n" for line in kept))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Meta-train, validate, checkpoint; returns the training summary (also ``training.json``)."""
+        cfg, learner = self.cfg, self.exp.learner
+        threads = set_threads(cfg.train.threads)
+        seed_everything(cfg.seed)
+        learner.to(self.device)
+        params = [p for p in learner.parameters() if p.requires_grad]
+        dist.broadcast_parameters(learner)
+        optimizer = _make_optimizer(cfg, params)
+        schedule = _make_schedule(cfg, optimizer)
+        # Each rank draws different tasks; rank 0 alone reproduces a single-process run's batches.
+        generator = torch.Generator().manual_seed(cfg.seed)
+        train_source = self.exp.train_source()
+        val_episodes = FixedEpisodes(self.exp.val_source(), cfg.eval.val_episodes, cfg.eval.seed + 1)
+        state = {"step": 0, "best": None, "best_step": 0, "bad_validations": 0, "train_seconds": 0.0}
+
+        checkpoint = self._prepare_dir()
+        if checkpoint is not None:
+            learner.load_state_dict(checkpoint["learner"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            schedule.load_state_dict(checkpoint["schedule"])
+            generator.set_state(checkpoint["generator"])
+            set_rng_state(checkpoint["rng"])
+            state = checkpoint["state"]
+            self._truncate_metrics(state["step"])
+        self.writer = self._tensorboard()
+
+        metric = learner.metric
+        total = cfg.train.steps
+        columns = (
+            TextColumn("[bold]meta-training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        )
+        show = self.progress and dist.is_main()
+        stopped_early = False
+        with Progress(*columns, console=self.console, disable=not show, transient=False) as bar:
+            task = bar.add_task("train", total=total, completed=state["step"], info="")
+            window: list[dict[str, float]] = []
+            t_start = time.perf_counter() - state["train_seconds"]
+            for step in range(state["step"] + 1, total + 1):
+                learner.train()
+                optimizer.zero_grad(set_to_none=True)
+                batch = sample_batch(train_source, cfg.episodes.meta_batch, generator).to(self.device)
+                stats = learner.meta_step(batch)
+                dist.average_gradients(params)
+                if cfg.train.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+                optimizer.step()
+                schedule.step()
+                window.append(stats)
+                state["step"] = step
+                state["train_seconds"] = time.perf_counter() - t_start
+                info = f"loss {stats['loss']:.3f} {metric} {stats[metric]:.3f}"
+                if step % max(1, cfg.train.val_every // 10) == 0 or step == total:
+                    mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                    self._log({"split": "train", "step": step, **mean, "lr": schedule.get_last_lr()[0], "seconds": round(state["train_seconds"], 3)})
+                    window = []
+                if step % cfg.train.val_every == 0 or step == total:
+                    result = evaluate_learner(learner, val_episodes, device=self.device)
+                    self._log({"split": "val", "step": step, metric: result.mean, "ci95": result.ci95})
+                    if _better(metric, result.mean, state["best"]):
+                        state.update(best=result.mean, best_step=step, bad_validations=0)
+                        if dist.is_main():
+                            torch_save({"step": step, "learner": learner.state_dict(), metric: result.mean}, self.paths.best)
+                    else:
+                        state["bad_validations"] += 1
+                    self.console.log(f"step {step}/{total}: val {metric} {result.mean:.4f} ± {result.ci95:.4f} (best {state['best']:.4f} at {state['best_step']})") if show else None
+                    stopped_early = cfg.train.patience is not None and state["bad_validations"] > cfg.train.patience
+                if step % self.checkpoint_every == 0 or step == total or stopped_early:
+                    state["train_seconds"] = time.perf_counter() - t_start
+                    self._save_last(learner, optimizer, schedule, generator, state)
+                bar.update(task, completed=step, info=info)
+                if stopped_early:
+                    break
+        if self.writer is not None:
+            self.writer.close()
+        summary = {
+            "steps": state["step"],
+            "stopped_early": stopped_early,
+            "best_step": state["best_step"],
+            f"best_val_{metric}": state["best"],
+            "metric": metric,
+            "train_seconds": round(state["train_seconds"], 2),
+            "threads": threads,
+            "device": str(self.device),
+            "world_size": dist.world_size(),
+            "parameters": sum(p.numel() for p in params),
+        }
+        if dist.is_main():
+            from metakit.reporting import learning_curve, write_report
+
+            from metakit.utils import write_json
+
+            write_json(self.paths.summary, summary)
+            learning_curve(self.paths.metrics, self.paths.curve, metric)
+            write_report(self.paths.root)
+        return summary
+
+    def _save_last(self, learner, optimizer, schedule, generator, state) -> None:  # noqa: ANN001
+        if not dist.is_main():
+            return
+        torch_save(
+            {
+                "learner": learner.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "generator": generator.get_state(),
+                "rng": rng_state(),
+                "state": dict(state),
+            },
+            self.paths.last,
+        )
+
+    def _tensorboard(self):  # noqa: ANN202
+        if not self.cfg.train.tensorboard or not dist.is_main():
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise MetakitError("train.tensorboard needs the tensorboard package: pip install 'metakit[tensorboard]'.") from None
+        return SummaryWriter(str(self.paths.root / "tensorboard"))
+
+
+def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Build the experiment for ``config`` and meta-train it into ``run_dir``."""
+    return Trainer(build_experiment(config), run_dir, resume=resume, progress=progress).fit()
