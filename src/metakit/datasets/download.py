@@ -12,12 +12,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from metakit.errors import MetakitError
 from metakit.utils import atomic_path, sha256_file
 
 TIMEOUT_S = 60
+console = Console(stderr=True)
 
 
 def verify(path: Path, sha256: str | None, *, what: str) -> None:
@@ -64,7 +66,7 @@ def _download(url: str, target: Path, what: str) -> None:
     with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp, open(target, "wb") as out:
         total = int(resp.headers.get("Content-Length") or 0) or None
         columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn())
-        with Progress(*columns, transient=True) as progress:
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task(f"downloading {what}", total=total)
             while chunk := resp.read(1 << 16):
                 out.write(chunk)

@@ -45,7 +45,7 @@ from metakit.datasets.base import ClassDataset
 from metakit.errors import MetakitError
 from metakit.utils import atomic_path, cache_dir, write_json
 
-__all__ = ["FONT_FILES", "load_glyphs", "glyphs_status"]
+__all__ = ["FONT_FILES", "block_of", "glyphs_status", "load_glyphs"]
 
 #: Font files (inside ``matplotlib/mpl-data/fonts/ttf``) that the glyphs are rendered from. Left
 #: out on purpose: ``LastResortHE`` (one placeholder per block), the ``cm*10`` fonts (TeX
@@ -237,11 +237,8 @@ def _bitmap(font: Any, cp: int) -> np.ndarray:
     return np.frombuffer(bytes(mask), np.uint8).reshape(height, width)
 
 
-def _scan_fonts() -> dict[int, list[int]]:
-    """Find, for every letter, which of :data:`FONT_FILES` have a real glyph for it.
-
-    Returns ``{code point: [indices into FONT_FILES]}`` for letters with at least one real glyph.
-    """
+def _charmaps() -> list[dict[int, int]]:
+    """Each font's character map (code point -> glyph index), in FONT_FILES order."""
     from matplotlib.ft2font import FT2Font
 
     font_dir = _font_dir()
@@ -251,8 +248,19 @@ def _scan_fonts() -> dict[int, list[int]]:
             f"glyphs: font file(s) {missing} are missing from {font_dir}; reinstall matplotlib "
             "(pip install --force-reinstall matplotlib)."
         )
+    return [FT2Font(str(font_dir / n)).get_charmap() for n in FONT_FILES]
+
+
+def _scan_fonts() -> dict[int, list[int]]:
+    """Find, for every letter, which of :data:`FONT_FILES` have a real glyph for it.
+
+    A glyph is real if the font maps the code point to a glyph other than ``.notdef`` (index 0)
+    and the rendered bitmap is neither empty nor identical to the font's missing-glyph bitmap.
+
+    Returns ``{code point: [indices into FONT_FILES]}`` for letters with at least one real glyph.
+    """
     coverage: dict[int, list[int]] = {}
-    charmaps = [FT2Font(str(font_dir / n)).get_charmap() for n in FONT_FILES]
+    charmaps = _charmaps()
     with _progress("scanning font glyphs", sum(len(c) for c in charmaps)) as advance:
         for index, (name, charmap) in enumerate(zip(FONT_FILES, charmaps)):
             font = _load_font(name, _SCAN_SIZE)
@@ -305,6 +313,8 @@ def _select(
     for cp in sorted(coverage):
         fonts = coverage[cp]
         block = block_of(cp)
+        # The block table covers every letter these fonts map; an unknown block can only come
+        # from a newer font set, and such letters are left out rather than grouped wrongly.
         if len(fonts) >= min_fonts and block is not None:
             by_block.setdefault(block, []).append((cp, block, fonts))
     return [c for chars in by_block.values() if len(chars) >= min_letters for c in chars]
@@ -315,6 +325,8 @@ def _source(font: Any, cp: int, out_px: int) -> tuple[np.ndarray, float]:
     bitmap = _bitmap(font, cp)
     rows = np.flatnonzero(bitmap.any(axis=1))
     cols = np.flatnonzero(bitmap.any(axis=0))
+    if not len(rows):
+        raise ValueError(f"{font.getname()} has no glyph for U+{cp:04X}; pass only fonts the scan found")
     crop = bitmap[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     scale = min(_FILL * out_px / max(crop.shape), _MAX_UPSCALE)
     return crop, scale
