@@ -7,9 +7,12 @@ trainer calls them unconditionally.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 import torch.distributed as tdist
+
+from metakit.episodes import Episode
 
 
 def is_initialized() -> bool:
@@ -42,6 +45,22 @@ def init_from_env() -> bool:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     tdist.init_process_group(backend=backend)
     return True
+
+
+def shard(batch: Episode) -> Episode:
+    """This rank's tasks of a meta-batch (every ``world_size``-th task, starting at ``rank``)."""
+    n = world_size()
+    if n == 1:
+        return batch
+    r = rank()
+    return replace(
+        batch,
+        support_x=batch.support_x[r::n],
+        support_y=batch.support_y[r::n],
+        query_x=batch.query_x[r::n],
+        query_y=batch.query_y[r::n],
+        classes=None if batch.classes is None else batch.classes[r::n],
+    )
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:

@@ -89,7 +89,9 @@ def build_experiment(config: Config) -> Experiment:
             d.name, split=d.split, seed=d.split_seed, fractions=tuple(d.fractions), rotations=d.rotations, **d.options
         )
         train = splits["train"]
-        task = TaskInfo("classification", train.image_shape, e.ways, num_classes=train.num_classes)
+        task = TaskInfo(
+            "classification", train.image_shape, e.ways, num_classes=train.num_classes, max_ways=max(e.ways, *ev.ways)
+        )
     else:
         regression_options = dict(d.options)
         probe = call_with_options(

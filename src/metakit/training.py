@@ -132,8 +132,14 @@ class Trainer:
         dist.broadcast_parameters(learner)
         optimizer = _make_optimizer(cfg, params)
         schedule = _make_schedule(cfg, optimizer)
-        # Each rank draws different tasks; rank 0 alone reproduces a single-process run's batches.
+        # Every rank draws the same meta-batch and keeps its own shard of the tasks, so N processes
+        # compute the same meta-gradient as one process with the whole meta-batch.
         generator = torch.Generator().manual_seed(cfg.seed)
+        if cfg.episodes.meta_batch % dist.world_size():
+            raise MetakitError(
+                f"episodes.meta_batch={cfg.episodes.meta_batch} does not split evenly over {dist.world_size()} "
+                f"processes; use a multiple of the process count."
+            )
         train_source = self.exp.train_source()
         val_episodes = FixedEpisodes(self.exp.val_source(), cfg.eval.val_episodes, cfg.eval.seed + 1)
         state = {"step": 0, "best": None, "best_step": 0, "bad_validations": 0, "train_seconds": 0.0}
@@ -164,7 +170,7 @@ class Trainer:
             for step in range(state["step"] + 1, total + 1):
                 learner.train()
                 optimizer.zero_grad(set_to_none=True)
-                batch = sample_batch(train_source, cfg.episodes.meta_batch, generator).to(self.device)
+                batch = dist.shard(sample_batch(train_source, cfg.episodes.meta_batch, generator)).to(self.device)
                 stats = learner.meta_step(batch)
                 dist.average_gradients(params)
                 if cfg.train.grad_clip:

@@ -32,6 +32,7 @@ import time
 import unicodedata
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,7 +128,7 @@ _DEFAULTS: dict[str, int] = {
     "min_letters": 20,
 }
 # Measured first build at the defaults (scan + render) on a 2-core CPU; shown by glyphs_status.
-_FIRST_BUILD_SECONDS = 15
+_FIRST_BUILD_SECONDS = 25
 
 # The scan renders at this pixel size: large enough that a real glyph is never an empty bitmap,
 # small enough that scanning every letter of every font takes about a second.
@@ -161,7 +162,11 @@ def _font_dir() -> Path:
 
 
 def _versions() -> dict[str, str]:
-    """Library versions that can change the scan or the bitmaps (FreeType comes with Pillow)."""
+    """Library versions that can change the scan or the bitmaps.
+
+    FreeType comes with Pillow; torch's resampling and numpy's random streams decide the jitter, so
+    an upgrade of either re-renders rather than mixing bits from two versions.
+    """
     import matplotlib
     import PIL
 
@@ -185,7 +190,10 @@ def _scan_path() -> Path:
 
 
 def _dataset_path(image_size: int, drawers: int, seed: int, min_fonts: int, min_letters: int) -> Path:
-    params = dict(image_size=image_size, drawers=drawers, seed=seed, min_fonts=min_fonts, min_letters=min_letters)
+    params = {
+        "image_size": image_size, "drawers": drawers, "seed": seed,
+        "min_fonts": min_fonts, "min_letters": min_letters,
+    }
     # Readable parameters for people browsing the cache; the hash covers versions and constants.
     name = f"glyphs-{image_size}px-{drawers}d-seed{seed}-f{min_fonts}-l{min_letters}"
     return cache_dir("glyphs") / f"{name}-{_key_hash(params)}.npz"
@@ -458,7 +466,8 @@ def _render(
     try:
         with _progress("rendering glyphs", len(chars)) as advance:
             for c, (cp, font_ids) in enumerate(chars):
-                images[c * drawers : (c + 1) * drawers] = _render_char(cp, font_ids, image_size, drawers, seed, fonts)
+                drawn = _render_char(cp, font_ids, image_size, drawers, seed, fonts)
+                images[c * drawers : (c + 1) * drawers] = drawn
                 advance(1)
     finally:
         torch.set_num_threads(threads)
@@ -483,18 +492,31 @@ def _validate(image_size: Any, drawers: Any, seed: Any, min_fonts: Any, min_lett
     )
 
 
-def _read_cache(path: Path) -> ClassDataset:
+# Everything a damaged cache file can raise while being read; any of them means "render again".
+_CACHE_ERRORS = (
+    OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error, MetakitError,
+)
+
+
+def _read_cache(path: Path, image_size: int) -> ClassDataset:
     with np.load(path, allow_pickle=False) as data:
         images = torch.from_numpy(np.ascontiguousarray(data["images"]))
         labels = torch.from_numpy(data["labels"].astype(np.int64))
         names = data["class_names"].tolist()
         groups = data["class_groups"].tolist()
-    if len(names) != len(groups) or images.dim() != 4 or len(labels) != len(images):
-        raise ValueError("inconsistent arrays")
+    if (
+        len(names) != len(groups)
+        or tuple(images.shape[1:]) != (1, image_size, image_size)
+        or len(labels) != len(images)
+        or (len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(names))
+    ):
+        raise ValueError(f"inconsistent arrays in {path}")
     return ClassDataset(name="glyphs", images=images, labels=labels, class_names=names, class_groups=groups)
 
 
-def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray, names: list[str], groups: list[str]) -> None:
+def _write_cache(
+    path: Path, images: np.ndarray, labels: np.ndarray, names: list[str], groups: list[str]
+) -> None:
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             # A file object, not a name: np.savez would otherwise append ".npz" to the temp name.
@@ -529,13 +551,15 @@ def load_glyphs(
     Raises:
         MetakitError: an argument is out of range, or no block is left after filtering.
     """
-    image_size, drawers, seed, min_fonts, min_letters = _validate(image_size, drawers, seed, min_fonts, min_letters)
+    image_size, drawers, seed, min_fonts, min_letters = _validate(
+        image_size, drawers, seed, min_fonts, min_letters
+    )
     path = _dataset_path(image_size, drawers, seed, min_fonts, min_letters)
     if path.exists():
         try:
-            return _read_cache(path)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, MetakitError):
-            pass  # corrupt or truncated by hand (writes are atomic): render it again below
+            return _read_cache(path, image_size)
+        except _CACHE_ERRORS:
+            pass  # damaged after it was written (writes are atomic): render it again below
     chars = _select(_coverage(), min_fonts, min_letters)
     if not chars:
         raise MetakitError(
@@ -564,7 +588,7 @@ def glyphs_status() -> str:
             with np.load(path, allow_pickle=False) as data:
                 n_classes = len(data["class_names"])
             return f"rendered locally; cached at {path} ({n_classes} classes)"
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        except _CACHE_ERRORS:
             return f"cache at {path} is unreadable; first use re-renders it (~{_FIRST_BUILD_SECONDS}s)"
     return f"not rendered yet; first use renders it (~{_FIRST_BUILD_SECONDS}s) into {path}"
 

@@ -35,6 +35,8 @@ class TaskInfo:
         ways: classes per training episode (1 for regression).
         num_classes: classes in the training split (for learners that pretrain a global classifier).
         output_dim: regression output size.
+        max_ways: the most classes any episode (training or evaluation) will have; learners with
+            a fixed-size classification head size it by this.
     """
 
     task_type: str
@@ -42,6 +44,7 @@ class TaskInfo:
     ways: int
     num_classes: int | None = None
     output_dim: int = 1
+    max_ways: int | None = None
 
 
 class NonFiniteLoss(MetakitError):

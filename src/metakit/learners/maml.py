@@ -1,0 +1,39 @@
+"""MAML (Finn, Abbeel & Levine, ICML 2017) and first-order MAML.
+
+Learn an initialisation from which a few gradient steps on a task's support set give a good model
+for that task's query set. The meta-gradient differentiates through the inner steps (second
+order); first-order MAML drops those second derivatives and uses the query gradient at the adapted
+parameters. All the machinery is in :mod:`metakit.learners.gradient`: this file only names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from metakit.learners import register_learner
+from metakit.learners.base import TaskInfo
+from metakit.learners.gradient import GradientLearner
+
+
+@register_learner("maml")
+class MAML(GradientLearner):
+    """Model-Agnostic Meta-Learning; ``first_order=True`` gives first-order MAML."""
+
+
+@register_learner("fomaml")
+class FOMAML(GradientLearner):
+    """First-order MAML: the same inner loop, no second-order terms in the meta-gradient."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task: TaskInfo,
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        eval_inner_steps: int | None = None,
+        adapt: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(backbone, task, inner_lr, inner_steps, eval_inner_steps, adapt=adapt)
+        self.first_order = True
