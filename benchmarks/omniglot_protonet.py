@@ -5,7 +5,7 @@ evaluates 5-way and 20-way 1-shot on 1000 fixed test episodes of the 5 held-out 
 prints a table beside the published ProtoNet figures (which use the Vinyals character split with
 rotations, an easier protocol than held-out alphabets).
 
-    python benchmarks/omniglot_protonet.py --threads 2 --steps 5000
+    python benchmarks/omniglot_protonet.py --threads 2 --steps 2000
 
 The data is read from ``--root`` (default ``../shared/data/omniglot/images_background.zip``), or
 downloaded when ``--root ''``.
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "omniglot-protonet.yaml"))
     parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "omniglot" / "images_background.zip"))
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--out", default=str(REPO / "runs" / f"bench-omniglot-protonet-{time.strftime('%Y%m%d-%H%M%S')}"))

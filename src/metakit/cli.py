@@ -30,7 +30,7 @@ QUICKSTART: dict[str, Any] = {
     "learner": {"name": "protonet"},
     "episodes": {"ways": 20, "shots": 1, "queries": 5, "meta_batch": 1},
     "eval": {"ways": [5], "shots": [1, 5], "queries": 15, "episodes": 1000, "val_episodes": 100},
-    "train": {"steps": 1500, "lr": 0.001, "schedule": "cosine", "val_every": 250},
+    "train": {"steps": 1200, "lr": 0.001, "schedule": "cosine", "val_every": 300},
 }
 
 
@@ -81,10 +81,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from metakit.training import train
 
     config = load_config(args.config, args.overrides)
-    dist.init_from_env()
+    if dist.init_from_env() and not args.out:
+        raise MetakitError("multi-process training needs an explicit --out DIR shared by every process.")
     out = Path(args.out) if args.out else _default_out(config.name)
-    summary = train(config, out, resume=args.resume, progress=not args.no_progress)
-    if not dist.is_main():
+    is_main = dist.is_main()
+    try:
+        summary = train(config, out, resume=args.resume, progress=not args.no_progress)
+    finally:
+        dist.shutdown()
+    if not is_main:
         return 0
     metric = summary["metric"]
     best = summary[f"best_val_{metric}"]

@@ -47,6 +47,13 @@ def init_from_env() -> bool:
     return True
 
 
+def shutdown() -> None:
+    """Leave the process group, if any (after training)."""
+    if is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
 def shard(batch: Episode) -> Episode:
     """This rank's tasks of a meta-batch (every ``world_size``-th task, starting at ``rank``)."""
     n = world_size()

@@ -194,7 +194,7 @@ class Trainer:
                             torch_save({"step": step, "learner": learner.state_dict(), metric: result.mean}, self.paths.best)
                     else:
                         state["bad_validations"] += 1
-                    self.console.log(f"step {step}/{total}: val {metric} {result.mean:.4f} ± {result.ci95:.4f} (best {state['best']:.4f} at {state['best_step']})") if show else None
+                    self.console.print(f"step {step}/{total}: val {metric} {result.mean:.4f} ± {result.ci95:.4f} (best {state['best']:.4f} at {state['best_step']})") if show else None
                     stopped_early = cfg.train.patience is not None and state["bad_validations"] > cfg.train.patience
                 if step % self.checkpoint_every == 0 or step == total or stopped_early:
                     state["train_seconds"] = time.perf_counter() - t_start
