@@ -118,6 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         split=args.split,
         progress=not args.no_progress,
+        overrides=args.overrides,
     )
     _print_evaluation(result)
     _write_json_option(args.json, result)
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a trained run on fixed test episodes (mean ± 95%% CI)",
                        description=cmd_evaluate.__doc__)
     p.add_argument("run_dir", help="a run directory written by metakit train")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="evaluation-time overrides of the run's config, e.g. learner.eval_inner_steps=10")
     p.add_argument("--episodes", type=int, help="number of fixed test episodes (default: config eval.episodes, 1000)")
     p.add_argument("--ways", type=int, nargs="+", help="ways to evaluate (default: config eval.ways)")
     p.add_argument("--shots", type=int, nargs="+", help="shots to evaluate (default: config eval.shots)")

@@ -18,6 +18,7 @@ import torch
 from rich.progress import Progress
 
 from metakit.episodes import Episode, FixedEpisodes
+from metakit.errors import MetakitError
 from metakit.learners import Learner
 
 
@@ -105,12 +106,16 @@ def evaluate_run(
     checkpoint: str = "best",
     split: str = "test",
     progress: bool = True,
+    overrides: Sequence[str] = (),
+    write: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a trained run on fixed ``split`` episodes for every ways x shots setting.
 
     Defaults come from the run's config (``eval`` section). The episodes depend only on the
     dataset split and ``eval.seed``, so every learner evaluated with the same config sees the same
-    episodes. Results go to ``RUN_DIR/evaluation.json`` and the report.
+    episodes. ``overrides`` change evaluation-time settings of the saved config, e.g.
+    ``learner.eval_inner_steps=10``. Results go to ``RUN_DIR/evaluation.json`` and the report
+    (unless ``write`` is false).
     """
     from pathlib import Path
 
@@ -120,6 +125,10 @@ def evaluate_run(
 
     paths = RunPaths(Path(run_dir))
     config = load_run_config(run_dir)
+    if overrides:
+        from metakit.config import config_from_dict, merge, parse_overrides
+
+        config = config_from_dict(merge(config.to_dict(), parse_overrides(overrides)))
     ev = config.eval
     ways = list(ways or ev.ways)
     shots = list(shots or ev.shots)
@@ -127,7 +136,12 @@ def evaluate_run(
     episodes = episodes or ev.episodes
     threads = set_threads(config.train.threads)
     exp = build_experiment(config)
-    exp.learner.load_state_dict(load_weights(run_dir, checkpoint))
+    try:
+        exp.learner.load_state_dict(load_weights(run_dir, checkpoint))
+    except RuntimeError:
+        raise MetakitError(
+            f"the weights in {run_dir} do not fit the model the config builds; only override evaluation settings."
+        ) from None
     results = []
     with Progress(transient=True, disable=not progress) as bar:
         for n in ways:
@@ -145,10 +159,12 @@ def evaluate_run(
         "episode_seed": ev.seed,
         "threads": threads,
         "meta_training_seconds": training.get("train_seconds"),
+        "overrides": list(overrides),
         "results": [r.to_dict() for r in results],
     }
-    write_json(paths.evaluation, out)
-    from metakit.reporting import write_report
+    if write:
+        from metakit.reporting import write_report
 
-    write_report(paths.root)
+        write_json(paths.evaluation, out)
+        write_report(paths.root)
     return out
