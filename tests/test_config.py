@@ -22,7 +22,7 @@ def test_defaults_and_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("data", "needle"),
     [
-        ({"trian": {}}, r"unknown config key trian\. Did you mean train\?"),
+        ({"trian": {}}, r"unknown config key trian\. Did you mean train"),
         ({"train": {"step": 5}}, r"unknown config key train\.step\. Did you mean steps"),
         ({"eval": {"episode": 5}}, r"Did you mean episodes"),
         ({"train": {"steps": "many"}}, r"train\.steps must be an integer"),

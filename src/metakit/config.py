@@ -98,6 +98,21 @@ class EvalConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Optional self-supervised pretraining of the backbone before meta-training.
+
+    ``objective`` is ``None`` (off), ``"rotation"`` or ``"simclr"``; it runs on the training
+    split's images without their labels.
+    """
+
+    objective: str | None = None
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-3
+    temperature: float = 0.5
+
+
+@dataclass
 class DatasetConfig:
     """Which dataset and how its classes are split; other keys go to the dataset's loader."""
 
@@ -129,6 +144,7 @@ class Config:
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data, with open sections flattened as they are written in YAML."""

@@ -7,6 +7,7 @@ Layout::
       metrics.jsonl          one JSON record per log point (train and val)
       checkpoints/last.pt    full training state, for --resume
       checkpoints/best.pt    learner weights at the best validation score
+      pretraining.json       self-supervised pretraining log (when pretrain.objective is set)
       training.json          training summary (steps, time, best validation)
       evaluation.json        test results written by ``metakit evaluate``
       learning_curve.png     train loss/metric and validation metric against steps

@@ -145,6 +145,12 @@ class Trainer:
         state = {"step": 0, "best": None, "best_step": 0, "bad_validations": 0, "train_seconds": 0.0}
 
         checkpoint = self._prepare_dir()
+        if checkpoint is None and cfg.pretrain.objective:
+            from metakit.pretraining import pretrain
+
+            # Self-supervised pretraining shapes the backbone before the meta-learner sees labels.
+            pretrain(self.exp, self.paths.root, progress=self.progress and dist.is_main())
+            self._save_last(learner, optimizer, schedule, generator, state)  # a resume skips pretraining
         if checkpoint is not None:
             learner.load_state_dict(checkpoint["learner"])
             optimizer.load_state_dict(checkpoint["optimizer"])
