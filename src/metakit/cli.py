@@ -148,6 +148,89 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train (configs) or reuse (run directories) several learners and evaluate them on the same episodes."""
+    from metakit.compare import compare
+
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = compare(args.items, out, shots=args.shots, episodes=args.episodes, overrides=args.set, progress=not args.no_progress)
+    from metakit.compare import compare_markdown
+
+    console.print(compare_markdown(report))
+    _write_json_option(args.json, report)
+    console.print(f"table, plots and JSON in {out}")
+    return 0
+
+
+def cmd_cross_domain(args: argparse.Namespace) -> int:
+    """Evaluate runs on other datasets' test splits: the cross-domain matrix."""
+    from metakit.compare import cross_domain
+
+    out = Path(args.out) if args.out else Path("runs") / f"cross-domain-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = cross_domain(args.runs, args.datasets, out, ways=args.ways, shots=args.shots, episodes=args.episodes,
+                          progress=not args.no_progress)
+    console.print((out / "cross_domain.md").read_text())
+    _write_json_option(args.json, report)
+    return 0
+
+
+def cmd_continual(args: argparse.Namespace) -> int:
+    """Task-incremental evaluation: accuracy matrix, average accuracy, backward transfer, forgetting."""
+    from metakit.continual import continual, continual_markdown
+
+    report = continual(args.run_dir, tasks=args.tasks, sequences=args.sequences, steps=args.steps, ways=args.ways,
+                       shots=args.shots, out=args.out, progress=not args.no_progress)
+    console.print(continual_markdown([report]))
+    _write_json_option(args.json, report)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Re-run a published table row with its protocol and print ours beside the paper's number."""
+    from metakit.config import load_config
+    from metakit.evaluation import evaluate_run
+    from metakit.reproduce import ROWS, config_path
+    from metakit.training import train
+
+    if args.list or not args.name:
+        table = Table(title="metakit reproduce --list")
+        table.add_column("name", no_wrap=True)
+        for col in ("paper", "published", "expected time (2 CPU cores)"):
+            table.add_column(col, overflow="fold")
+        for row in ROWS.values():
+            pub = f"{row.published}" + (f" ± {row.published_ci}" if row.published_ci else "")
+            table.add_row(row.name, row.paper, pub, f"~{row.minutes_2cpu:.0f} min")
+        console.print(table)
+        return 0
+    if args.name not in ROWS:
+        from metakit.errors import unknown_name
+
+        raise unknown_name("reproduction", args.name, ROWS)
+    row = ROWS[args.name]
+    overrides = row.train_overrides() + list(args.overrides)
+    if args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    config = load_config(config_path(row), overrides)
+    out = Path(args.out) if args.out else _default_out(row.name)
+    train(config, out, resume=args.resume, progress=not args.no_progress)
+    result = evaluate_run(str(out), episodes=args.episodes, progress=not args.no_progress, overrides=list(row.eval_overrides))
+    r = result["results"][0]
+    scale = 100 if row.metric == "accuracy" else 1
+    ours = f"{scale * r['mean']:.2f} ± {scale * r['ci95']:.2f}"
+    paper = f"{row.published}" + (f" ± {row.published_ci}" if row.published_ci else "")
+    table = Table(title=f"{row.name}: {row.paper}")
+    for col in ("setting", "metakit", "paper", "meta-training", "episodes"):
+        table.add_column(col)
+    table.add_row(f"{row.ways}-way {row.shots}-shot" if row.metric == "accuracy" else f"K={row.shots}", ours, paper,
+                  f"{result['meta_training_seconds'] / 60:.1f} min, {config.train.steps} steps", str(r["episodes"]))
+    console.print(table)
+    if row.note:
+        console.print(row.note)
+    _write_json_option(args.json, {"row": row.name, "paper": row.paper, "published": row.published,
+                                   "published_ci": row.published_ci, **result})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(prog="metakit", description="Meta-learning: train, evaluate and compare few-shot learners.")
@@ -188,6 +271,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="class split to evaluate on (default test)")
     common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="several learners on the same fixed test episodes: one table + plots",
+                       description=cmd_compare.__doc__)
+    p.add_argument("items", nargs="+", metavar="CONFIG_OR_RUN", help="YAML configs (trained first) or run directories")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 20], help="shots to evaluate (default 1 5 10 20)")
+    p.add_argument("--episodes", type=int, help="fixed test episodes per setting (default: first run's eval.episodes)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the configs that get trained")
+    p.add_argument("--out", metavar="DIR", help="where runs, table and plots go (default runs/compare-TIMESTAMP)")
+    common(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("cross-domain", help="evaluate runs on other datasets: the cross-domain matrix",
+                       description=cmd_cross_domain.__doc__)
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--datasets", nargs="+", required=True, metavar="NAME[:key=value,...]",
+                   help="test datasets, e.g. glyphs omniglot:root=path/images_background.zip")
+    p.add_argument("--ways", type=int, help="ways (default: each run's first eval ways)")
+    p.add_argument("--shots", type=int, help="shots (default: each run's first eval shots)")
+    p.add_argument("--episodes", type=int, help="fixed test episodes per cell (default: eval.episodes)")
+    p.add_argument("--out", metavar="DIR", help="where the matrix goes (default runs/cross-domain-TIMESTAMP)")
+    common(p)
+    p.set_defaults(func=cmd_cross_domain)
+
+    p = sub.add_parser("continual", help="task-incremental evaluation: accuracy matrix, ACC, BWT, forgetting",
+                       description=cmd_continual.__doc__)
+    p.add_argument("run_dir", help="a run directory")
+    p.add_argument("--tasks", type=int, default=5, help="tasks per sequence (default 5)")
+    p.add_argument("--sequences", type=int, default=20, help="sequences to average over (default 20)")
+    p.add_argument("--steps", type=int, help="adaptation steps per task (default: the learner's own)")
+    p.add_argument("--ways", type=int, help="ways (default: first eval ways)")
+    p.add_argument("--shots", type=int, help="shots (default: first eval shots)")
+    p.add_argument("--out", metavar="DIR", help="report directory (default RUN_DIR/continual)")
+    common(p)
+    p.set_defaults(func=cmd_continual)
+
+    p = sub.add_parser("reproduce", help="re-run a published table row and print ours beside the paper's",
+                       description=cmd_reproduce.__doc__)
+    p.add_argument("name", nargs="?", help="row name (see --list)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="extra config overrides")
+    p.add_argument("--list", action="store_true", help="list the rows, their papers and expected run times")
+    p.add_argument("--steps", type=int, help="meta-training steps (default: the row's budget)")
+    p.add_argument("--episodes", type=int, help="fixed test episodes (default 1000)")
+    p.add_argument("--out", metavar="DIR", help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    common(p)
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("datasets", help="list datasets: source, license, whether present locally", description=cmd_datasets.__doc__)
     p.add_argument("--json", metavar="PATH", help="also write the list as JSON to PATH")

@@ -228,6 +228,11 @@ def _build(cls: type[T], data: Any, section: str) -> T:
     return cls(**kwargs)
 
 
+def dataset_from_dict(data: dict[str, Any] | str) -> DatasetConfig:
+    """Validate a ``dataset`` section on its own (e.g. a cross-domain target)."""
+    return _build(DatasetConfig, data, "dataset")
+
+
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """Turn ``["train.steps=100", "learner.inner_lr=0.1"]`` into a nested dict (values parsed as YAML)."""
     nested: dict[str, Any] = {}

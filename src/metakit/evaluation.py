@@ -12,14 +12,19 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.progress import Progress
 
-from metakit.episodes import Episode, FixedEpisodes
+from metakit.calibration import Calibration
+from metakit.episodes import Episode, EpisodeSampler, FixedEpisodes, TaskSource
 from metakit.errors import MetakitError
 from metakit.learners import Learner
+
+if TYPE_CHECKING:
+    from metakit.experiment import Experiment
 
 
 @dataclass
@@ -35,6 +40,7 @@ class EvalResult:
     shots: int
     queries: int
     median_adapt_seconds: float
+    calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -72,6 +78,7 @@ def evaluate_learner(
     scores, times = [], []
     task = progress.add_task(description, total=len(episodes)) if progress is not None else None
     first: Episode | None = None
+    calibration = Calibration() if learner.task.task_type == "classification" else None
     with torch.no_grad():
         for episode in episodes:
             episode = episode.to(device)
@@ -79,7 +86,10 @@ def evaluate_learner(
             start = time.perf_counter()
             predict = learner.adapt(episode.support_x, episode.support_y, episode.ways)
             times.append(time.perf_counter() - start)
-            scores.append(learner.score(predict(episode.query_x), episode.query_y))
+            outputs = predict(episode.query_x)
+            scores.append(learner.score(outputs, episode.query_y))
+            if calibration is not None:
+                calibration.update(learner.probabilities(outputs).cpu(), episode.query_y.cpu())
             if task is not None:
                 progress.advance(task)
     learner.train(was_training)
@@ -94,7 +104,76 @@ def evaluate_learner(
         shots=first.shots if first else 0,
         queries=first.queries if first else 0,
         median_adapt_seconds=statistics.median(times),
+        calibration=calibration.to_dict() if calibration is not None else None,
     )
+
+
+def load_trained(run_dir: str | Path, checkpoint: str = "best", overrides: Sequence[str] = ()) -> Experiment:
+    """Rebuild a run's experiment from its ``config.yaml`` and load its trained weights.
+
+    ``overrides`` change evaluation-time settings (e.g. ``learner.eval_inner_steps=10``); they
+    must not change the model's shape.
+    """
+    from metakit.config import config_from_dict, merge, parse_overrides
+    from metakit.experiment import build_experiment
+    from metakit.runs import load_run_config, load_weights
+
+    config = load_run_config(run_dir)
+    if overrides:
+        config = config_from_dict(merge(config.to_dict(), parse_overrides(overrides)))
+    exp = build_experiment(config)
+    try:
+        exp.learner.load_state_dict(load_weights(run_dir, checkpoint))
+    except RuntimeError:
+        raise MetakitError(
+            f"the weights in {run_dir} do not fit the model the config builds; only override evaluation settings."
+        ) from None
+    return exp
+
+
+def test_source(exp: Experiment, ways: int, shots: int, queries: int, split: str = "test",
+                dataset: dict[str, Any] | None = None) -> TaskSource:
+    """Episodes for evaluating ``exp``'s learner: its own ``split``, or another dataset's.
+
+    ``dataset`` (a config ``dataset`` section, e.g. ``{"name": "omniglot", "split": "group"}``)
+    evaluates across domains: the learner keeps the shapes it was trained with, and the other
+    dataset must produce images of the same shape.
+    """
+    if dataset is None:
+        return exp.source(split, ways, shots, queries)
+    from metakit.config import dataset_from_dict
+    from metakit.datasets import load_splits
+
+    d = dataset_from_dict(dict(dataset))
+    splits = load_splits(d.name, split=d.split, seed=d.split_seed, fractions=tuple(d.fractions), rotations=d.rotations, **d.options)
+    target = splits[split]
+    if target.image_shape != tuple(exp.task.input_shape):
+        raise MetakitError(
+            f"dataset {d.name!r} has images {list(target.image_shape)} but the learner was trained on "
+            f"{list(exp.task.input_shape)}; set the dataset's image_size to match."
+        )
+    return EpisodeSampler(target, ways, shots, queries)
+
+
+def evaluate_experiment(
+    exp: Experiment,
+    ways: Sequence[int],
+    shots: Sequence[int],
+    queries: int,
+    episodes: int,
+    seed: int,
+    split: str = "test",
+    dataset: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[EvalResult]:
+    """Evaluate ``exp.learner`` on fixed episodes for every ways x shots setting."""
+    results = []
+    with Progress(transient=True, disable=not progress) as bar:
+        for n in ways:
+            for k in shots:
+                fixed = FixedEpisodes(test_source(exp, n, k, queries, split, dataset), episodes, seed)
+                results.append(evaluate_learner(exp.learner, fixed, progress=bar, description=f"{n}-way {k}-shot"))
+    return results
 
 
 def evaluate_run(
@@ -108,61 +187,46 @@ def evaluate_run(
     progress: bool = True,
     overrides: Sequence[str] = (),
     write: bool = True,
+    dataset: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on fixed ``split`` episodes for every ways x shots setting.
 
     Defaults come from the run's config (``eval`` section). The episodes depend only on the
     dataset split and ``eval.seed``, so every learner evaluated with the same config sees the same
     episodes. ``overrides`` change evaluation-time settings of the saved config, e.g.
-    ``learner.eval_inner_steps=10``. Results go to ``RUN_DIR/evaluation.json`` and the report
-    (unless ``write`` is false).
+    ``learner.eval_inner_steps=10``; ``dataset`` evaluates on another dataset's split
+    (cross-domain). Results go to ``RUN_DIR/evaluation.json`` and the report (unless ``write`` is
+    false, or another dataset is used).
     """
-    from pathlib import Path
-
-    from metakit.experiment import build_experiment
-    from metakit.runs import RunPaths, load_run_config, load_weights, read_json
+    from metakit.runs import RunPaths, read_json
     from metakit.utils import set_threads, write_json
 
     paths = RunPaths(Path(run_dir))
-    config = load_run_config(run_dir)
-    if overrides:
-        from metakit.config import config_from_dict, merge, parse_overrides
-
-        config = config_from_dict(merge(config.to_dict(), parse_overrides(overrides)))
+    exp = load_trained(run_dir, checkpoint, overrides)
+    config = exp.config
     ev = config.eval
-    ways = list(ways or ev.ways)
-    shots = list(shots or ev.shots)
-    queries = queries or ev.queries
-    episodes = episodes or ev.episodes
     threads = set_threads(config.train.threads)
-    exp = build_experiment(config)
-    try:
-        exp.learner.load_state_dict(load_weights(run_dir, checkpoint))
-    except RuntimeError:
-        raise MetakitError(
-            f"the weights in {run_dir} do not fit the model the config builds; only override evaluation settings."
-        ) from None
-    results = []
-    with Progress(transient=True, disable=not progress) as bar:
-        for n in ways:
-            for k in shots:
-                fixed = FixedEpisodes(exp.source(split, n, k, queries), episodes, ev.seed)
-                results.append(evaluate_learner(exp.learner, fixed, progress=bar, description=f"{n}-way {k}-shot"))
+    results = evaluate_experiment(
+        exp, list(ways or ev.ways), list(shots or ev.shots), queries or ev.queries, episodes or ev.episodes,
+        ev.seed, split, dataset, progress,
+    )
     training = read_json(paths.summary) or {}
     out = {
         "run": str(run_dir),
         "learner": config.learner.name,
         "backbone": config.backbone.name,
-        "dataset": config.dataset.name,
+        "dataset": (dataset or {}).get("name", config.dataset.name),
+        "trained_on": config.dataset.name,
         "split": split,
         "checkpoint": checkpoint,
         "episode_seed": ev.seed,
         "threads": threads,
         "meta_training_seconds": training.get("train_seconds"),
+        "parameters": sum(p.numel() for p in exp.learner.parameters()),
         "overrides": list(overrides),
         "results": [r.to_dict() for r in results],
     }
-    if write:
+    if write and dataset is None:
         from metakit.reporting import write_report
 
         write_json(paths.evaluation, out)

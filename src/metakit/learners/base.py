@@ -118,6 +118,14 @@ class Learner(nn.Module):
             return (outputs.argmax(-1) == targets).float().mean().item()
         return F.mse_loss(outputs, targets).item()
 
+    def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Class probabilities from classification ``outputs`` (softmax of logits by default).
+
+        Learners whose outputs are not logits (relation scores, attention distributions)
+        override this so calibration metrics compare like with like.
+        """
+        return outputs.softmax(-1)
+
     # -- easyfsl-style stateful use -----------------------------------------------------------
 
     def process_support_set(self, support_x: torch.Tensor, support_y: torch.Tensor) -> None:

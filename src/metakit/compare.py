@@ -1,0 +1,217 @@
+"""Comparing learners on the same fixed test episodes, within and across domains.
+
+``compare`` trains what is given as a config (or reuses a run directory), evaluates every run on
+*identical* fixed episodes — the first run's dataset split, ways, queries and episode seed — over a
+range of shots, and writes one table, an accuracy-vs-shots plot and a reliability diagram.
+``cross_domain`` evaluates runs on other datasets' test splits and reports a matrix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metakit.calibration import reliability_diagram
+from metakit.config import Config, load_config
+from metakit.errors import MetakitError
+from metakit.evaluation import EvalResult, evaluate_experiment, load_trained
+from metakit.runs import RunPaths, load_run_config, read_json
+from metakit.utils import atomic_path, write_json, write_text
+
+
+def resolve_runs(items: Sequence[str], out: Path, overrides: Sequence[str] = (), progress: bool = True) -> list[Path]:
+    """Run directories for ``items``: run directories as they are, configs trained into ``out/NAME``.
+
+    A config whose run already finished in ``out`` is not trained again; a partial one resumes.
+    """
+    from metakit.training import train
+
+    runs = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir() and RunPaths(path).config.is_file():
+            runs.append(path)
+        elif path.is_file():
+            config = load_config(path, overrides)
+            run_dir = out / config.name
+            if not RunPaths(run_dir).summary.is_file():
+                train(config, run_dir, resume=RunPaths(run_dir).last.is_file(), progress=progress)
+            runs.append(run_dir)
+        else:
+            raise MetakitError(f"{item} is neither a run directory nor a config file.")
+    if len(runs) != len({r.resolve() for r in runs}):
+        raise MetakitError("the same run appears twice; give each learner its own config name or run directory.")
+    return runs
+
+
+def _same_episodes(configs: list[Config], runs: list[Path]) -> None:
+    ref = configs[0].dataset
+    for config, run in zip(configs[1:], runs[1:]):
+        if config.dataset != ref:
+            raise MetakitError(
+                f"{run} uses dataset {config.dataset.name!r} (split {config.dataset.split}) but {runs[0]} uses "
+                f"{ref.name!r} (split {ref.split}); compare needs the same dataset and split for the same test episodes."
+            )
+
+
+def _accuracy(r: EvalResult | dict[str, Any]) -> str:
+    d = r if isinstance(r, dict) else r.to_dict()
+    return f"{100 * d['mean']:.2f} ± {100 * d['ci95']:.2f}" if d["metric"] == "accuracy" else f"{d['mean']:.4f} ± {d['ci95']:.4f}"
+
+
+def compare(
+    items: Sequence[str],
+    out: str | Path,
+    shots: Sequence[int] = (1, 5, 10, 20),
+    episodes: int | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate several learners on the same fixed test episodes; write table, JSON and plots to ``out``."""
+    out = Path(out)
+    runs = resolve_runs(items, out, overrides, progress)
+    configs = [load_run_config(r) for r in runs]
+    _same_episodes(configs, runs)
+    ev = configs[0].eval
+    episodes = episodes or ev.episodes
+    rows = []
+    for run, config in zip(runs, configs):
+        exp = load_trained(run)
+        results = evaluate_experiment(exp, ev.ways, shots, ev.queries, episodes, ev.seed, progress=progress)
+        training = read_json(RunPaths(run).summary) or {}
+        rows.append({
+            "run": str(run),
+            "name": config.name,
+            "learner": config.learner.name,
+            "parameters": sum(p.numel() for p in exp.learner.parameters()),
+            "meta_training_seconds": training.get("train_seconds"),
+            "results": [r.to_dict() for r in results],
+        })
+    report = {
+        "dataset": configs[0].dataset.name,
+        "split": configs[0].dataset.split,
+        "ways": ev.ways,
+        "shots": list(shots),
+        "queries": ev.queries,
+        "episodes": episodes,
+        "episode_seed": ev.seed,
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": rows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", report)
+    _plot_shots(report, out / "accuracy_vs_shots.png")
+    first = (ev.ways[0], shots[0])
+    curves = {
+        row["name"]: r["calibration"] for row in rows for r in row["results"]
+        if (r["ways"], r["shots"]) == first and r.get("calibration")
+    }
+    if curves:
+        reliability_diagram(curves, out / "reliability.png", title=f"{first[0]}-way {first[1]}-shot reliability")
+    write_text(out / "compare.md", compare_markdown(report))
+    return report
+
+
+def compare_markdown(report: dict[str, Any]) -> str:
+    """The comparison as a markdown table (accuracy ± 95% CI per setting, time, size, calibration)."""
+    settings = [(w, k) for w in report["ways"] for k in report["shots"]]
+    head = ["learner", *[f"{w}w{k}s" for w, k in settings], "adapt ms (1st)", "meta-train s", "params", "ECE (1st)", "NLL (1st)"]
+    lines = [
+        f"Dataset `{report['dataset']}` ({report['split']} split), {report['episodes']} fixed test episodes per setting, "
+        f"{report['queries']} queries/class, episode seed {report['episode_seed']}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for row in report["runs"]:
+        by = {(r["ways"], r["shots"]): r for r in row["results"]}
+        first = by[settings[0]]
+        cal = first.get("calibration") or {}
+        secs = row["meta_training_seconds"]
+        cells = [
+            row["name"], *[_accuracy(by[s]) for s in settings], f"{1000 * first['median_adapt_seconds']:.1f}",
+            f"{secs:.0f}" if secs is not None else "-", f"{row['parameters']:,}",
+            f"{100 * cal['ece']:.2f}%" if cal else "-", f"{cal['nll']:.3f}" if cal else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_shots(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ways = report["ways"]
+    fig, axes = plt.subplots(1, len(ways), figsize=(5 * len(ways), 4), squeeze=False)
+    for ax, w in zip(axes[0], ways):
+        for row in report["runs"]:
+            pts = sorted((r["shots"], r["mean"], r["ci95"]) for r in row["results"] if r["ways"] == w)
+            xs, ys, cis = zip(*pts)
+            ax.errorbar(xs, ys, yerr=cis, marker="o", capsize=3, label=row["name"])
+        ax.set_xscale("log")
+        ax.set_xticks(report["shots"])
+        ax.set_xticklabels([str(k) for k in report["shots"]])
+        ax.set_xlabel("shots")
+        ax.set_ylabel("accuracy (95% CI)")
+        ax.set_title(f"{report['dataset']}: {w}-way")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def parse_dataset_spec(spec: str) -> dict[str, Any]:
+    """``"omniglot:root=/data/omniglot,image_size=28"`` -> ``{"name": "omniglot", "root": ..., ...}``."""
+    name, _, rest = spec.partition(":")
+    data: dict[str, Any] = {"name": name}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise MetakitError(f"dataset option {item!r} in {spec!r} must look like key=value.")
+        key, value = item.split("=", 1)
+        data[key] = yaml.safe_load(value)
+    return data
+
+
+def cross_domain(
+    runs: Sequence[str],
+    datasets: Sequence[str],
+    out: str | Path,
+    ways: int | None = None,
+    shots: int | None = None,
+    episodes: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate each run on each dataset's test split: the cross-domain generalisation matrix.
+
+    A run tested on its own dataset uses its own split (the in-domain diagonal).
+    """
+    out = Path(out)
+    targets = [parse_dataset_spec(d) for d in datasets]
+    matrix = []
+    for run in runs:
+        exp = load_trained(run)
+        ev = exp.config.eval
+        n, k = ways or ev.ways[0], shots or ev.shots[0]
+        row = {"run": str(run), "name": exp.config.name, "trained_on": exp.config.dataset.name, "cells": []}
+        for target in targets:
+            own = target["name"] == exp.config.dataset.name and len(target) == 1
+            (result,) = evaluate_experiment(
+                exp, [n], [k], ev.queries, episodes or ev.episodes, ev.seed, dataset=None if own else target, progress=progress,
+            )
+            row["cells"].append({"dataset": target["name"], **result.to_dict()})
+        matrix.append(row)
+    report = {"datasets": [t["name"] for t in targets], "rows": matrix, "date": time.strftime("%Y-%m-%d")}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "cross_domain.json", report)
+    lines = ["| trained on \\ tested on | " + " | ".join(report["datasets"]) + " |", "|---|" + "---|" * len(targets)]
+    for row in matrix:
+        lines.append(f"| {row['name']} ({row['trained_on']}) | " + " | ".join(_accuracy(c) for c in row["cells"]) + " |")
+    write_text(out / "cross_domain.md", "\n".join(lines) + "\n")
+    return report

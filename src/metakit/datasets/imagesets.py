@@ -1,0 +1,493 @@
+"""Shared machinery for the image datasets that come as pickles, npz files, folders or tarballs.
+
+miniImageNet, tieredImageNet, CIFAR-FS, FC100 and CUB-200-2011 (one module each) all follow the
+same pattern, implemented here once:
+
+* **Finding the files.** A dataset is looked for in ``root`` (the loader argument, ``dataset.root``
+  in configs), then in ``$METAKIT_<NAME>``, then in metakit's cache (``cache_dir()/<name>``). Each
+  location may be the dataset folder itself, a parent holding one of the usual folder names, or
+  (for archives) the archive file. A location holding only part of a layout is an error naming
+  the missing files; nothing anywhere is a one-line error saying which files to place where and
+  where to get them.
+* **Reading untrusted pickles.** The usual distributions of these datasets are Python pickles;
+  :func:`load_pickle` only lets plain data (dicts, lists, strings, numbers and numpy arrays)
+  through, so a tampered file cannot run code.
+* **Decoding once.** Images become uint8 RGB ``[n, 3, size, size]`` (resized with PIL); the result
+  is cached as an ``.npz`` under ``cache_dir(<name>, "decoded")``, written atomically and keyed
+  by the source files' identity, the layout and ``image_size``.
+* **Memory.** Everything is held in memory (the :class:`ClassDataset` design). Before allocating,
+  the decoded size is compared with ``max_memory_gb`` (default: 80% of physical memory), and a
+  dataset that does not fit fails with one line instead of being killed by the OS.
+* **The published split.** :class:`ImageSetDataset` records each class's published split
+  (``train``/``val``/``test``) and :func:`published_splits` returns exactly those classes, which
+  is what ``load_splits(name, split="published")`` uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import pickle
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metakit.datasets.base import ClassDataset
+from metakit.errors import MetakitError, unknown_name
+from metakit.utils import atomic_path, cache_dir
+
+__all__ = [
+    "SPLITS",
+    "Decoded",
+    "ImageSetDataset",
+    "Location",
+    "cached_decode",
+    "candidates",
+    "check_image_size",
+    "check_memory",
+    "decode_image",
+    "decoded_bytes",
+    "fill_resized",
+    "find",
+    "format_bytes",
+    "load_pickle",
+    "not_found",
+    "progress",
+    "published_splits",
+    "stat_identity",
+    "to_dataset",
+    "user_locations",
+]
+
+#: The published split names, in the order classes are numbered.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+# Bump when decoding changes so stale decoded caches are never reused.
+_DECODE_VERSION = 1
+
+# Default memory cap as a fraction of physical memory: leaves room for the model and the OS.
+_DEFAULT_MEMORY_FRACTION = 0.8
+
+# PIL signals undecodable data with any of these (SyntaxError: some truncated PNGs).
+IMAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass
+class ImageSetDataset(ClassDataset):
+    """A :class:`ClassDataset` that also records each class's published split.
+
+    Attributes:
+        class_splits: per class, ``"train"``, ``"val"`` or ``"test"``: the split the dataset's
+            published protocol puts it in (see each loader); :func:`published_splits` uses it.
+    """
+
+    class_splits: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.class_splits is not None and len(self.class_splits) != self.num_classes:
+            raise MetakitError(f"dataset {self.name!r}: one published split per class is required.")
+
+
+def published_splits(
+    dataset: ClassDataset, split: str, seed: int = 0, fractions: Sequence[float] = (0.7, 0.1, 0.2)
+) -> dict[str, ClassDataset]:
+    """The ``"published"`` split: exactly the classes the dataset's protocol assigns to each part.
+
+    ``seed`` and ``fractions`` are accepted for the registry's splitter signature and ignored: a
+    published split is fixed. ``group`` and ``class`` splits are handled by the caller.
+    """
+    if split != "published":
+        raise unknown_name("split", split, ["published", "group", "class"])
+    class_splits = getattr(dataset, "class_splits", None)
+    if not class_splits:
+        raise MetakitError(
+            f"dataset {dataset.name!r} records no published split; use split: class or split: group."
+        )
+    return {
+        part: dataset.subset([c for c, s in enumerate(class_splits) if s == part], f"{dataset.name}/{part}")
+        for part in SPLITS
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Locating the files
+
+
+@dataclass(frozen=True)
+class Location:
+    """One place a dataset may be: ``origin`` is ``"root"``, ``"$METAKIT_<NAME>"`` or ``"cache"``."""
+
+    path: Path
+    origin: str
+
+    def describe(self) -> str:
+        """``"<origin> <path>"`` for messages."""
+        return f"{self.origin} {self.path}"
+
+
+def user_locations(root: str | os.PathLike | None, env_var: str) -> list[Location]:
+    """``root`` and ``$env_var`` as locations, in that order (absent ones left out)."""
+    out = []
+    if root is not None:
+        out.append(Location(Path(root).expanduser(), "root"))
+    env = os.environ.get(env_var)
+    if env:
+        out.append(Location(Path(env).expanduser(), f"${env_var}"))
+    return out
+
+
+def candidates(path: Path, subdirs: Sequence[str]) -> list[Path]:
+    """``path`` itself, then any of the usual dataset folder names inside it."""
+    out = [path]
+    if path.is_dir():
+        out += [path / s for s in subdirs if (path / s).is_dir()]
+    return out
+
+
+def find(
+    display: str,
+    root: str | os.PathLike | None,
+    env_var: str,
+    caches: Sequence[Path],
+    subdirs: Sequence[str],
+    probe: Callable[[Path, str], Any],
+) -> tuple[Any, list[Location]]:
+    """Return ``(source, looked)``: the first location where ``probe(path, origin)`` finds the data.
+
+    ``probe`` returns a source object, ``None`` when nothing of the dataset is at ``path``, or
+    raises :class:`MetakitError` when only part of a layout is there. A ``root`` or environment
+    variable naming a path that does not exist is an error (a typo should not trigger a search
+    elsewhere). ``source`` is ``None`` when nothing was found; ``looked`` lists the locations tried.
+    """
+    looked: list[Location] = []
+    for loc in user_locations(root, env_var):
+        if not loc.path.exists():
+            raise MetakitError(
+                f"{display} {loc.origin} {loc.path} does not exist; point it at the folder holding the "
+                f"{display} files (see the loader's docstring for the layouts)."
+            )
+        looked.append(loc)
+        for path in candidates(loc.path, subdirs):
+            src = probe(path, loc.origin)
+            if src is not None:
+                return src, looked
+    for cache in caches:
+        looked.append(Location(cache, "cache"))
+        if cache.exists():
+            for path in candidates(cache, subdirs):
+                src = probe(path, "cache")
+                if src is not None:
+                    return src, looked
+    return None, looked
+
+
+def dataset_dir(name: str) -> Path:
+    """``cache_dir()/name`` without creating it: where files are placed by hand or downloaded to."""
+    return cache_dir() / name
+
+
+def not_found(display: str, wants: str, env_var: str, place: Path, get: str, looked: Sequence[Location]) -> MetakitError:
+    """The one-line error for a dataset that is nowhere: which files, where to put them, where to get them."""
+    where = "; ".join(loc.describe() for loc in looked)
+    return MetakitError(
+        f"{display} not found (looked in {where}): place {wants} in {place} "
+        f"(or set ${env_var} or dataset.root to their folder); get {get}."
+    )
+
+
+def partial_layout(display: str, origin: str, folder: Path, have: Iterable[str], missing: Iterable[str]) -> MetakitError:
+    """The error for a folder holding only part of a layout."""
+    return MetakitError(
+        f"{display} {origin} {folder} has {', '.join(have)} but lacks {', '.join(missing)}; "
+        f"place the missing file(s) there too."
+    )
+
+
+def stat_identity(paths: Iterable[Path]) -> str:
+    """A key that changes whenever one of ``paths`` is replaced, resized or touched.
+
+    Size and modification time, not a content hash: these files are gigabytes, and a decoded
+    cache hit must not cost a full read of them.
+    """
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Untrusted pickles
+
+# Everything plain data pickled by Python 2 or 3 with NumPy 1 or 2 refers to; nothing that can
+# call arbitrary code. ("numpy.core" is NumPy 1's name for NumPy 2's "numpy._core".)
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "bytearray"),
+    ("__builtin__", "set"),
+    ("__builtin__", "frozenset"),
+    ("__builtin__", "bytearray"),
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which is not plain data")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module[len("numpy.core."):]  # avoids NumPy 2's deprecation shim
+        elif module == "__builtin__":
+            module = "builtins"
+        return super().find_class(module, name)
+
+
+def load_pickle(source: Path | IO[bytes], what: str, fix: str) -> Any:
+    """Unpickle plain data from a path or binary file; any failure is one :class:`MetakitError` line.
+
+    ``latin1`` decoding reads Python 2 pickles (most of these datasets were made with Python 2).
+    ``what`` names the file in the error and ``fix`` says what to do about it.
+    """
+    try:
+        if isinstance(source, Path):
+            with open(source, "rb") as f:
+                return _DataUnpickler(f, encoding="latin1").load()
+        return _DataUnpickler(source, encoding="latin1").load()
+    except MemoryError:
+        raise MetakitError(f"{what} does not fit in memory; lower image_size or use a machine with more RAM.") from None
+    except Exception as exc:  # noqa: BLE001 - unpickling corrupt data raises nearly anything
+        raise MetakitError(f"{what} is not a readable pickle ({type(exc).__name__}: {exc}); {fix}") from None
+
+
+def str_keys(obj: Any) -> Any:
+    """A dict's ``bytes`` keys as ``str`` (Python 2 pickles); other objects unchanged."""
+    if isinstance(obj, dict):
+        return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
+    return obj
+
+
+def as_text(value: Any) -> str:
+    """A name read from a pickle (``str``, ``bytes`` or a numpy string) as ``str``."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Images, memory and progress
+
+
+def check_image_size(display: str, image_size: Any, limit: int = 512) -> int:
+    """Validate ``image_size`` (an int in 1..``limit``) and return it."""
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or not 1 <= image_size <= limit:
+        raise MetakitError(f"{display}: image_size must be an integer in 1..{limit}, got {image_size!r}.")
+    return image_size
+
+
+def decoded_bytes(n_images: int, image_size: int) -> int:
+    """Bytes of ``n_images`` decoded RGB uint8 images of side ``image_size``."""
+    return n_images * 3 * image_size * image_size
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as ``"1.3 GB"`` / ``"250 MB"`` (decimal units, like the download sizes quoted)."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_memory(display: str, n_images: int, image_size: int, max_memory_gb: float | None) -> None:
+    """Fail with one line if ``n_images`` decoded images would exceed the memory cap.
+
+    The cap is ``max_memory_gb`` gigabytes, or 80% of physical memory when it is ``None``; a
+    non-positive ``max_memory_gb`` disables the check.
+    """
+    if max_memory_gb is not None and (not isinstance(max_memory_gb, (int, float)) or isinstance(max_memory_gb, bool)):
+        raise MetakitError(f"{display}: max_memory_gb must be a number of gigabytes, got {max_memory_gb!r}.")
+    if max_memory_gb is not None and max_memory_gb <= 0:
+        return
+    if max_memory_gb is not None:
+        cap, source = max_memory_gb * 1e9, "max_memory_gb"
+    else:
+        phys = _physical_memory()
+        if phys is None:
+            return
+        cap, source = phys * _DEFAULT_MEMORY_FRACTION, "80% of this machine's memory; set max_memory_gb to change it"
+    need = decoded_bytes(n_images, image_size)
+    if need > cap:
+        fit = int((cap / (3 * n_images)) ** 0.5) if n_images else image_size
+        raise MetakitError(
+            f"{display} at {image_size}px needs {format_bytes(need)} of memory for {n_images:,} images, "
+            f"over the {format_bytes(cap)} cap ({source}); use image_size {fit} or less, or raise max_memory_gb."
+        )
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A transient progress bar on a terminal (nothing in logs and pipes); yields ``update(done)``."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda done: bar.update(task, completed=done)
+
+
+def decode_image(data: bytes | bytearray | memoryview | str | os.PathLike, image_size: int) -> np.ndarray:
+    """Decode an encoded image (bytes or a path) to RGB uint8 ``[3, image_size, image_size]``.
+
+    Raises PIL's own errors (see :data:`IMAGE_ERRORS`); callers turn them into one-line errors
+    that name the file.
+    """
+    raw = io.BytesIO(bytes(data)) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    with Image.open(raw) as im:
+        if im.format == "JPEG":
+            # Lets libjpeg decode at a reduced scale (never below the target): much faster on
+            # full-size photos such as CUB's.
+            im.draft("RGB", (image_size, image_size))
+        rgb = im.convert("RGB")
+    if rgb.size != (image_size, image_size):
+        # PIL widens the filter when shrinking, so this is an anti-aliased downscale.
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def fill_resized(out: np.ndarray, images: np.ndarray, channels_last: bool, what: str) -> None:
+    """Write RGB uint8 ``images`` into ``out`` (``[n, 3, size, size]``), resizing when sizes differ.
+
+    ``images`` is ``[n, H, W, 3]`` (``channels_last``) or ``[n, 3, H, W]``; anything else is an
+    error naming ``what``.
+    """
+    size = out.shape[-1]
+    ok = images.ndim == 4 and images.shape[3 if channels_last else 1] == 3 and images.dtype == np.uint8
+    if not ok:
+        layout = "[n, H, W, 3]" if channels_last else "[n, 3, H, W]"
+        raise MetakitError(
+            f"{what} holds {images.dtype} images of shape {tuple(images.shape)}, not uint8 RGB {layout}; "
+            f"replace it with the original file."
+        )
+    hw = images.shape[1:3] if channels_last else images.shape[2:4]
+    if hw == (size, size):
+        out[...] = images.transpose(0, 3, 1, 2) if channels_last else images
+        return
+    for i in range(len(images)):
+        img = images[i] if channels_last else images[i].transpose(1, 2, 0)
+        small = Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(small, dtype=np.uint8).transpose(2, 0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Decoded datasets and their cache
+
+
+@dataclass
+class Decoded:
+    """A decoded dataset: what the ``.npz`` cache holds.
+
+    Attributes:
+        images: uint8 ``[n, 3, size, size]``.
+        labels: int64 ``[n]``, class indices into ``names``.
+        names: class names.
+        splits: per class, its published split.
+        groups: per class, its group (superclass, category) or ``None`` when the dataset has none.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+    splits: list[str]
+    groups: list[str] | None = None
+
+
+_CACHE_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def _load_cached(path: Path, display: str, image_size: int, max_memory_gb: float | None) -> Decoded | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            n = int(z["labels"].shape[0])
+            check_memory(display, n, image_size, max_memory_gb)
+            groups = z["groups"].tolist() if bool(z["has_groups"]) else None
+            return Decoded(z["images"], z["labels"], z["names"].tolist(), z["splits"].tolist(), groups)
+    except _CACHE_ERRORS:
+        return None  # an unreadable cache entry is rebuilt, never an error for the user
+
+
+def cached_decode(
+    name: str,
+    display: str,
+    key: str,
+    image_size: int,
+    max_memory_gb: float | None,
+    decode: Callable[[], Decoded],
+) -> Decoded:
+    """Return the decoded dataset from the cache, or ``decode()`` it and cache it atomically.
+
+    ``key`` must change whenever the source or the decoding options change (layout, file
+    identity, channel order ...); ``image_size`` is part of the key too.
+    """
+    digest = hashlib.sha256(f"v{_DECODE_VERSION}:{name}:{image_size}:{key}".encode()).hexdigest()[:20]
+    path = cache_dir(name, "decoded") / f"{name}-{image_size}px-{digest}.npz"
+    if path.exists():
+        hit = _load_cached(path, display, image_size, max_memory_gb)
+        if hit is not None:
+            return hit
+    dec = decode()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # A file object, because np.savez would append ".npz" to the temporary name.
+        np.savez(
+            f,
+            images=dec.images,
+            labels=dec.labels,
+            names=np.array(dec.names, dtype=str),
+            splits=np.array(dec.splits, dtype=str),
+            groups=np.array(dec.groups or [], dtype=str),
+            has_groups=np.array(dec.groups is not None),
+        )
+    return dec
+
+
+def to_dataset(name: str, dec: Decoded) -> ImageSetDataset:
+    """Wrap a :class:`Decoded` as an :class:`ImageSetDataset` (sharing its memory)."""
+    return ImageSetDataset(
+        name=name,
+        images=torch.from_numpy(np.ascontiguousarray(dec.images)),
+        labels=torch.from_numpy(np.asarray(dec.labels, dtype=np.int64)),
+        class_names=list(dec.names),
+        class_groups=list(dec.groups) if dec.groups is not None else None,
+        class_splits=list(dec.splits),
+    )
+
+
+def order_classes(classes: dict[str, tuple[str, str | None]]) -> list[str]:
+    """Class names in the order they are numbered: by published split, then by name.
+
+    ``classes`` maps a class name to ``(split, group)``.
+    """
+    rank = {s: i for i, s in enumerate(SPLITS)}
+    return sorted(classes, key=lambda c: (rank[classes[c][0]], c))
