@@ -127,7 +127,7 @@ def test_reproduce_cli(tmp_path, capsys):
     assert "omniglot-protonet-20w1s" in capsys.readouterr().out
     assert main(["reproduce", "omniglot-protonet-21w1s"]) == 2
     assert "unknown reproduction" in capsys.readouterr().err
-    code = main(["reproduce", "sinusoid-maml-k5", "--steps", "3", "train.val_every=3", "eval.val_episodes=3",
+    code = main(["reproduce", "sinusoid-maml-k5", "train.val_every=3", "eval.val_episodes=3", "--steps", "3",
                  "--episodes", "5", "--out", str(tmp_path / "r"), "--no-progress", "--json", str(tmp_path / "r.json")])
     assert code == 0
     data = json.loads((tmp_path / "r.json").read_text())
