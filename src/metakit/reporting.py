@@ -58,15 +58,18 @@ def learning_curve(metrics_path: Path, out_png: Path, metric: str) -> None:
 def results_table(results: Sequence[dict[str, Any]], title: str = "evaluation") -> Table:
     """A rich table of evaluation results (one row per ways x shots setting)."""
     table = Table(title=title)
-    for col in ("setting", "metric", "mean ± 95% CI", "episodes", "median adapt (ms)"):
+    for col in ("setting", "metric", "mean ± 95% CI", "episodes", "median adapt (ms)", "ECE", "NLL"):
         table.add_column(col, justify="right" if col != "setting" else "left")
     for r in results:
+        cal = r.get("calibration") or {}
         table.add_row(
             f"{r['ways']}-way {r['shots']}-shot" if r["metric"] == "accuracy" else f"{r['shots']}-shot",
             r["metric"],
             _fmt(r),
             str(r["episodes"]),
             f"{1000 * r['median_adapt_seconds']:.2f}",
+            f"{100 * cal['ece']:.2f}%" if cal else "-",
+            f"{cal['nll']:.3f}" if cal else "-",
         )
     return table
 
@@ -114,14 +117,23 @@ def write_report(run_dir: Path) -> Path:
         lines += [
             f"## Evaluation ({evaluation['split']} split, checkpoint `{evaluation['checkpoint']}`, episode seed {evaluation['episode_seed']})",
             "",
-            "| setting | metric | mean ± 95% CI | episodes | median adaptation (ms) |",
-            "|---|---|---|---:|---:|",
+            "| setting | metric | mean ± 95% CI | episodes | median adaptation (ms) | ECE | NLL |",
+            "|---|---|---|---:|---:|---:|---:|",
         ]
         for r in evaluation["results"]:
+            cal = r.get("calibration") or {}
+            ece = f"{100 * cal['ece']:.2f}%" if cal else "-"
+            nll = f"{cal['nll']:.3f}" if cal else "-"
             lines.append(
                 f"| {r['ways']}-way {r['shots']}-shot, {r['queries']} queries | {r['metric']} | {_fmt(r)} "
-                f"| {r['episodes']} | {1000 * r['median_adapt_seconds']:.2f} |"
+                f"| {r['episodes']} | {1000 * r['median_adapt_seconds']:.2f} | {ece} | {nll} |"
             )
+        curves = {f"{r['ways']}w{r['shots']}s": r["calibration"] for r in evaluation["results"] if r.get("calibration")}
+        if curves:
+            from metakit.calibration import reliability_diagram
+
+            reliability_diagram(curves, paths.root / "reliability.png", title=f"{config.name}: reliability")
+            lines += ["", "![reliability diagram](reliability.png)"]
         lines.append("")
     write_text(paths.report, "\n".join(lines))
     return paths.report

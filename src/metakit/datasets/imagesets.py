@@ -45,14 +45,18 @@ from metakit.errors import MetakitError, unknown_name
 from metakit.utils import atomic_path, cache_dir
 
 __all__ = [
+    "IMAGE_ERRORS",
     "SPLITS",
     "Decoded",
     "ImageSetDataset",
     "Location",
+    "as_text",
+    "assemble",
     "cached_decode",
     "candidates",
     "check_image_size",
     "check_memory",
+    "dataset_dir",
     "decode_image",
     "decoded_bytes",
     "fill_resized",
@@ -60,9 +64,12 @@ __all__ = [
     "format_bytes",
     "load_pickle",
     "not_found",
+    "order_classes",
+    "partial_layout",
     "progress",
     "published_splits",
     "stat_identity",
+    "str_keys",
     "to_dataset",
     "user_locations",
 ]
@@ -221,7 +228,7 @@ def stat_identity(paths: Iterable[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
         st = p.stat()
-        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns};".encode())
+        h.update(f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()
 
 
@@ -491,3 +498,28 @@ def order_classes(classes: dict[str, tuple[str, str | None]]) -> list[str]:
     """
     rank = {s: i for i, s in enumerate(SPLITS)}
     return sorted(classes, key=lambda c: (rank[classes[c][0]], c))
+
+
+def assemble(
+    display: str,
+    images: np.ndarray,
+    channels_last: bool,
+    item_classes: Sequence[str],
+    info: dict[str, tuple[str, str | None]],
+    image_size: int,
+    max_memory_gb: float | None,
+    what: str,
+) -> Decoded:
+    """Build a :class:`Decoded` from an image array and each item's class name.
+
+    ``info`` maps each class name to ``(published split, group or None)``; classes are numbered
+    by :func:`order_classes`. The memory cap is checked before the output is allocated.
+    """
+    names = order_classes(info)
+    index = {c: i for i, c in enumerate(names)}
+    labels = np.fromiter((index[c] for c in item_classes), dtype=np.int64, count=len(item_classes))
+    check_memory(display, len(labels), image_size, max_memory_gb)
+    out = np.empty((len(labels), 3, image_size, image_size), dtype=np.uint8)
+    fill_resized(out, images, channels_last, what)
+    groups = [info[c][1] for c in names]
+    return Decoded(out, labels, names, [info[c][0] for c in names], None if None in groups else groups)  # type: ignore[arg-type]
