@@ -59,7 +59,7 @@ def results_table(results: Sequence[dict[str, Any]], title: str = "evaluation") 
     """A rich table of evaluation results (one row per ways x shots setting)."""
     table = Table(title=title)
     for col in ("setting", "metric", "mean ± 95% CI", "episodes", "median adapt (ms)", "ECE", "NLL"):
-        table.add_column(col, justify="right" if col != "setting" else "left")
+        table.add_column(col, justify="right" if col != "setting" else "left", no_wrap=col in ("setting", "mean ± 95% CI"))
     for r in results:
         cal = r.get("calibration") or {}
         table.add_row(

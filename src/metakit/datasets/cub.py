@@ -1,0 +1,293 @@
+"""CUB-200-2011 (Wah et al. 2011): 11,788 photos of 200 bird species, with the usual few-shot split.
+
+The few-shot split (Hilliard et al. 2018; made standard by Chen et al., ICLR 2019, "A Closer Look
+at Few-shot Classification", ``filelists/CUB/write_CUB_filelist.py``) takes the 200 classes in
+their official order (``001.Black_footed_Albatross`` ... ``200.Common_Yellowthroat``) and puts
+class index ``i`` (0-based) in **train if i % 2 == 0** (100 classes), **val if i % 4 == 1** (50)
+and **test if i % 4 == 3** (50). torchmeta's CUB assets and mmfewshot use the same rule.
+(Meta-Dataset's 140/30/30 split is a different protocol and not what ``published`` means here.)
+
+Photos are of varying size; they are resized to ``image_size`` squares with PIL (aspect ratio not
+kept, as in the usual 84x84 benchmarks). About 250 MB in memory at 84px.
+
+Layouts read:
+
+* the official archive ``CUB_200_2011.tgz`` (read straight from the archive, no extraction);
+* its extracted ``CUB_200_2011/`` folder: ``images/<class>/<file>.jpg``, ``classes.txt``
+  (``<class id> <class>``), ``images.txt`` (``<image id> <class>/<file>.jpg``) and
+  ``image_class_labels.txt`` (``<image id> <class id>``).
+
+The archive has a stable official home, CaltechDATA (https://data.caltech.edu/records/65de6-vp158,
+DOI 10.22002/D1.20098); when nothing is found it is downloaded from there into
+``cache_dir("cub")`` (1.1 GB) and verified by sha256 (:data:`CUB_SHA256`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from metakit.datasets.download import fetch, verify
+from metakit.datasets.imagesets import (
+    IMAGE_ERRORS,
+    Decoded,
+    ImageSetDataset,
+    cached_decode,
+    check_image_size,
+    check_memory,
+    dataset_dir,
+    decode_image,
+    decoded_bytes,
+    find,
+    format_bytes,
+    not_found,
+    partial_layout,
+    progress,
+    stat_identity,
+    to_dataset,
+)
+from metakit.errors import MetakitError
+
+__all__ = ["CUB_SHA256", "CUB_URL", "ENV_VAR", "cub_split_of", "cub_status", "load_cub"]
+
+NAME = "cub"
+DISPLAY = "CUB-200-2011"
+ENV_VAR = "METAKIT_CUB"
+FOLDER = "CUB_200_2011"
+ARCHIVE = "CUB_200_2011.tgz"
+CUB_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1"
+#: sha256 of the official archive (1,150,585,339 bytes), as recorded by TensorFlow Datasets
+#: (url_checksums/caltech_birds2011.txt) and torchvision's prototype CUB200 dataset; its md5,
+#: 97eceeb196236b17998738112f37df78, is the value torchmeta checks.
+CUB_SHA256 = "0c685df5597a8b24909f6a7c9db6d11e008733779a671760afef78feb49bf081"
+N_IMAGES = 11_788
+METADATA = ("classes.txt", "images.txt", "image_class_labels.txt")
+SUBDIRS = (FOLDER, "cub", "CUB", "cubirds200")
+
+
+def cub_split_of(class_id: int) -> str:
+    """The few-shot split of official class ``class_id`` (1..200): Chen et al.'s index rule."""
+    i = class_id - 1
+    return "train" if i % 2 == 0 else "val" if i % 4 == 1 else "test"
+
+
+@dataclass(frozen=True)
+class _Source:
+    layout: str  # "tgz" or "dir"
+    path: Path  # the archive, or the CUB_200_2011 folder
+    origin: str
+    check_sha256: bool = False
+
+    def files(self) -> list[Path]:
+        if self.layout == "tgz":
+            return [self.path]
+        return [self.path / m for m in METADATA] + sorted(p for p in (self.path / "images").rglob("*") if p.is_file())
+
+    def describe(self) -> str:
+        return f"{'archive' if self.layout == 'tgz' else 'folder'} {self.path} ({self.origin})"
+
+
+def _probe(path: Path, origin: str) -> _Source | None:
+    if path.is_file():
+        if tarfile.is_tarfile(path):
+            return _Source("tgz", path, origin, check_sha256=origin == "cache")
+        raise MetakitError(f"{DISPLAY} {origin} {path} is not a tar archive; point it at {ARCHIVE} or its folder.")
+    if not path.is_dir():
+        return None
+    if (path / ARCHIVE).is_file():
+        return _Source("tgz", path / ARCHIVE, origin, check_sha256=origin == "cache")
+    if (path / "images").is_dir() or any((path / m).is_file() for m in METADATA):
+        have = [m for m in (*METADATA, "images/") if (path / m.rstrip("/")).exists()]
+        missing = [m for m in (*METADATA, "images/") if m not in have]
+        if missing:
+            raise partial_layout(DISPLAY, origin, path, have, missing)
+        return _Source("dir", path, origin)
+    return None
+
+
+def _cache_archive() -> Path:
+    return dataset_dir(NAME) / ARCHIVE
+
+
+def _locate(root: str | os.PathLike | None, download: bool) -> _Source:
+    src, looked = find(DISPLAY, root, ENV_VAR, [dataset_dir(NAME)], SUBDIRS, _probe)
+    if src is not None:
+        return src
+    if not download:
+        raise not_found(
+            DISPLAY, f"{ARCHIVE} (or its extracted {FOLDER}/ folder)", ENV_VAR, dataset_dir(NAME),
+            f"it from https://data.caltech.edu/records/65de6-vp158 (download is off)", looked,
+        )
+    dest = _cache_archive()
+    fetch(CUB_URL, dest, CUB_SHA256, what=f"CUB-200-2011 ({ARCHIVE}, 1.1 GB)")
+    return _Source("tgz", dest, "download")
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+_LINE = re.compile(r"^\s*(\d+)\s+(\S.*?)\s*$")
+
+
+def _table(text: str, name: str, where: str) -> dict[int, str]:
+    """``<id> <value>`` lines as a dict."""
+    out: dict[int, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _LINE.match(line)
+        if not m:
+            raise MetakitError(f"{DISPLAY} {where}: {name} line {n} is not '<id> <value>'; replace the file with the official one.")
+        out[int(m.group(1))] = m.group(2)
+    return out
+
+
+@dataclass
+class _Metadata:
+    classes: dict[int, str]  # class id -> folder name
+    images: dict[int, str]  # image id -> "<class>/<file>.jpg"
+    labels: dict[int, int]  # image id -> class id
+
+
+def _metadata(texts: dict[str, str], where: str) -> _Metadata:
+    classes = _table(texts["classes.txt"], "classes.txt", where)
+    images = _table(texts["images.txt"], "images.txt", where)
+    raw_labels = _table(texts["image_class_labels.txt"], "image_class_labels.txt", where)
+    try:
+        labels = {k: int(v) for k, v in raw_labels.items()}
+    except ValueError:
+        raise MetakitError(f"{DISPLAY} {where}: image_class_labels.txt has a non-numeric class id; replace it.") from None
+    for image_id, rel in images.items():
+        class_id = labels.get(image_id)
+        if class_id not in classes or rel.split("/", 1)[0] != classes[class_id]:
+            raise MetakitError(
+                f"{DISPLAY} {where}: image {image_id} ({rel}) does not match its class in image_class_labels.txt / "
+                f"classes.txt; the metadata files are not from one release."
+            )
+    return _Metadata(classes, images, labels)
+
+
+def _assemble(meta: _Metadata, pixels: dict[str, np.ndarray], image_size: int, where: str) -> Decoded:
+    class_ids = sorted({meta.labels[i] for i in meta.images})
+    index = {cid: k for k, cid in enumerate(class_ids)}
+    image_ids = sorted(meta.images)
+    missing = [meta.images[i] for i in image_ids if meta.images[i] not in pixels]
+    if missing:
+        raise MetakitError(
+            f"{DISPLAY} {where}: images.txt lists {len(missing)} image(s) that are not there (first: images/{missing[0]}); "
+            f"use the complete official archive."
+        )
+    out = np.empty((len(image_ids), 3, image_size, image_size), dtype=np.uint8)
+    labels = np.empty(len(image_ids), dtype=np.int64)
+    for k, image_id in enumerate(image_ids):
+        out[k] = pixels.pop(meta.images[image_id])
+        labels[k] = index[meta.labels[image_id]]
+    return Decoded(out, labels, [meta.classes[c] for c in class_ids], [cub_split_of(c) for c in class_ids])
+
+
+def _decode_tgz(src: _Source, image_size: int) -> Decoded:
+    fix = f"replace it with the official {ARCHIVE}" + (" (delete it and it is downloaded again)" if src.origin in ("cache", "download") else "")
+    if src.check_sha256:
+        verify(src.path, CUB_SHA256, what=f"CUB-200-2011 ({ARCHIVE})")
+    texts: dict[str, str] = {}
+    pixels: dict[str, np.ndarray] = {}
+    prefix = f"{FOLDER}/images/"
+    try:
+        with progress(f"decoding {DISPLAY} ({N_IMAGES} images)", N_IMAGES) as update, tarfile.open(src.path, "r|*") as tf:
+            # One sequential pass: images are decoded as they stream past (the metadata files may
+            # come before or after them), so the archive is never extracted.
+            for member in tf:
+                if not member.isfile():
+                    continue
+                name = member.name.removeprefix("./")
+                if name.startswith(prefix):
+                    data = tf.extractfile(member).read()  # type: ignore[union-attr]
+                    try:
+                        pixels[name[len(prefix):]] = decode_image(data, image_size)
+                    except IMAGE_ERRORS as exc:
+                        raise MetakitError(f"{DISPLAY} {src.path}: cannot decode {member.name} ({exc}); {fix}.") from None
+                    if len(pixels) % 256 == 0:
+                        update(len(pixels))
+                elif name in (f"{FOLDER}/{m}" for m in METADATA):
+                    texts[name.rsplit("/", 1)[1]] = tf.extractfile(member).read().decode("utf-8")  # type: ignore[union-attr]
+    except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise MetakitError(f"{DISPLAY} {src.path} is not a readable tar.gz ({type(exc).__name__}: {exc}); {fix}.") from None
+    missing = [m for m in METADATA if m not in texts]
+    if missing:
+        raise MetakitError(f"{DISPLAY} {src.path} holds no {FOLDER}/{', '.join(missing)}; {fix}.")
+    return _assemble(_metadata(texts, str(src.path)), pixels, image_size, str(src.path))
+
+
+def _decode_dir(src: _Source, image_size: int, max_memory_gb: float | None) -> Decoded:
+    texts = {}
+    for m in METADATA:
+        try:
+            texts[m] = (src.path / m).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MetakitError(f"{DISPLAY}: cannot read {src.path / m} ({exc}); replace it with the official file.") from None
+    meta = _metadata(texts, str(src.path))
+    check_memory(DISPLAY, len(meta.images), image_size, max_memory_gb)
+    pixels: dict[str, np.ndarray] = {}
+    with progress(f"decoding {DISPLAY} ({len(meta.images)} images)", len(meta.images)) as update:
+        for k, rel in enumerate(meta.images.values()):
+            path = src.path / "images" / rel
+            if not path.is_file():
+                continue  # reported by _assemble with the count of missing files
+            try:
+                pixels[rel] = decode_image(path, image_size)
+            except IMAGE_ERRORS as exc:
+                raise MetakitError(f"{DISPLAY}: cannot decode {path} ({exc}); replace the file.") from None
+            if k % 256 == 0:
+                update(k)
+    return _assemble(meta, pixels, image_size, str(src.path))
+
+
+def load_cub(
+    root: str | os.PathLike | None = None,
+    image_size: int = 84,
+    download: bool = True,
+    max_memory_gb: float | None = None,
+) -> ImageSetDataset:
+    """Load CUB-200-2011's 200 classes with the Chen et al. 100/50/50 few-shot split recorded.
+
+    Args:
+        root: ``CUB_200_2011.tgz``, a folder holding it, the extracted ``CUB_200_2011/`` folder or
+            its parent. ``None`` looks at ``$METAKIT_CUB``, then at ``cache_dir("cub")``, where a
+            missing archive is downloaded from CaltechDATA and verified by sha256. Files you
+            supply are validated but not checksum-verified, so repacked copies work.
+        image_size: output side length; photos are resized (not cropped) to squares.
+        download: fetch the official archive (1.1 GB) when no copy is found; with ``False`` (or
+            ``$METAKIT_OFFLINE``) a missing dataset is an error saying what to put where.
+        max_memory_gb: fail with one line if the decoded images would need more (default: 80% of
+            physical memory; about 250 MB are needed at 84px).
+
+    Returns:
+        An :class:`ImageSetDataset`: uint8 RGB ``[n, 3, image_size, image_size]``; classes are the
+        official folder names in official order; ``class_splits`` holds the few-shot split.
+    """
+    check_image_size(DISPLAY, image_size)
+    src = _locate(root, download)
+    if src.layout == "tgz":
+        # The archive's image count is only known once it is read: check the published one.
+        check_memory(DISPLAY, N_IMAGES, image_size, max_memory_gb)
+    key = f"{src.layout}:{stat_identity(src.files())}"
+    decode = (lambda: _decode_tgz(src, image_size)) if src.layout == "tgz" else (lambda: _decode_dir(src, image_size, max_memory_gb))
+    return to_dataset(NAME, cached_decode(NAME, DISPLAY, key, image_size, max_memory_gb, decode))
+
+
+def cub_status() -> str:
+    """One line: where CUB-200-2011 is, or where it would be downloaded to."""
+    need = f"~{format_bytes(decoded_bytes(N_IMAGES, 84))} in memory at 84px"
+    try:
+        src, _ = find(DISPLAY, None, ENV_VAR, [dataset_dir(NAME)], SUBDIRS, _probe)
+    except MetakitError as exc:
+        return str(exc)
+    if src is not None:
+        return f"{src.describe()}; {need}"
+    return f"not local (first use downloads {ARCHIVE}, 1.1 GB, to {_cache_archive()}); {need}"
