@@ -150,11 +150,14 @@ register_dataset(
 # records its published class split, so load_splits(name, split="published") returns exactly the
 # published train/val/test classes.
 _PUBLISHED = "metakit.datasets.imagesets:published_splits"
+_CIFAR100 = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (downloaded, sha256-verified)"
 register_dataset(
     DatasetSpec(
         name="miniimagenet",
-        summary="miniImageNet (Vinyals et al. 2016), Ravi & Larochelle 64/16/20 class split; 100 x 600 84x84 RGB; ~1.3 GB in memory.",
-        source="manual: mini-imagenet-cache-{train,val,test}.pkl, or images/ + Ravi & Larochelle CSVs (github.com/twitter/meta-learning-lstm)",
+        summary="miniImageNet (Vinyals et al. 2016), Ravi & Larochelle 64/16/20 class split; "
+        "100 x 600 84x84 RGB, ~1.3 GB in memory.",
+        source="manual: mini-imagenet-cache-{train,val,test}.pkl, or images/ + Ravi & Larochelle's CSVs "
+        "(github.com/twitter/meta-learning-lstm)",
         license="ImageNet terms of access (non-commercial research)",
         task_type="classification",
         loader="metakit.datasets.miniimagenet:load_miniimagenet",
@@ -166,8 +169,10 @@ register_dataset(
 register_dataset(
     DatasetSpec(
         name="tieredimagenet",
-        summary="tieredImageNet (Ren et al. 2018), 608 classes in 34 categories, 351/97/160 split by category; ~16.5 GB in memory at 84px.",
-        source="manual: Ren et al.'s tiered-imagenet.tar ({split}_images_png.pkl or _images.npz + {split}_labels.pkl)",
+        summary="tieredImageNet (Ren et al. 2018), 608 classes in 34 categories, 351/97/160 split by category; "
+        "~16.5 GB in memory at 84px.",
+        source="manual: Ren et al.'s tiered-imagenet.tar ({split}_images_png.pkl or {split}_images.npz, "
+        "{split}_labels.pkl)",
         license="ImageNet terms of access (non-commercial research)",
         task_type="classification",
         loader="metakit.datasets.tieredimagenet:load_tieredimagenet",
@@ -179,8 +184,9 @@ register_dataset(
 register_dataset(
     DatasetSpec(
         name="cifarfs",
-        summary="CIFAR-FS (Bertinetto et al. 2019): CIFAR-100, 64/16/20 class split; 100 x 600 32x32 RGB, superclasses as groups.",
-        source="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (downloaded, sha256-verified); or MetaOptNet / r2d2 files",
+        summary="CIFAR-FS (Bertinetto et al. 2019): CIFAR-100 with a 64/16/20 class split; 32x32 RGB, "
+        "superclasses as groups.",
+        source=_CIFAR100 + "; or MetaOptNet / r2d2 files",
         license="CIFAR-100: no license stated (cite Krizhevsky 2009)",
         task_type="classification",
         loader="metakit.datasets.cifarfs:load_cifarfs",
@@ -193,7 +199,7 @@ register_dataset(
     DatasetSpec(
         name="fc100",
         summary="FC100 (Oreshkin et al. 2018): CIFAR-100 split by superclass 12/4/4 (60/20/20 classes); 32x32 RGB.",
-        source="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (downloaded, sha256-verified); or MetaOptNet pickles",
+        source=_CIFAR100 + "; or MetaOptNet pickles",
         license="CIFAR-100: no license stated (cite Krizhevsky 2009)",
         task_type="classification",
         loader="metakit.datasets.fc100:load_fc100",
@@ -205,7 +211,8 @@ register_dataset(
 register_dataset(
     DatasetSpec(
         name="cub",
-        summary="CUB-200-2011 birds (Wah et al. 2011), 200 classes / 11,788 photos, Chen et al. 2019 100/50/50 split; ~250 MB at 84px.",
+        summary="CUB-200-2011 birds (Wah et al. 2011): 200 classes, 11,788 photos, Chen et al. 2019 "
+        "100/50/50 split; ~250 MB at 84px.",
         source="https://data.caltech.edu/records/65de6-vp158 (CUB_200_2011.tgz, 1.1 GB, downloaded, sha256-verified)",
         license="research use (Caltech; images from Flickr, see the dataset page)",
         task_type="classification",

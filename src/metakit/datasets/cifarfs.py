@@ -228,7 +228,9 @@ def _probe_cifar100(path: Path, origin: str, display: str) -> CifarSource | None
     if path.is_file():
         if tarfile.is_tarfile(path):
             return CifarSource("tar", path, origin, check_sha256=origin == "cache")
-        raise MetakitError(f"{display} {origin} {path} is not a tar archive; point it at {CIFAR100_TARBALL} or its folder.")
+        raise MetakitError(
+            f"{display} {origin} {path} is not a tar archive; point it at {CIFAR100_TARBALL} or its folder."
+        )
     if not path.is_dir():
         return None
     if (path / CIFAR100_TARBALL).is_file():
@@ -239,7 +241,8 @@ def _probe_cifar100(path: Path, origin: str, display: str) -> CifarSource | None
         present = [m for m in CIFAR100_MEMBERS if (folder / m).is_file()]
         if len(present) == len(CIFAR100_MEMBERS):
             return CifarSource("dir", folder, origin)
-        raise partial_layout(display, origin, folder, present or ["nothing"], [m for m in CIFAR100_MEMBERS if m not in present])
+        missing = [m for m in CIFAR100_MEMBERS if m not in present]
+        raise partial_layout(display, origin, folder, present or ["nothing"], missing)
     return None
 
 
@@ -250,13 +253,15 @@ def _probe(variant: CifarVariant) -> Callable[[Path, str], CifarSource | None]:
             if len(pickles) == len(SPLITS):
                 return CifarSource("metaoptnet", path, origin)
             if pickles:
-                raise partial_layout(variant.display, origin, path, pickles, [n for n in variant.pickle_names() if n not in pickles])
+                missing = [n for n in variant.pickle_names() if n not in pickles]
+                raise partial_layout(variant.display, origin, path, pickles, missing)
             if variant.r2d2 and (path / "splits" / "bertinetto").is_dir():
                 split_files = [f"{s}.txt" for s in SPLITS if (path / "splits" / "bertinetto" / f"{s}.txt").is_file()]
                 missing = [f"splits/bertinetto/{s}.txt" for s in SPLITS if f"{s}.txt" not in split_files]
                 missing += [] if (path / "data").is_dir() else ["data/"]
                 if missing:
-                    raise partial_layout(variant.display, origin, path, [f"splits/bertinetto/{f}" for f in split_files], missing)
+                    have = [f"splits/bertinetto/{f}" for f in split_files]
+                    raise partial_layout(variant.display, origin, path, have, missing)
                 return CifarSource("r2d2", path, origin)
         return _probe_cifar100(path, origin, variant.display)
 
@@ -288,7 +293,8 @@ def _locate(variant: CifarVariant, root: str | os.PathLike | None, download: boo
 
 
 def _cifar100_fix(src: CifarSource) -> str:
-    return f"replace it with the official {CIFAR100_URL}" + (" (delete it and it is downloaded again)" if src.origin in ("cache", "download") else "")
+    again = " (delete it and it is downloaded again)" if src.origin in ("cache", "download") else ""
+    return f"replace it with the official {CIFAR100_URL}{again}"
 
 
 def _read_cifar100(src: CifarSource, display: str) -> tuple[np.ndarray, list[str]]:
@@ -304,9 +310,13 @@ def _read_cifar100(src: CifarSource, display: str) -> tuple[np.ndarray, list[str
                 for member in tf:
                     parent, _, base = member.name.rpartition("/")
                     if member.isfile() and base in CIFAR100_MEMBERS and parent.endswith("cifar-100-python"):
-                        blobs[base] = load_pickle(tf.extractfile(member), f"{display} {src.path}:{member.name}", fix)  # type: ignore[arg-type]
+                        f = tf.extractfile(member)
+                        what = f"{display} {src.path}:{member.name}"
+                        blobs[base] = load_pickle(f, what, fix)  # type: ignore[arg-type]
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            raise MetakitError(f"{display} {src.path} is not a readable tar.gz ({type(exc).__name__}: {exc}); {fix}.") from None
+            raise MetakitError(
+                f"{display} {src.path} is not a readable tar.gz ({type(exc).__name__}: {exc}); {fix}."
+            ) from None
         missing = [m for m in CIFAR100_MEMBERS if m not in blobs]
         if missing:
             raise MetakitError(f"{display} {src.path} holds no cifar-100-python/{', '.join(missing)}; {fix}.")
@@ -350,7 +360,7 @@ def _read_metaoptnet(src: CifarSource, variant: CifarVariant) -> tuple[np.ndarra
         for fine in np.unique(labels):
             name = CIFAR100_FINE[fine] if 0 <= fine < len(CIFAR100_FINE) else None
             if name is None or variant.split_of(name) != split:
-                where = f"{variant.split_rule} puts it in {variant.split_of(name)}" if name else "it is not a CIFAR-100 label"
+                where = f"{variant.split_rule} puts it in {variant.split_of(name)}" if name else "no class has it"
                 raise MetakitError(f"{what} holds label {fine} ({name or '?'}) as {split}, but {where}; {fix}")
         images.append(data)
         classes += [CIFAR100_FINE[i] for i in labels]
@@ -365,17 +375,27 @@ def _read_r2d2(src: CifarSource, variant: CifarVariant, image_size: int, max_mem
         try:
             names = [line.strip() for line in split_file.read_text(encoding="utf-8").splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
-            raise MetakitError(f"{variant.display}: cannot read {split_file} ({exc}); replace it with Bertinetto et al.'s file.") from None
+            raise MetakitError(
+                f"{variant.display}: cannot read {split_file} ({exc}); replace it with Bertinetto et al.'s file."
+            ) from None
         for name in names:
             if _BERTINETTO_OF.get(name) != split or name in info:
-                where = f"the Bertinetto et al. split puts it in {_BERTINETTO_OF[name]}" if name in _BERTINETTO_OF else "it is not a CIFAR-100 class"
                 if name in info:
                     where = f"it is also listed in {info[name][0]}.txt"
-                raise MetakitError(f"{variant.display} {split_file} lists {name!r}, but {where}; use Bertinetto et al.'s split files.")
+                elif name in _BERTINETTO_OF:
+                    where = f"the Bertinetto et al. split puts it in {_BERTINETTO_OF[name]}"
+                else:
+                    where = "it is not a CIFAR-100 class"
+                raise MetakitError(
+                    f"{variant.display} {split_file} lists {name!r}, but {where}; use Bertinetto et al.'s split files."
+                )
             folder = src.path / "data" / name
             images = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
             if not images:
-                raise MetakitError(f"{variant.display}: {split_file.name} lists {name!r} but {folder} holds no images; place its images there.")
+                raise MetakitError(
+                    f"{variant.display}: {split_file.name} lists {name!r} but {folder} holds no images; "
+                    f"place its images there."
+                )
             info[name] = (split, FINE_TO_COARSE[name])
             files[name] = images
     names = order_classes(info)
@@ -408,7 +428,8 @@ def _decode(src: CifarSource, variant: CifarVariant, image_size: int, max_memory
         images, classes = _read_cifar100(src, variant.display)
         channels_last = False
     info = {c: (variant.split_of(c), FINE_TO_COARSE[c]) for c in set(classes)}
-    return assemble(variant.display, images, channels_last, classes, info, image_size, max_memory_gb, f"{variant.display} {src.path}")
+    what = f"{variant.display} {src.path}"
+    return assemble(variant.display, images, channels_last, classes, info, image_size, max_memory_gb, what)
 
 
 def load_cifar_variant(

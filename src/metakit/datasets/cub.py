@@ -122,7 +122,7 @@ def _locate(root: str | os.PathLike | None, download: bool) -> _Source:
     if not download:
         raise not_found(
             DISPLAY, f"{ARCHIVE} (or its extracted {FOLDER}/ folder)", ENV_VAR, dataset_dir(NAME),
-            f"it from https://data.caltech.edu/records/65de6-vp158 (download is off)", looked,
+            "it from https://data.caltech.edu/records/65de6-vp158 (download is off)", looked,
         )
     dest = _cache_archive()
     fetch(CUB_URL, dest, CUB_SHA256, what=f"CUB-200-2011 ({ARCHIVE}, 1.1 GB)")
@@ -143,7 +143,9 @@ def _table(text: str, name: str, where: str) -> dict[int, str]:
             continue
         m = _LINE.match(line)
         if not m:
-            raise MetakitError(f"{DISPLAY} {where}: {name} line {n} is not '<id> <value>'; replace the file with the official one.")
+            raise MetakitError(
+                f"{DISPLAY} {where}: {name} line {n} is not '<id> <value>'; replace the file with the official one."
+            )
         out[int(m.group(1))] = m.group(2)
     return out
 
@@ -162,7 +164,9 @@ def _metadata(texts: dict[str, str], where: str) -> _Metadata:
     try:
         labels = {k: int(v) for k, v in raw_labels.items()}
     except ValueError:
-        raise MetakitError(f"{DISPLAY} {where}: image_class_labels.txt has a non-numeric class id; replace it.") from None
+        raise MetakitError(
+            f"{DISPLAY} {where}: image_class_labels.txt has a non-numeric class id; replace it."
+        ) from None
     for image_id, rel in images.items():
         class_id = labels.get(image_id)
         if class_id not in classes or rel.split("/", 1)[0] != classes[class_id]:
@@ -180,8 +184,8 @@ def _assemble(meta: _Metadata, pixels: dict[str, np.ndarray], image_size: int, w
     missing = [meta.images[i] for i in image_ids if meta.images[i] not in pixels]
     if missing:
         raise MetakitError(
-            f"{DISPLAY} {where}: images.txt lists {len(missing)} image(s) that are not there (first: images/{missing[0]}); "
-            f"use the complete official archive."
+            f"{DISPLAY} {where}: images.txt lists {len(missing)} image(s) that are not there "
+            f"(first: images/{missing[0]}); use the complete official archive."
         )
     out = np.empty((len(image_ids), 3, image_size, image_size), dtype=np.uint8)
     labels = np.empty(len(image_ids), dtype=np.int64)
@@ -192,14 +196,18 @@ def _assemble(meta: _Metadata, pixels: dict[str, np.ndarray], image_size: int, w
 
 
 def _decode_tgz(src: _Source, image_size: int) -> Decoded:
-    fix = f"replace it with the official {ARCHIVE}" + (" (delete it and it is downloaded again)" if src.origin in ("cache", "download") else "")
+    again = " (delete it and it is downloaded again)" if src.origin in ("cache", "download") else ""
+    fix = f"replace it with the official {ARCHIVE}{again}"
     if src.check_sha256:
         verify(src.path, CUB_SHA256, what=f"CUB-200-2011 ({ARCHIVE})")
     texts: dict[str, str] = {}
     pixels: dict[str, np.ndarray] = {}
     prefix = f"{FOLDER}/images/"
     try:
-        with progress(f"decoding {DISPLAY} ({N_IMAGES} images)", N_IMAGES) as update, tarfile.open(src.path, "r|*") as tf:
+        with (
+            progress(f"decoding {DISPLAY} ({N_IMAGES} images)", N_IMAGES) as update,
+            tarfile.open(src.path, "r|*") as tf,
+        ):
             # One sequential pass: images are decoded as they stream past (the metadata files may
             # come before or after them), so the archive is never extracted.
             for member in tf:
@@ -211,13 +219,18 @@ def _decode_tgz(src: _Source, image_size: int) -> Decoded:
                     try:
                         pixels[name[len(prefix):]] = decode_image(data, image_size)
                     except IMAGE_ERRORS as exc:
-                        raise MetakitError(f"{DISPLAY} {src.path}: cannot decode {member.name} ({exc}); {fix}.") from None
+                        raise MetakitError(
+                            f"{DISPLAY} {src.path}: cannot decode {member.name} ({exc}); {fix}."
+                        ) from None
                     if len(pixels) % 256 == 0:
                         update(len(pixels))
                 elif name in (f"{FOLDER}/{m}" for m in METADATA):
-                    texts[name.rsplit("/", 1)[1]] = tf.extractfile(member).read().decode("utf-8")  # type: ignore[union-attr]
+                    raw = tf.extractfile(member).read()  # type: ignore[union-attr]
+                    texts[name.rsplit("/", 1)[1]] = raw.decode("utf-8")
     except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise MetakitError(f"{DISPLAY} {src.path} is not a readable tar.gz ({type(exc).__name__}: {exc}); {fix}.") from None
+        raise MetakitError(
+            f"{DISPLAY} {src.path} is not a readable tar.gz ({type(exc).__name__}: {exc}); {fix}."
+        ) from None
     missing = [m for m in METADATA if m not in texts]
     if missing:
         raise MetakitError(f"{DISPLAY} {src.path} holds no {FOLDER}/{', '.join(missing)}; {fix}.")
@@ -230,7 +243,9 @@ def _decode_dir(src: _Source, image_size: int, max_memory_gb: float | None) -> D
         try:
             texts[m] = (src.path / m).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise MetakitError(f"{DISPLAY}: cannot read {src.path / m} ({exc}); replace it with the official file.") from None
+            raise MetakitError(
+                f"{DISPLAY}: cannot read {src.path / m} ({exc}); replace it with the official file."
+            ) from None
     meta = _metadata(texts, str(src.path))
     check_memory(DISPLAY, len(meta.images), image_size, max_memory_gb)
     pixels: dict[str, np.ndarray] = {}
@@ -277,8 +292,13 @@ def load_cub(
         # The archive's image count is only known once it is read: check the published one.
         check_memory(DISPLAY, N_IMAGES, image_size, max_memory_gb)
     key = f"{src.layout}:{stat_identity(src.files())}"
-    decode = (lambda: _decode_tgz(src, image_size)) if src.layout == "tgz" else (lambda: _decode_dir(src, image_size, max_memory_gb))
-    return to_dataset(NAME, cached_decode(NAME, DISPLAY, key, image_size, max_memory_gb, decode))
+    if src.layout == "tgz":
+        dec = cached_decode(NAME, DISPLAY, key, image_size, max_memory_gb, lambda: _decode_tgz(src, image_size))
+    else:
+        dec = cached_decode(
+            NAME, DISPLAY, key, image_size, max_memory_gb, lambda: _decode_dir(src, image_size, max_memory_gb)
+        )
+    return to_dataset(NAME, dec)
 
 
 def cub_status() -> str:

@@ -171,29 +171,38 @@ def find(
     """Return ``(source, looked)``: the first location where ``probe(path, origin)`` finds the data.
 
     ``probe`` returns a source object, ``None`` when nothing of the dataset is at ``path``, or
-    raises :class:`MetakitError` when only part of a layout is there. A ``root`` or environment
-    variable naming a path that does not exist is an error (a typo should not trigger a search
-    elsewhere). ``source`` is ``None`` when nothing was found; ``looked`` lists the locations tried.
+    raises :class:`MetakitError` when only part of a layout is there. Such an error is raised only
+    if no other candidate folder of the same location holds a complete layout, and then it stops
+    the search: a half-placed dataset should be completed, not silently replaced. A ``root`` or
+    environment variable naming a path that does not exist is an error too (a typo should not
+    trigger a download elsewhere). ``source`` is ``None`` when nothing was found; ``looked`` lists
+    the locations tried.
     """
     looked: list[Location] = []
+    locations = []
     for loc in user_locations(root, env_var):
         if not loc.path.exists():
             raise MetakitError(
                 f"{display} {loc.origin} {loc.path} does not exist; point it at the folder holding the "
                 f"{display} files (see the loader's docstring for the layouts)."
             )
+        locations.append(loc)
+    locations += [Location(cache, "cache") for cache in caches]
+    for loc in locations:
         looked.append(loc)
+        if not loc.path.exists():
+            continue
+        partial: MetakitError | None = None
         for path in candidates(loc.path, subdirs):
-            src = probe(path, loc.origin)
+            try:
+                src = probe(path, loc.origin)
+            except MetakitError as exc:
+                partial = partial or exc
+                continue
             if src is not None:
                 return src, looked
-    for cache in caches:
-        looked.append(Location(cache, "cache"))
-        if cache.exists():
-            for path in candidates(cache, subdirs):
-                src = probe(path, "cache")
-                if src is not None:
-                    return src, looked
+        if partial is not None:
+            raise partial
     return None, looked
 
 
@@ -202,7 +211,9 @@ def dataset_dir(name: str) -> Path:
     return cache_dir() / name
 
 
-def not_found(display: str, wants: str, env_var: str, place: Path, get: str, looked: Sequence[Location]) -> MetakitError:
+def not_found(
+    display: str, wants: str, env_var: str, place: Path, get: str, looked: Sequence[Location]
+) -> MetakitError:
     """The one-line error for a dataset that is nowhere: which files, where to put them, where to get them."""
     where = "; ".join(loc.describe() for loc in looked)
     return MetakitError(
@@ -211,7 +222,9 @@ def not_found(display: str, wants: str, env_var: str, place: Path, get: str, loo
     )
 
 
-def partial_layout(display: str, origin: str, folder: Path, have: Iterable[str], missing: Iterable[str]) -> MetakitError:
+def partial_layout(
+    display: str, origin: str, folder: Path, have: Iterable[str], missing: Iterable[str]
+) -> MetakitError:
     """The error for a folder holding only part of a layout."""
     return MetakitError(
         f"{display} {origin} {folder} has {', '.join(have)} but lacks {', '.join(missing)}; "
@@ -282,7 +295,9 @@ def load_pickle(source: Path | IO[bytes], what: str, fix: str) -> Any:
     except MemoryError:
         raise MetakitError(f"{what} does not fit in memory; lower image_size or use a machine with more RAM.") from None
     except Exception as exc:  # noqa: BLE001 - unpickling corrupt data raises nearly anything
-        raise MetakitError(f"{what} is not a readable pickle ({type(exc).__name__}: {exc}); {fix}") from None
+        raise MetakitError(
+            f"{what} is not a readable pickle ({type(exc).__name__}: {exc}); {fix.rstrip('.')}."
+        ) from None
 
 
 def str_keys(obj: Any) -> Any:
@@ -316,8 +331,10 @@ def decoded_bytes(n_images: int, image_size: int) -> int:
 
 
 def format_bytes(n: float) -> str:
-    """``n`` bytes as ``"1.3 GB"`` / ``"250 MB"`` (decimal units, like the download sizes quoted)."""
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+    """``n`` bytes as ``"1.3 GB"``, ``"250 MB"`` or ``"21 kB"`` (decimal units, like the download sizes)."""
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB"
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def _physical_memory() -> int | None:
@@ -333,7 +350,8 @@ def check_memory(display: str, n_images: int, image_size: int, max_memory_gb: fl
     The cap is ``max_memory_gb`` gigabytes, or 80% of physical memory when it is ``None``; a
     non-positive ``max_memory_gb`` disables the check.
     """
-    if max_memory_gb is not None and (not isinstance(max_memory_gb, (int, float)) or isinstance(max_memory_gb, bool)):
+    bad_type = not isinstance(max_memory_gb, (int, float)) or isinstance(max_memory_gb, bool)
+    if max_memory_gb is not None and bad_type:
         raise MetakitError(f"{display}: max_memory_gb must be a number of gigabytes, got {max_memory_gb!r}.")
     if max_memory_gb is not None and max_memory_gb <= 0:
         return
@@ -347,9 +365,10 @@ def check_memory(display: str, n_images: int, image_size: int, max_memory_gb: fl
     need = decoded_bytes(n_images, image_size)
     if need > cap:
         fit = int((cap / (3 * n_images)) ** 0.5) if n_images else image_size
+        fix = f"use image_size {fit} or less, or raise max_memory_gb" if fit >= 1 else "raise max_memory_gb"
         raise MetakitError(
             f"{display} at {image_size}px needs {format_bytes(need)} of memory for {n_images:,} images, "
-            f"over the {format_bytes(cap)} cap ({source}); use image_size {fit} or less, or raise max_memory_gb."
+            f"over the {format_bytes(cap)} cap ({source}); {fix}."
         )
 
 
@@ -464,7 +483,13 @@ def cached_decode(
         hit = _load_cached(path, display, image_size, max_memory_gb)
         if hit is not None:
             return hit
-    dec = decode()
+    try:
+        dec = decode()
+    except MemoryError:
+        raise MetakitError(
+            f"ran out of memory decoding {display} at {image_size}px; use a smaller image_size, or set "
+            f"max_memory_gb to what this machine can spare so the need is checked before decoding."
+        ) from None
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         # A file object, because np.savez would append ".npz" to the temporary name.
         np.savez(
@@ -522,4 +547,5 @@ def assemble(
     out = np.empty((len(labels), 3, image_size, image_size), dtype=np.uint8)
     fill_resized(out, images, channels_last, what)
     groups = [info[c][1] for c in names]
-    return Decoded(out, labels, names, [info[c][0] for c in names], None if None in groups else groups)  # type: ignore[arg-type]
+    splits = [info[c][0] for c in names]
+    return Decoded(out, labels, names, splits, None if None in groups else groups)  # type: ignore[arg-type]

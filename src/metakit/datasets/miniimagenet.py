@@ -153,7 +153,7 @@ def _check_class(wnid: str, split: str, what: str) -> None:
 
 
 def _decode_pickles(src: _Source, image_size: int, max_memory_gb: float | None) -> Decoded:
-    fix = f"replace it with the original file ({GET})"
+    fix = "replace it with an intact copy of the original file"
     parts: list[tuple[str, np.ndarray, dict[str, list[int]]]] = []
     total = 0
     for split in SPLITS:
@@ -162,13 +162,17 @@ def _decode_pickles(src: _Source, image_size: int, max_memory_gb: float | None) 
         data = str_keys(load_pickle(path, what, fix))
         if not isinstance(data, dict) or "image_data" not in data or "class_dict" not in data:
             keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
-            raise MetakitError(f"{what} is not a miniImageNet cache (expected keys image_data, class_dict; got {keys}); {fix}.")
+            raise MetakitError(
+                f"{what} is not a miniImageNet cache (expected keys image_data, class_dict; got {keys}); {fix}."
+            )
         images = np.asarray(data["image_data"])
         class_dict = {str(k): [int(i) for i in v] for k, v in str_keys(data["class_dict"]).items()}
         for wnid, rows in class_dict.items():
             _check_class(wnid, split, what)
             if rows and (min(rows) < 0 or max(rows) >= len(images)):
-                raise MetakitError(f"{what}: class_dict[{wnid!r}] indexes rows outside image_data (0..{len(images) - 1}); {fix}.")
+                raise MetakitError(
+                    f"{what}: class_dict[{wnid!r}] indexes rows outside image_data (0..{len(images) - 1}); {fix}."
+                )
         total += sum(len(r) for r in class_dict.values())
         check_memory(DISPLAY, total, image_size, max_memory_gb)
         resized = np.empty((len(images), 3, image_size, image_size), dtype=np.uint8)
@@ -200,7 +204,9 @@ def _read_csv(path: Path) -> list[tuple[str, str]]:
         with open(path, newline="", encoding="utf-8") as f:
             rows = [r for r in csv.reader(f) if r]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise MetakitError(f"{DISPLAY} {path} is not a readable CSV ({exc}); replace it with Ravi & Larochelle's file.") from None
+        raise MetakitError(
+            f"{DISPLAY} {path} is not a readable CSV ({exc}); replace it with Ravi & Larochelle's file."
+        ) from None
     if not rows or [c.strip() for c in rows[0]] != ["filename", "label"] or any(len(r) != 2 for r in rows[1:]):
         raise MetakitError(
             f"{DISPLAY} {path} is not a Ravi & Larochelle split CSV (header filename,label and two columns per "
@@ -282,4 +288,4 @@ def miniimagenet_status() -> str:
         return str(exc)
     if src is not None:
         return f"{src.describe()}; {need}"
-    return f"not local: place {WANTS} in {dataset_dir(NAME)} (or set ${ENV_VAR}); manual download; {need}"
+    return f"not local (no official download): place {WANTS} in {dataset_dir(NAME)} (or set ${ENV_VAR}); {need}"

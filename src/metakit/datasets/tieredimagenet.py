@@ -215,17 +215,26 @@ def _decode(src: _Source, image_size: int, max_memory_gb: float | None, npz_chan
         if path.name.endswith(".npz"):
             images = _read_npz(path)
             if len(images) != n:
-                raise MetakitError(f"{what} holds {len(images)} images but {_labels_file(split)} labels {n}; use files from the same release.")
+                raise MetakitError(
+                    f"{what} holds {len(images)} images but {_labels_file(split)} labels {n}; "
+                    f"use files from the same release."
+                )
             fill_resized(chunk, images[..., ::-1] if npz_channels == "bgr" and images.ndim == 4 else images, True, what)
         else:
             encoded = load_pickle(path, what, "replace it with the file from Ren et al.'s tiered-imagenet.tar.")
             if not isinstance(encoded, (list, tuple)) or len(encoded) != n:
                 got = f"{len(encoded)} items" if isinstance(encoded, (list, tuple)) else f"a {type(encoded).__name__}"
-                raise MetakitError(f"{what} holds {got}, but {_labels_file(split)} labels {n} images; use files from the same release.")
+                raise MetakitError(
+                    f"{what} holds {got}, but {_labels_file(split)} labels {n} images; use files from the same release."
+                )
             with progress(f"decoding {DISPLAY} {split} ({n} images)", n) as update:
                 for i, item in enumerate(encoded):
+                    if isinstance(item, np.ndarray):
+                        item = item.tobytes()  # cv2.imencode output, as Ren et al. stored it
+                    elif isinstance(item, str):
+                        item = item.encode("latin1")  # a Python 2 byte string read with latin1
                     try:
-                        chunk[i] = decode_image(item.tobytes() if isinstance(item, np.ndarray) else item, image_size)
+                        chunk[i] = decode_image(item, image_size)
                     except (*IMAGE_ERRORS, TypeError) as exc:
                         raise MetakitError(f"{what}: image {i} cannot be decoded ({exc}); replace the file.") from None
                     if i % 1024 == 0:
@@ -239,7 +248,9 @@ def _decode(src: _Source, image_size: int, max_memory_gb: float | None, npz_chan
         start += n
     dupes = sorted(c for c, k in Counter(names).items() if k > 1)
     if dupes:
-        raise MetakitError(f"{DISPLAY}: class(es) {dupes[:3]} appear in more than one split; the files are not one release.")
+        raise MetakitError(
+            f"{DISPLAY}: class(es) {dupes[:3]} appear in more than one split; the files are not one release."
+        )
     return Decoded(out, labels, names, splits, groups)
 
 
@@ -288,5 +299,5 @@ def tieredimagenet_status() -> str:
         return str(exc)
     if src is not None:
         return f"{src.describe()}; {need}"
-    return f"not local: place {WANTS} in {dataset_dir(NAME)} (or set ${ENV_VAR}); manual download; {need}"
+    return f"not local (no official download): place {WANTS} in {dataset_dir(NAME)} (or set ${ENV_VAR}); {need}"
 
