@@ -131,7 +131,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from metakit.datasets import DATASETS
 
     table = Table(title="metakit datasets")
-    for col in ("name", "type", "splits", "source", "license", "local status"):
+    table.add_column("name", no_wrap=True)
+    for col in ("source", "license", "local status"):
         table.add_column(col, overflow="fold")
     rows = []
     for spec in DATASETS.values():
@@ -141,8 +142,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             status = str(exc)
         rows.append({"name": spec.name, "type": spec.task_type, "splits": list(spec.splits), "summary": spec.summary,
                      "source": spec.source, "license": spec.license, "status": status})
-        table.add_row(spec.name, spec.task_type, ", ".join(spec.splits) if spec.task_type == "classification" else "-",
-                      spec.source, spec.license, status)
+        table.add_row(spec.name, spec.source, spec.license, status)
     console.print(table)
     _write_json_option(args.json, rows)
     return 0
