@@ -80,6 +80,7 @@ def test_cross_domain_matrix(tmp_path):
     assert [c["dataset"] for c in cells] == ["synthetic", "synthetic"] and cells[0]["mean"] != cells[1]["mean"]
     assert (tmp_path / "x" / "cross_domain.md").is_file()
     assert parse_dataset_spec("omniglot:root=/x.zip,image_size=28") == {"name": "omniglot", "root": "/x.zip", "image_size": 28}
+    assert parse_dataset_spec("omniglot:fractions=[0.5,0.25,0.25],split=group")["fractions"] == [0.5, 0.25, 0.25]
     with pytest.raises(MetakitError, match="images .* but the learner was trained on"):
         cross_domain([str(tmp_path / "r")], ["synthetic:size=16"], tmp_path / "y", episodes=2, progress=False)
 

@@ -171,7 +171,17 @@ def parse_dataset_spec(spec: str) -> dict[str, Any]:
     """``"omniglot:root=/data/omniglot,image_size=28"`` -> ``{"name": "omniglot", "root": ..., ...}``."""
     name, _, rest = spec.partition(":")
     data: dict[str, Any] = {"name": name}
-    for item in filter(None, rest.split(",")):
+    # Split on commas outside brackets, so list values such as fractions=[0.7,0.1,0.2] stay whole.
+    items, depth, current = [], 0, ""
+    for ch in rest:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    for item in filter(None, items):
         if "=" not in item:
             raise MetakitError(f"dataset option {item!r} in {spec!r} must look like key=value.")
         key, value = item.split("=", 1)
