@@ -15,7 +15,7 @@ from conftest import make_synthetic
 from torch import nn
 
 from metakit.backbones import build_backbone
-from metakit.episodes import Episode, EpisodeSampler, FixedEpisodes, sample_batch
+from metakit.episodes import Episode, EpisodeSampler, sample_batch
 from metakit.errors import MetakitError
 from metakit.learners import TaskInfo, build_learner
 from metakit.learners.finetune import CosineClassifier, chen_scale
@@ -237,7 +237,8 @@ def test_finetune_default_is_the_unchanged_linear_baseline():
         features = F.normalize(learner.backbone(ep.support_x), dim=-1)
     # The original algorithm: zero-initialised linear head, full-batch Adam on the support set.
     head = nn.Linear(features.shape[-1], 5)
-    nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
     opt = torch.optim.Adam(head.parameters(), lr=0.01, weight_decay=0.001)
     for _ in range(20):
         opt.zero_grad()
@@ -295,21 +296,24 @@ def test_metabaseline_adapts_with_cosine_prototypes():
 
 # -- every new learner: learns, and trains end to end through the CLI ---------------------------------
 
+# (name, options, ways, chance accuracy of the training metric): pretraining-style learners report
+# the accuracy of their classifier over all 40 training classes.
 LEARNERS = [
-    ("matching", {}, 5),
-    ("matching", {"fce": True}, 5),
-    ("relation", {"drop_pools": 1}, 5),
-    ("r2d2", {}, 5),
-    ("metaoptnet", {}, 5),
-    ("finetune", {"transductive": True}, 20),
-    ("baselinepp", {}, 20),
-    ("metabaseline", {"pretrain_steps": 0}, 5),
-    ("metabaseline", {"pretrain_steps": 100}, 20),
+    ("matching", {}, 5, 1 / 5),
+    ("matching", {"fce": True}, 5, 1 / 5),
+    ("relation", {"drop_pools": 1}, 5, 1 / 5),
+    ("r2d2", {}, 5, 1 / 5),
+    ("metaoptnet", {}, 5, 1 / 5),
+    ("finetune", {"transductive": True}, 20, 1 / 40),
+    ("baselinepp", {}, 20, 1 / 40),
+    ("metabaseline", {"pretrain_steps": 0}, 5, 1 / 5),
+    ("metabaseline", {"pretrain_steps": 100}, 20, 1 / 40),
 ]
 
 
-@pytest.mark.parametrize(("name", "options", "ways"), LEARNERS, ids=lambda v: str(v))
-def test_new_learners_learn_on_synthetic_tasks(name, options, ways):
+@pytest.mark.parametrize(("name", "options", "ways", "chance"), LEARNERS, ids=lambda v: str(v))
+def test_new_learners_learn_on_synthetic_tasks(name, options, ways, chance):
+    """A few meta-steps lower the loss on held-out training-split batches and beat chance clearly."""
     torch.manual_seed(0)
     data = make_synthetic(noise=0.05)
     learner = build_learner(name, tiny(), TASK, **options)
@@ -317,15 +321,18 @@ def test_new_learners_learn_on_synthetic_tasks(name, options, ways):
     gen = torch.Generator().manual_seed(0)
     held = sample_batch(sampler, 4, torch.Generator().manual_seed(1))
     with torch.no_grad():
-        before, _ = learner.meta_loss(held)
+        before, start = learner.meta_loss(held)
     opt = torch.optim.Adam(learner.parameters(), 3e-3 if name == "relation" else 1e-2)
-    for _ in range(12):
+    for _ in range(20):
         opt.zero_grad()
         learner.meta_step(sample_batch(sampler, 2, gen))
         opt.step()
     with torch.no_grad():
         after, metrics = learner.meta_loss(held)
-    assert after < 0.9 * before, (before.item(), after.item())
+    assert after < before, (before.item(), after.item())
+    # Accuracy, not loss, is the common yardstick: MetaOptNet's fixed lambda = 50 keeps its initial
+    # logits tiny, so its loss moves slowly while its accuracy doubles.
+    assert metrics["accuracy"] > max(2 * chance, start["accuracy"] + 0.2), (start["accuracy"], metrics["accuracy"])
 
 
 @pytest.mark.parametrize(("name", "options"), [
