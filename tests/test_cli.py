@@ -75,6 +75,10 @@ def test_datasets_lists_every_dataset(tmp_path, capsys):
         (["train.optimizer=adagrad"], "unknown train.optimizer 'adagrad'"),
         (["train.lr=-1"], "train.lr must be > 0"),
         (["train.steps"], "must look like key=value"),
+        (["learner.name=maml", "learner.inner_lr=0"], "inner_lr must be > 0"),
+        (["learner.name=maml", "learner.inner_steps=-1"], "inner_steps must be an integer >= 0"),
+        (["learner.name=maml", "learner.adapt=[classifier]"], "no parameter named 'classifier'"),
+        (["learner.first_order=true"], "unknown option 'first_order' for learner 'protonet'"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, overrides, needle):
