@@ -17,6 +17,7 @@ from metakit.datasets import ClassDataset, get_dataset, load_splits
 from metakit.episodes import EpisodeSampler, TaskSource, Transform, random_shift
 from metakit.errors import MetakitError, unknown_name
 from metakit.learners import Learner, TaskInfo, build_learner
+from metakit.pretraining import validate_pretrain_config
 from metakit.utils import seed_everything
 
 AUGMENTATIONS = {"shift": lambda: random_shift(2)}
@@ -79,6 +80,7 @@ def build_experiment(config: Config) -> Experiment:
     """
     seed_everything(config.seed)  # weight initialisation depends on the run's seed only
     spec = get_dataset(config.dataset.name)
+    validate_pretrain_config(config)
     d, e, ev = config.dataset, config.episodes, config.eval
     if e.meta_batch < 1:
         raise MetakitError(f"episodes.meta_batch must be >= 1, got {e.meta_batch}.")

@@ -302,9 +302,9 @@ def pretrain(experiment: Any, run_dir: str | Path, progress: bool = True) -> dic
                 idx = torch.randperm(len(images), generator=generator)[:batch_size]
                 x = images[idx].float().div_(255)
                 if p.objective == "rotation":
-                    inputs, targets = rotate_batch(x)
-                    logits = head(backbone(inputs.to(device)))
-                    loss = F.cross_entropy(logits, targets.to(device))
+                    inputs, targets = rotate_batch(x.to(device))
+                    logits = head(backbone(inputs))
+                    loss = F.cross_entropy(logits, targets)
                 else:
                     # Both views in one forward pass, so BatchNorm sees them together as in SimCLR.
                     views = torch.cat([augment_views(x, generator), augment_views(x, generator)]).to(device)
@@ -325,6 +325,9 @@ def pretrain(experiment: Any, run_dir: str | Path, progress: bool = True) -> dic
                     bar.update(task, completed=step, info=f"loss {losses[-1]:.3f} acc {accuracies[-1]:.3f}")
     backbone.train(was_training)
     del head, optimizer  # the pretext heads are not part of the learner
+    # Every process pretrains identically from the same seed; rank 0's result still wins, so
+    # processes on a non-deterministic device cannot start meta-training from different weights.
+    dist.broadcast_parameters(backbone)
 
     seconds = time.perf_counter() - start
     tail = max(1, min(10, len(losses)))

@@ -8,6 +8,7 @@ Layout::
       checkpoints/last.pt    full training state, for --resume
       checkpoints/best.pt    learner weights at the best validation score
       pretraining.json       self-supervised pretraining log (when pretrain.objective is set)
+      checkpoints/pretrained_backbone.pt   the backbone right after pretraining
       training.json          training summary (steps, time, best validation)
       evaluation.json        test results written by ``metakit evaluate``
       learning_curve.png     train loss/metric and validation metric against steps
