@@ -46,7 +46,7 @@ _PAPERS = {
     "relation": ("Sung et al. 2018, Relation Networks, Table 1", {(5, 1): (99.6, 0.2), (5, 5): (99.8, 0.1), (20, 1): (97.6, 0.2), (20, 5): (99.1, 0.1)}),
 }
 #: Minutes on 2 CPU cores for the default budget of each learner's Vinyals config (1-shot, 5-shot).
-_MINUTES = {"protonet": (12, 14), "maml": (15, 20), "matching": (12, 14), "relation": (14, 16)}
+_MINUTES = {"protonet": (11, 13), "maml": (15, 20), "matching": (12, 14), "relation": (14, 16)}
 
 
 def _omniglot_rows() -> list[Row]:
