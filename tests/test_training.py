@@ -69,6 +69,13 @@ def test_refuses_to_overwrite_a_run(tmp_path):
         train(config_from_dict(small_config(steps=2, val_every=1)), tmp_path / "r", progress=False)
 
 
+def test_corrupt_checkpoint_on_resume(tmp_path):
+    train(config_from_dict(small_config(steps=2, val_every=1)), tmp_path / "r", progress=False)
+    RunPaths(tmp_path / "r").last.write_bytes(b"truncated")
+    with pytest.raises(MetakitError, match="is corrupt"):
+        train(config_from_dict(small_config(steps=4, val_every=1)), tmp_path / "r", resume=True, progress=False)
+
+
 def test_nan_loss_is_one_clear_error(tmp_path):
     cfg = small_config(steps=50, optimizer="sgd", lr=1e30, momentum=0.0)
     with pytest.raises(MetakitError, match="loss became (nan|inf).*lower train.lr"):

@@ -94,7 +94,12 @@ class Trainer:
             saved["train"]["steps"] = mine["train"]["steps"]  # extending a run is allowed
             if saved != mine:
                 raise MetakitError(f"the config differs from the one {p.root} was started with; resume with the same config.")
-            return torch.load(p.last, map_location="cpu", weights_only=False)
+            try:
+                return torch.load(p.last, map_location="cpu", weights_only=False)
+            except Exception as exc:  # truncated or foreign file: one line, not a traceback
+                raise MetakitError(
+                    f"checkpoint {p.last} is corrupt ({type(exc).__name__}); delete it to start over."
+                ) from None
         if dist.is_main():
             p.root.mkdir(parents=True, exist_ok=True)
             write_text(p.config, self.cfg.to_yaml())
@@ -200,7 +205,11 @@ class Trainer:
                             torch_save({"step": step, "learner": learner.state_dict(), metric: result.mean}, self.paths.best)
                     else:
                         state["bad_validations"] += 1
-                    self.console.print(f"step {step}/{total}: val {metric} {result.mean:.4f} ± {result.ci95:.4f} (best {state['best']:.4f} at {state['best_step']})") if show else None
+                    if show:
+                        self.console.print(
+                            f"step {step}/{total}: val {metric} {result.mean:.4f} ± {result.ci95:.4f} "
+                            f"(best {state['best']:.4f} at {state['best_step']})"
+                        )
                     stopped_early = cfg.train.patience is not None and state["bad_validations"] > cfg.train.patience
                 if step % self.checkpoint_every == 0 or step == total or stopped_early:
                     state["train_seconds"] = time.perf_counter() - t_start
