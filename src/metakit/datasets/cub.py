@@ -50,6 +50,7 @@ from metakit.datasets.imagesets import (
     partial_layout,
     progress,
     stat_identity,
+    status_line,
     to_dataset,
 )
 from metakit.errors import MetakitError
@@ -303,11 +304,5 @@ def load_cub(
 
 def cub_status() -> str:
     """One line: where CUB-200-2011 is, or where it would be downloaded to."""
-    need = f"~{format_bytes(decoded_bytes(N_IMAGES, 84))} in memory at 84px"
-    try:
-        src, _ = find(DISPLAY, None, ENV_VAR, [dataset_dir(NAME)], SUBDIRS, _probe)
-    except MetakitError as exc:
-        return str(exc)
-    if src is not None:
-        return f"{src.describe()}; {need}"
-    return f"not local (first use downloads {ARCHIVE}, 1.1 GB, to {_cache_archive()}); {need}"
+    missing = f"not local (first use downloads {ARCHIVE}, 1.1 GB, to {_cache_archive()})"
+    return status_line(NAME, DISPLAY, ENV_VAR, SUBDIRS, _probe, N_IMAGES, missing)

@@ -549,3 +549,15 @@ def assemble(
     groups = [info[c][1] for c in names]
     splits = [info[c][0] for c in names]
     return Decoded(out, labels, names, splits, None if None in groups else groups)  # type: ignore[arg-type]
+
+
+def status_line(
+    name: str, display: str, env_var: str, subdirs: Sequence[str], probe: Any, n_images: int, missing: str
+) -> str:
+    """One line for ``metakit datasets``: where the files are (or ``missing``), with the memory need at 84px."""
+    need = f"~{format_bytes(decoded_bytes(n_images, 84))} in memory at 84px"
+    try:
+        src, _ = find(display, None, env_var, [dataset_dir(name)], subdirs, probe)
+    except MetakitError as exc:
+        return str(exc)
+    return f"{src.describe() if src is not None else missing}; {need}"

@@ -47,6 +47,7 @@ from metakit.datasets.imagesets import (
     partial_layout,
     progress,
     stat_identity,
+    status_line,
     str_keys,
     to_dataset,
 )
@@ -281,11 +282,5 @@ def load_miniimagenet(
 
 def miniimagenet_status() -> str:
     """One line: where miniImageNet is, or which files to place where."""
-    need = f"~{format_bytes(decoded_bytes(N_IMAGES, 84))} in memory at 84px"
-    try:
-        src, _ = find(DISPLAY, None, ENV_VAR, [dataset_dir(NAME)], SUBDIRS, _probe)
-    except MetakitError as exc:
-        return str(exc)
-    if src is not None:
-        return f"{src.describe()}; {need}"
-    return f"not local (no official download): place {WANTS} in {dataset_dir(NAME)} (or set ${ENV_VAR}); {need}"
+    missing = f"not local (no official download): place {WANTS} in {dataset_dir(NAME)} (or set ${ENV_VAR})"
+    return status_line(NAME, DISPLAY, ENV_VAR, SUBDIRS, _probe, N_IMAGES, missing)
