@@ -1,19 +1,22 @@
 """The MAML family's fast path on CPU: a functional, thread-safe forward and a task-parallel meta-step.
 
-Two measured facts about the gradient-based learners on CPU drive this module (numbers are in
-``benchmarks/maml_throughput.py``'s docstring):
+Measured facts about the gradient-based learners on CPU drive this module (the timings are in
+``docs/benchmarks.md``; ``benchmarks/maml_throughput.py`` reproduces them):
 
-- The per-task work is small (a 5-image support set, a 75-image query set) and much of it is
-  memory-bound (BatchNorm, ReLU, max-pool and the first convolution on ``[n, 64, 28, 28]``
-  activations), so the operations scale badly over threads. Running *tasks* in parallel, one per
-  worker thread with single-threaded operations, uses the cores better than running one task's
-  operations on all of them.
+- The convolutions of layers 2-4 already run near the CPU's peak in oneDNN; the time goes to the
+  memory-bound rest (BatchNorm, ReLU, max-pool and the single-channel first convolution on
+  ``[n, 64, 28, 28]`` activations) and, for second order, to BatchNorm's double backward. Such
+  small operations scale badly over threads: running *tasks* in parallel, one per worker thread
+  with single-threaded operations, uses the cores better than spreading one task's operations.
+- Stacking the tasks of a meta-batch into one network (grouped convolutions, which is also what
+  ``torch.func.vmap`` does with per-task weights) was measured slower than the per-task loop.
 - ``torch.func.functional_call`` swaps a module's parameters in place for the duration of the
   call, so it cannot run in several threads on one module. :func:`forward` runs a plain
   ``nn.Sequential`` backbone layer by layer with explicit parameter tensors instead, which is
-  thread-safe, and on the way picks faster but equivalent formulations on CPU: channels-last
-  activations, ReLU after (not before) max-pooling, and the single-input-channel convolution as a
-  matrix product.
+  thread-safe, and on the way computes the same function faster on CPU: channels-last
+  activations, ReLU after (not before) max-pooling, the single-channel convolution as a matrix
+  product, and the image block reordered so that normalisation runs after pooling
+  (:func:`conv_bn_relu_pool`).
 
 Every operation is an ordinary differentiable ATen call, so inner gradients with
 ``create_graph=True`` and second-order meta-gradients stay exact, BatchNorm included (unlike
@@ -23,6 +26,7 @@ Every operation is an ordinary differentiable ATen call, so inner gradients with
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +37,6 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 #: Layers :func:`forward` knows how to run (their parameters, if any, are passed explicitly).
 SUPPORTED = (
@@ -86,15 +89,13 @@ def plan(backbone: nn.Module) -> list[Layer] | None:
     return layers
 
 
-def forward(layers: Sequence[Layer], params: dict[str, torch.Tensor], x: torch.Tensor, once: bool = False) -> torch.Tensor:
+def forward(layers: Sequence[Layer], params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """The backbone's output for ``x`` with parameter tensors ``params`` (keyed by name in the backbone).
 
-    The same function as the modules' own forward; on CPU it computes it faster (channels-last
-    activations, ReLU moved after max-pooling — ``relu(maxpool(x)) == maxpool(relu(x))`` exactly,
-    gradients included — and single-channel convolutions as a matrix product).
-
-    ``once=True`` promises that the result is differentiated at most once (no ``create_graph``
-    through it): the image layer may then run as the fused :class:`ConvBNReLUPool`.
+    The same function as the modules' own forward; on CPU it computes it faster: channels-last
+    activations, ReLU moved after max-pooling (``relu(maxpool(x)) == maxpool(relu(x))`` exactly,
+    gradients included), convolutions with few input channels as a matrix product, and the image
+    block ``Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d(2)`` as :func:`conv_bn_relu_pool`.
     """
     cpu = x.device.type == "cpu"
     h = x.contiguous(memory_format=torch.channels_last) if cpu and x.dim() == 4 else x
@@ -103,7 +104,7 @@ def forward(layers: Sequence[Layer], params: dict[str, torch.Tensor], x: torch.T
         m, p = layers[i].module, layers[i].prefix
         if isinstance(m, nn.Conv2d):
             weight, bias = params[p + "weight"], params.get(p + "bias")
-            if cpu and once and not h.requires_grad and _fusable(layers[i:i + 4], h):
+            if cpu and _fusable(layers[i:i + 4], h):
                 norm = layers[i + 1]
                 h = conv_bn_relu_pool(h, m, weight, bias, params[norm.prefix + "weight"], params[norm.prefix + "bias"], norm.module.eps)
                 i += 4
@@ -149,7 +150,7 @@ def _gemm_conv(m: nn.Conv2d, h: torch.Tensor, weight: torch.Tensor, bias: torch.
     return out.reshape(h.shape[0], out_h, out_w, -1).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
 
 
-# -- the image layer, fused (first-order only) ---------------------------------------------
+# -- the image block, reordered -------------------------------------------------------------
 
 def _fusable(block: Sequence[Layer], h: torch.Tensor) -> bool:
     """``Conv2d (few input channels) -> BatchNorm2d (affine) -> ReLU -> MaxPool2d(2)`` on CPU."""
@@ -176,109 +177,65 @@ def _patches(m: nn.Conv2d, h: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return cols.transpose(1, 2).reshape(-1, cols.shape[1]), out_h, out_w
 
 
-class ConvBNReLUPool(torch.autograd.Function):
-    """``maxpool2x2(relu(batchnorm(conv(x))))`` with batch statistics, for an ``x`` that needs no gradient.
-
-    The image layer of a Conv-4 moves the largest activations (``[n, 64, 28, 28]``) through five
-    memory-bound operations forward and five backward. Here the convolution is a matrix product
-    of the image patches ``P`` (``[M, K]``, ``K = C_in*3*3``, small) with the weights, and:
-
-    - Pooling runs *before* normalising. BatchNorm is a per-channel affine map with slope
-      ``gamma_c / sigma_c``; the weights of channels with ``gamma_c < 0`` are negated first (the
-      slope becomes ``|gamma_c| / sigma_c`` >= 0), so the 2x2 maximum commutes with it, and the
-      normalisation, affine map and ReLU run on a quarter of the elements. The conv bias is
-      left out: BatchNorm cancels any per-channel shift, so its gradient is exactly zero.
-    - The batch statistics come from the ``K x K`` patch covariance (``var_c = w_c' Cov(P) w_c``)
-      instead of a pass over the ``[M, C]`` output.
-    - The backward pass touches no full-size tensor: the weight gradient is
-      ``dL/dW' = sigma^-1 (S'P_cell - mean(dxhat) sum(P) - mean(dxhat*xhat) M sigma^-1 W' Cov(P))``
-      where ``S'P_cell`` pairs each pooled gradient with the patch of its window's arg-max cell.
-
-    The values and gradients are those of the unfused layers up to rounding; the arg-max of a
-    window (first maximum in row-major order, as ``max_pool2d``) is taken before normalising, so
-    only a tie created by rounding inside BatchNorm can route a gradient to another cell of equal
-    value. Differentiable once (``once_differentiable``): a double backward raises.
-    """
-
-    @staticmethod
-    def forward(ctx, cols: torch.Tensor, shape: tuple[int, int, int], weight: torch.Tensor,  # type: ignore[override]
-                bias: torch.Tensor | None, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
-        n, height, width = shape
-        rows, k = cols.shape
-        channels = weight.shape[0]
-        sign = torch.where(gamma >= 0, 1.0, -1.0).to(cols.dtype)
-        w = weight.reshape(channels, k) * sign[:, None]  # slope >= 0 for every channel
-        y = (cols @ w.t()).reshape(n, height, width, channels)  # channels last, bias left out
-        colmean = cols.mean(0)
-        centred = cols - colmean
-        wcov = w @ (centred.t() @ centred / rows)  # [C, K]
-        invstd = torch.rsqrt((wcov * w).sum(1) + eps)
-        ph, pw = height // 2, width // 2
-        cell = [y[:, dh:2 * ph:2, dw:2 * pw:2] for dh in (0, 1) for dw in (0, 1)]  # [n, ph, pw, C] each
-        top, bottom = torch.maximum(cell[0], cell[1]), torch.maximum(cell[2], cell[3])
-        lower = bottom > top  # arg-max in the window's second row (the first maximum wins ties)
-        right = torch.where(lower, cell[3] > cell[2], cell[1] > cell[0])  # ... and in its second column
-        pooled = torch.maximum(top, bottom)
-        xhat = (pooled - w @ colmean) * invstd
-        slope = gamma * sign  # |gamma|
-        out = torch.relu(torch.addcmul(beta, xhat, slope))
-        ctx.save_for_backward(cols, sign, slope, invstd, wcov, xhat, out, lower.to(cols.dtype), right.to(cols.dtype))
-        ctx.shape, ctx.weight_shape, ctx.has_bias = shape, weight.shape, bias is not None
-        return out.permute(0, 3, 1, 2)  # [n, C, h/2, w/2] in channels-last memory
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        cols, sign, slope, invstd, wcov, xhat, out, lower, right = ctx.saved_tensors
-        n, height, width = ctx.shape
-        rows, k = cols.shape
-        channels = sign.shape[0]
-        ph, pw = xhat.shape[1:3]
-        grad = torch.ops.aten.threshold_backward(grad_out.permute(0, 2, 3, 1).contiguous(), out, 0)  # ReLU
-        grad, xhat = grad.reshape(-1, channels), xhat.reshape(-1, channels)
-        grad_beta = grad.sum(0)
-        grad_slope = (grad * xhat).sum(0)
-        dxhat = grad * slope  # w.r.t. the normalised pooled values; the other 3 cells get zero
-        # S'P_cell = sum over cells c of (dxhat where the arg-max is c)' P_c, as four products.
-        patches = cols.reshape(n, height, width, k)
-        p00, p01, p10, p11 = (patches[:, dh:2 * ph:2, dw:2 * pw:2].reshape(-1, k) for dh in (0, 1) for dw in (0, 1))
-        low, rgt = dxhat * lower.reshape(-1, channels), dxhat * right.reshape(-1, channels)
-        routed = dxhat.t() @ p00
-        routed.addmm_(low.t(), p10 - p00).addmm_(rgt.t(), p01 - p00)
-        routed.addmm_((low * right.reshape(-1, channels)).t(), p11 - p10 - p01 + p00)
-        mean_dxhat = dxhat.sum(0) / rows  # over all M positions
-        mean_dxhat_xhat = grad_slope * slope / rows
-        grad_w = invstd[:, None] * (
-            routed - mean_dxhat[:, None] * cols.sum(0)[None, :] - (mean_dxhat_xhat * invstd * rows)[:, None] * wcov
-        )
-        grad_weight = (grad_w * sign[:, None]).reshape(ctx.weight_shape)
-        grad_bias = torch.zeros_like(sign) if ctx.has_bias else None
-        return None, None, grad_weight, grad_bias, grad_slope * sign, grad_beta, None
-
-
 def conv_bn_relu_pool(h: torch.Tensor, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None,
                       gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
-    """The fused image layer (see :class:`ConvBNReLUPool`)."""
+    """``maxpool2x2(relu(batch_norm(conv(h))))`` with batch statistics: the image layer, reordered.
+
+    The image layer of a Conv-4 moves the largest activations (``[n, 64, 28, 28]``) through
+    several memory-bound operations; its BatchNorm double backward (second-order MAML) is the
+    most expensive part of the inner loop. The same function, computed in another order:
+
+    - the convolution is the matrix product of the image patches ``P`` (``[M, K]``, ``K = C_in*k*k``,
+      small) with the weights;
+    - the batch statistics come from the ``K x K`` patch covariance (``var_c = w_c' Cov(P) w_c``,
+      ``mean_c = w_c' mean(P)``) instead of passes over the ``[M, C]`` output;
+    - pooling runs *before* normalising: BatchNorm is a per-channel affine map with slope
+      ``gamma_c / sigma_c``; the weights of channels with ``gamma_c < 0`` are negated first (the
+      slope becomes ``|gamma_c| / sigma_c`` >= 0), so the 2x2 maximum commutes with it, and
+      normalisation, affine map and ReLU (which commutes with the maximum too) run on a quarter
+      of the elements;
+    - the conv bias is cancelled by BatchNorm exactly: it enters as ``b - b``, so its gradient
+      is exactly zero instead of rounding noise.
+
+    Plain differentiable operations, so gradients of any order are exact, and equal to the
+    unfused layers' up to rounding. ``max_pool2d`` keeps its tie rule (the first maximum of the
+    window), so exact ties (a constant background) route gradients as before; only a tie that
+    rounding inside BatchNorm would create can go to another cell of equal value.
+    """
     cols, out_h, out_w = _patches(conv, h)
-    return ConvBNReLUPool.apply(cols, (h.shape[0], out_h, out_w), weight, bias, gamma, beta, eps)
+    rows, k = cols.shape
+    channels = weight.shape[0]
+    sign = torch.where(gamma.detach() >= 0, 1.0, -1.0).to(cols.dtype)
+    w = weight.reshape(channels, k) * sign[:, None]  # every channel's BatchNorm slope >= 0
+    y = (cols @ w.t()).view(h.shape[0], out_h, out_w, channels).permute(0, 3, 1, 2)  # channels last
+    colmean = cols.mean(0)
+    centred = cols - colmean
+    var = ((w @ (centred.t() @ centred / rows)) * w).sum(1)
+    shift = w @ colmean  # the batch mean of y
+    if bias is not None:
+        shift = shift + (bias * sign - bias * sign)
+    scale = torch.rsqrt(var + eps) * gamma * sign
+    pooled = F.max_pool2d(y, 2)
+    return torch.relu(torch.addcmul((beta - shift * scale)[:, None, None], pooled, scale[:, None, None]))
 
 
 # -- tasks in parallel -------------------------------------------------------------------------
 
 T = TypeVar("T")
 R = TypeVar("R")
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple[ThreadPoolExecutor, int, int] | None = None  # (executor, workers, pid)
 _pool_lock = threading.Lock()
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads (recreated after a fork or a new thread count)."""
     global _pool
     with _pool_lock:
-        if _pool is None or _pool._max_workers != workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="metakit-task")
-        return _pool
+        if _pool is None or _pool[1:] != (workers, os.getpid()):
+            if _pool is not None and _pool[2] == os.getpid():
+                _pool[0].shutdown(wait=False)
+            _pool = (ThreadPoolExecutor(workers, thread_name_prefix="metakit-task"), workers, os.getpid())
+        return _pool[0]
 
 
 @contextmanager
@@ -295,11 +252,12 @@ def single_threaded_ops() -> Iterator[int]:
 def map_tasks(fn: Callable[[T], R], items: Sequence[T], parallel: bool) -> list[R]:
     """``[fn(item) for item in items]``, over ``torch.get_num_threads()`` worker threads when ``parallel``.
 
-    Workers run single-threaded operations, one task each at a time; results come back in the
-    order of ``items`` so that whatever is summed from them is summed in a fixed order.
+    Workers run single-threaded operations, one task each at a time, and the results come back in
+    the order of ``items``: each result is computed exactly as with ``torch.set_num_threads(1)``,
+    whatever the thread count, and whatever is summed from them is summed in a fixed order.
     """
-    workers = min(torch.get_num_threads(), len(items))
-    if not parallel or workers < 2:
+    threads = torch.get_num_threads()
+    if not parallel or threads < 2 or len(items) < 2:
         return [fn(item) for item in items]
     with single_threaded_ops():
-        return list(_executor(workers).map(fn, items))
+        return list(_executor(threads).map(fn, items))

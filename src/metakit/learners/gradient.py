@@ -1,15 +1,22 @@
 """Shared pieces of the gradient-based learners (MAML and its family).
 
-Parameters are handled functionally, as in TorchOpt/optax: the network is called with
-``torch.func.functional_call`` on a dict of tensors, and an inner step returns a *new* dict. No
-layer is rewritten and no ``.fast`` attribute is attached, so any ``nn.Module`` backbone works
-unmodified and ``torch.distributed`` sees ordinary parameters.
+Parameters are handled functionally, as in TorchOpt/optax: the network is called on a dict of
+tensors, and an inner step returns a *new* dict. No layer is rewritten and no ``.fast`` attribute
+is attached, so any ``nn.Module`` backbone works unmodified and ``torch.distributed`` sees
+ordinary parameters. A backbone that is an ``nn.Sequential`` of standard layers (Conv-4, the MLP)
+runs through :func:`metakit.learners.fastpath.forward`, any other through
+``torch.func.functional_call``; both compute the module's own function.
 
 BatchNorm follows MAML's transductive convention: every forward pass normalises with the batch's
 own statistics (support batch in the inner loop, query batch when predicting), in training and at
 test time alike; running statistics are not kept. Each task runs in its own forward passes (a
 per-task loop), which keeps second-order meta-gradients exact with BatchNorm in the model —
 ``torch.func.vmap`` over tasks does not (its batch-norm second derivatives are wrong).
+
+On CPU, :meth:`GradientLearner.meta_step` computes each task's meta-gradient separately (memory:
+one task's graph, not the meta-batch's) and runs the tasks in parallel threads; see
+:mod:`metakit.learners.fastpath` for why that and the reordered image layer are the fastest exact
+choice measured on CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -108,14 +114,10 @@ class GradientLearner(Learner):
 
     def forward_with(self, params: Params, x: torch.Tensor, ways: int | None = None) -> torch.Tensor:
         """Outputs of the network with ``params`` replacing the parameters of the same name."""
-        return self._forward(params, x, ways)
-
-    def _forward(self, params: Params, x: torch.Tensor, ways: int | None, once: bool = False) -> torch.Tensor:
-        """:meth:`forward_with`; ``once=True`` promises the output is differentiated at most once."""
         backbone = {k[len("backbone."):]: v for k, v in params.items() if k.startswith("backbone.")}
         layers = self._layers()
         if layers is not None:  # thread-safe, and faster on CPU; the same function
-            features = fastpath.forward(layers, {**dict(self.backbone.named_parameters()), **backbone}, x, once)
+            features = fastpath.forward(layers, {**dict(self.backbone.named_parameters()), **backbone}, x)
         elif backbone:
             features = functional_call(self.backbone, backbone, (x,), strict=False)
         else:
@@ -181,24 +183,21 @@ class GradientLearner(Learner):
         Each task's gradient is computed and its graph freed on its own (peak memory: one task's
         graph per worker instead of the whole meta-batch's) and the gradients are summed in task
         order, so the result does not depend on the number of threads. The meta-gradient is the
-        one ``meta_loss(batch)[0].backward()`` gives, up to rounding; learners that define their
-        own ``meta_loss`` keep exactly that.
+        one ``meta_loss(batch)[0].backward()`` gives, up to rounding. Learners that define their
+        own ``meta_loss``, and meta-batches off the CPU (where this was not measured), keep exactly
+        that.
         """
-        if type(self).meta_loss is not Learner.meta_loss:
+        if type(self).meta_loss is not Learner.meta_loss or batch.support_x.device.type != "cpu":
             return super().meta_step(batch)
         params = [p for p in self.parameters() if p.requires_grad]
-        own = self._own_task_code()
 
         def task(episode: Episode) -> tuple[torch.Tensor, float, tuple[torch.Tensor | None, ...]]:
-            if own:
-                out = self._adapted_query(episode)
-            else:
-                out = self.adapt(episode.support_x, episode.support_y, episode.ways)(episode.query_x)
+            out = self.adapt(episode.support_x, episode.support_y, episode.ways)(episode.query_x)
             loss = self.loss(out, episode.query_y)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             return loss.detach(), self.score(out.detach(), episode.query_y), grads
 
-        parallel = own and self.parallel_tasks and batch.support_x.device.type == "cpu" and self._layers() is not None
+        parallel = self.parallel_tasks and self._own_task_code() and self._layers() is not None
         results = fastpath.map_tasks(task, list(batch.tasks()), parallel)
         loss = torch.stack([r[0] for r in results]).mean()
         check_finite(loss)
@@ -222,23 +221,6 @@ class GradientLearner(Learner):
             getattr(cls, name) is getattr(GradientLearner, name)
             for name in ("adapt", "inner_loop", "inner_update", "forward_with", "head_forward", "loss", "score")
         )
-
-    def _adapted_query(self, episode: Episode) -> torch.Tensor:
-        """``self.adapt(support)(query)`` for meta-training, whose loss is differentiated once.
-
-        The same computation as :meth:`adapt`; knowing that the query outputs and (first order)
-        the support outputs are differentiated only once lets them use the fused image layer.
-        """
-        steps = self.inner_steps if self.training else self.eval_inner_steps
-        create_graph = self.training and not self.first_order
-        params = self.parameters_dict()
-        with torch.enable_grad():
-            for step in range(steps):
-                out = self._forward(params, episode.support_x, episode.ways, once=not create_graph)
-                params = self.inner_update(params, self.loss(out, episode.support_y), step, create_graph)
-        if not self.training:
-            params = {k: v.detach() for k, v in params.items()}
-        return self._forward(params, episode.query_x, episode.ways, once=True)
 
     def _layers(self) -> list[fastpath.Layer] | None:
         """The backbone's :func:`fastpath.plan` (computed once)."""
