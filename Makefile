@@ -30,5 +30,10 @@ demo: install
 test: install-dev
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Benchmarks print tables; figures and commands are recorded in docs/benchmarks.md.
+bench: install
+	$(PY) benchmarks/maml_throughput.py
+	$(PY) benchmarks/sinusoid_maml.py --steps 6000 --threads 2
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
