@@ -161,6 +161,16 @@ def make_batch(ways: int, tasks: int) -> Episode:
     )
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a timer around a step measures the step."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+#: Where everything runs (``--device``).
+DEVICE = torch.device("cpu")
+
+
 # -- one meta-step of each implementation ------------------------------------------------------
 # Each factory returns (step, gradients): step() computes the meta-gradient of the meta-batch into
 # .grad from zero; gradients() returns it as a list (in the model's parameter order).
@@ -168,11 +178,12 @@ def make_batch(ways: int, tasks: int) -> Episode:
 Stepper = tuple[Callable[[], None], Callable[[], list[torch.Tensor]]]
 
 
-def metakit_stepper(model: nn.Sequential, batch: Episode, order: int) -> Stepper:
+def metakit_stepper(model: nn.Sequential, batch: Episode, order: int, mode: str = "auto") -> Stepper:
     ways = batch.ways
     task = TaskInfo("classification", SHAPE, ways, max_ways=ways)
     learner = build_learner("maml", copy.deepcopy(model[0]), task, inner_lr=INNER_LR, inner_steps=1, first_order=order == 1)
-    learner.to(model[1].weight.dtype).head.load_state_dict(model[1].state_dict())
+    learner.to(model[1].weight.device, model[1].weight.dtype).head.load_state_dict(model[1].state_dict())
+    learner.task_batching = mode
     learner.train()
     params = [*learner.backbone.parameters(), *learner.head.parameters()]
 
@@ -226,13 +237,20 @@ def floor_stepper(model: nn.Sequential, batch: Episode) -> Stepper:
     return step, lambda: [p.grad for p in net.parameters()]
 
 
-def steppers(ways: int, tasks: int, peers: dict, only: str | None = None, dtype: torch.dtype = torch.float32) -> dict[tuple[str, int], Stepper]:
+def metakit_name(mode: str) -> str:
+    """Table name of metakit with ``task_batching = mode``."""
+    return "metakit" if mode == "auto" else f"metakit-{mode}"
+
+
+def steppers(ways: int, tasks: int, peers: dict, only: str | None = None, dtype: torch.dtype = torch.float32,
+             modes: tuple[str, ...] = ("auto",)) -> dict[tuple[str, int], Stepper]:
     """``{(implementation, order): stepper}`` for everything available (order 0: the floor)."""
-    model, batch = make_model(ways).to(dtype), make_batch(ways, tasks)
+    model, batch = make_model(ways).to(DEVICE, dtype), make_batch(ways, tasks).to(DEVICE)
     batch = replace(batch, support_x=batch.support_x.to(dtype), query_x=batch.query_x.to(dtype))
     out: dict[tuple[str, int], Stepper] = {}
     for order in ORDERS:
-        out["metakit", order] = metakit_stepper(model, batch, order)
+        for mode in modes:
+            out[metakit_name(mode), order] = metakit_stepper(model, batch, order, mode)
         if not isinstance(peers.get("learn2learn"), str):
             out["learn2learn", order] = l2l_stepper(peers["learn2learn"], model, batch, order)
         if not isinstance(peers.get("higher"), str):
@@ -241,14 +259,14 @@ def steppers(ways: int, tasks: int, peers: dict, only: str | None = None, dtype:
     return {k: v for k, v in out.items() if only is None or f"{k[0]}:{k[1]}" == only}
 
 
-def check_agreement(ways: int, peers: dict, tasks: int = 4) -> list[str]:
+def check_agreement(ways: int, peers: dict, tasks: int = 4, modes: tuple[str, ...] = ("auto",)) -> list[str]:
     """Every peer's meta-gradient against metakit's (same order), in float64 on ``tasks`` tasks.
 
     float64, because in float32 the implementations differ from the exact meta-gradient (and from
     each other) by up to ~1e-2 of the largest entry on this random data, which would hide a real
     difference; in float64 they agree to ~1e-15.
     """
-    runs = steppers(ways, tasks, peers, dtype=torch.float64)
+    runs = steppers(ways, tasks, peers, dtype=torch.float64, modes=tuple(dict.fromkeys(("auto", *modes))))
     lines = []
     for (name, order), (step, grads) in runs.items():
         if name in ("metakit", "floor"):
@@ -280,11 +298,23 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
+def gpu_memory(step: Callable[[], None]) -> float:
+    """Peak GPU memory (MiB) that two calls of ``step`` allocate beyond what was allocated before."""
+    synchronize()
+    torch.cuda.reset_peak_memory_stats(DEVICE)
+    before = torch.cuda.memory_allocated(DEVICE)
+    step()
+    step()
+    synchronize()
+    return (torch.cuda.max_memory_allocated(DEVICE) - before) / 2**20
+
+
 def probe_memory(ways: int, tasks: int, threads: int, which: str) -> None:
     """Subprocess entry: print the peak RSS (MiB) that two meta-steps of ``which`` add."""
     torch.set_num_threads(threads)
     peers = import_peers()
-    ((step, _),) = steppers(ways, tasks, peers, only=which).values()
+    modes = ("auto",) if not which.startswith("metakit-") else (which.split(":")[0][len("metakit-"):],)
+    ((step, _),) = steppers(ways, tasks, peers, only=which, modes=modes).values()
     before = _rss_kib("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -315,8 +345,10 @@ def time_alternating(runs: dict[tuple[str, int], Stepper], steps: int, warmup: i
     times: dict[tuple[str, int], list[float]] = {k: [] for k in keys}
     for i in range(warmup + steps):
         for key in keys[i % len(keys):] + keys[: i % len(keys)]:
+            synchronize()
             start = time.perf_counter()
             runs[key][0]()
+            synchronize()
             if i >= warmup:
                 times[key].append(time.perf_counter() - start)
     return times
@@ -330,8 +362,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the per-implementation memory probes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (GPU memory: peak allocated by the CUDA allocator)")
+    parser.add_argument("--modes", default="auto",
+                        help="comma-separated metakit task_batching modes to time: auto, threads, grouped, loop (default auto)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    modes = tuple(args.modes.split(","))
     if args.probe:
         probe_memory(int(args.ways), args.meta_batch, args.threads, args.probe)
         return
@@ -345,6 +383,8 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    if DEVICE.type == "cuda":
+        cpu = f"{torch.cuda.get_device_name(DEVICE)} (CUDA {torch.version.cuda}), host {cpu}"
     console.print(
         f"MAML throughput, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {args.threads} threads, "
         f"{cpu} ({os.cpu_count()} CPUs), meta-batch {args.meta_batch}, {args.steps} timed steps after {args.warmup} warm-up"
@@ -357,21 +397,27 @@ def main() -> None:
         table.add_column(col, justify="left" if col == "implementation" else "right")
     speedup = float("nan")
     for ways in (int(w) for w in args.ways.split(",")):
-        for line in check_agreement(ways, peers):
+        for line in check_agreement(ways, peers, modes=modes):
             console.print(f"  {ways}-way: {line}")
-        runs = steppers(ways, args.meta_batch, peers)
+        runs = steppers(ways, args.meta_batch, peers, modes=modes)
         times = time_alternating(runs, args.steps, args.warmup)
         rate = {k: args.meta_batch / statistics.median(v) for k, v in times.items()}
-        for key in sorted(runs, key=lambda k: (-k[1], ("metakit", "learn2learn", "higher", "floor").index(k[0]))):
+        order_of = [*(metakit_name(m) for m in modes), "learn2learn", "higher", "floor"]
+        for key in sorted(runs, key=lambda k: (-k[1], order_of.index(k[0]))):
             name, order = key
             l2l = rate.get(("learn2learn", order))
-            memory = None if args.no_memory else measure_memory(ways, args.meta_batch, args.threads, f"{name}:{order}")
+            if args.no_memory:
+                memory = None
+            elif DEVICE.type == "cuda":
+                memory = gpu_memory(runs[key][0])
+            else:
+                memory = measure_memory(ways, args.meta_batch, args.threads, f"{name}:{order}")
             table.add_row(
                 name, str(ways), ORDERS.get(order, "-"), f"{rate[key]:.2f}", f"{statistics.median(times[key]):.3f}",
                 f"{rate[key] / l2l:.2f}x" if l2l else "-", f"{rate[key] / rate['floor', 0]:.2f}x",
                 "-" if memory is None else f"{memory:.0f}",
             )
-        if ways == 5 and ("learn2learn", 2) in rate:
+        if ways == 5 and ("learn2learn", 2) in rate and ("metakit", 2) in rate:
             speedup = rate["metakit", 2] / rate["learn2learn", 2]
         table.add_section()
     console.print(table)

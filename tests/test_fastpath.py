@@ -88,6 +88,65 @@ def test_fast_meta_gradient_equals_plain_path(name, options):
     assert_same(fast_grads(fast, batch), plain_grads(make(name, inner_lr=LR, inner_steps=STEPS, **options), batch))
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("maml", {}),
+        ("fomaml", {}),
+        ("metasgd", {}),
+        ("maml", {"adapt": ["backbone.1", "head"]}),
+    ],
+)
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_grouped_tasks_meta_gradient_equals_plain_path(name, options, chunk):
+    """All tasks in one network (grouped convolutions, the GPU mode): the same meta-gradient."""
+    batch = make_batch()
+    grouped = make(name, inner_lr=LR, inner_steps=STEPS, **options)
+    grouped.task_batching, grouped.task_chunk = "grouped", chunk
+    assert grouped.task_mode(batch) == "grouped"
+    assert_same(fast_grads(grouped, batch), plain_grads(make(name, inner_lr=LR, inner_steps=STEPS, **options), batch))
+
+
+def test_grouped_tasks_metrics_and_regression():
+    """Grouped mode's loss/accuracy equal the plain path's, and an MLP regression model works too."""
+    batch = make_batch()
+    grouped, plain = make("maml", inner_lr=LR, inner_steps=STEPS), make("maml", inner_lr=LR, inner_steps=STEPS)
+    grouped.task_batching = "grouped"
+    grouped.train(), plain.train()
+    a = grouped.meta_step(batch)
+    plain.__dict__["_plan"] = None
+    b = Learner.meta_step(plain, batch)
+    assert abs(a["loss"] - b["loss"]) < 1e-12 and abs(a["accuracy"] - b["accuracy"]) < 1e-6  # a float32 mean
+
+    task = TaskInfo("regression", (1,), 1, output_dim=1)
+    g = torch.Generator().manual_seed(0)
+    reg = collate([Episode(torch.randn(5, 1, generator=g, dtype=torch.float64), torch.randn(5, 1, generator=g, dtype=torch.float64),
+                           torch.randn(7, 1, generator=g, dtype=torch.float64), torch.randn(7, 1, generator=g, dtype=torch.float64), 1, 5, 7)
+                   for _ in range(3)])
+
+    def mlp() -> Learner:
+        torch.manual_seed(0)
+        return build_learner("maml", build_backbone("mlp", (1,), hidden=[8, 8]), task, inner_lr=0.01, inner_steps=2).double()
+
+    grouped, plain = mlp(), mlp()
+    grouped.task_batching = "grouped"
+    assert grouped.task_mode(reg) == "grouped"
+    assert_same(fast_grads(grouped, reg), plain_grads(plain, reg))
+
+
+def test_task_mode_choice():
+    batch = make_batch()
+    learner = make("maml")
+    assert learner.task_mode(batch) == "threads"  # CPU: measured fastest there
+    assert learner.task_mode(batch[0]) == "threads"
+    learner.task_batching = "grouped"
+    assert learner.task_mode(batch[0]) == "loop"  # one task: nothing to group
+    assert make("anil").task_mode(batch) == "loop"  # its own adapt(): per task, in order
+    learner.task_batching = "fastest"
+    with pytest.raises(Exception, match="task_batching must be"):
+        learner.task_mode(batch)
+
+
 def test_metrics_equal_plain_path():
     batch = make_batch()
     fast, plain = make("maml", inner_lr=LR, inner_steps=STEPS), make("maml", inner_lr=LR, inner_steps=STEPS)

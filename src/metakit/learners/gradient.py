@@ -187,7 +187,12 @@ class GradientLearner(Learner):
         own ``meta_loss``, and meta-batches off the CPU (where this was not measured), keep exactly
         that.
         """
-        if type(self).meta_loss is not Learner.meta_loss or batch.support_x.device.type != "cpu":
+        if type(self).meta_loss is not Learner.meta_loss:
+            return super().meta_step(batch)
+        mode = self.task_mode(batch)
+        if mode == "grouped":
+            return self._grouped_meta_step(batch)
+        if mode == "loop" and batch.support_x.device.type != "cpu":
             return super().meta_step(batch)
         params = [p for p in self.parameters() if p.requires_grad]
 
@@ -197,8 +202,7 @@ class GradientLearner(Learner):
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             return loss.detach(), self.score(out.detach(), episode.query_y), grads
 
-        parallel = self.parallel_tasks and self._own_task_code() and self._layers() is not None
-        results = fastpath.map_tasks(task, list(batch.tasks()), parallel)
+        results = fastpath.map_tasks(task, list(batch.tasks()), mode == "threads")
         loss = torch.stack([r[0] for r in results]).mean()
         check_finite(loss)
         n = len(results)
@@ -209,10 +213,74 @@ class GradientLearner(Learner):
                 p.grad = g if p.grad is None else p.grad + g
         return {"loss": loss.item(), self.metric: sum(r[1] for r in results) / n}
 
-    #: On CPU, run the tasks of a meta-batch in parallel threads (measured faster: see
-    #: ``benchmarks/maml_throughput.py``). Used only where it is safe: the per-task computation is
-    #: this class's own and :func:`fastpath.plan` can run the backbone. ``False``: one by one.
-    parallel_tasks: bool = True
+    #: How :meth:`meta_step` runs the tasks of a meta-batch, all exact to rounding:
+    #:
+    #: - ``"threads"``: task by task, spread over worker threads (the fastest measured on CPU);
+    #: - ``"grouped"``: all tasks in one network, :func:`fastpath.forward_tasks` (the fastest
+    #:   measured on GPU), ``task_chunk`` tasks at a time;
+    #: - ``"loop"``: task by task in order, in this thread;
+    #: - ``"auto"`` (default): ``"threads"`` on CPU, ``"grouped"`` elsewhere, where supported.
+    #:
+    #: ``threads`` and ``grouped`` need the per-task computation to be this class's own and a
+    #: backbone :func:`fastpath.plan` can run; otherwise the learner falls back to ``"loop"``.
+    #: ``benchmarks/maml_throughput.py --modes`` times them on the machine at hand.
+    task_batching: str = "auto"
+    #: Tasks per grouped forward (``None``: the whole meta-batch). Bounds memory on large batches.
+    task_chunk: int | None = None
+
+    def task_mode(self, batch: Episode) -> str:
+        """The way :meth:`meta_step` will run ``batch``'s tasks (see :attr:`task_batching`)."""
+        if self.task_batching not in ("auto", "threads", "grouped", "loop"):
+            raise MetakitError(f"task_batching must be auto, threads, grouped or loop, got {self.task_batching!r}.")
+        fast = self._own_task_code() and self._layers() is not None
+        if not fast or self.task_batching == "loop":
+            return "loop"
+        if self.task_batching == "auto":
+            return "threads" if batch.support_x.device.type == "cpu" else ("grouped" if batch.batched else "loop")
+        if self.task_batching == "grouped" and not batch.batched:
+            return "loop"
+        return self.task_batching
+
+    # -- all tasks at once ----------------------------------------------------------------------
+
+    def _grouped_meta_step(self, batch: Episode) -> dict[str, float]:
+        """The meta-gradient with every task of a chunk in one network (:func:`fastpath.forward_tasks`).
+
+        Each parameter carries a leading task dimension (the meta-parameters expanded, then each
+        task's own adapted values); task ``t``'s outputs depend on slice ``t`` only, so the gradient
+        of the *sum* of per-task losses gives every task its own inner gradient.
+        """
+        total = batch.num_tasks
+        chunk = self.task_chunk or total
+        losses, scores = [], []
+        for start in range(0, total, chunk):
+            part = slice(start, min(start + chunk, total))
+            sx, sy, qx, qy = batch.support_x[part], batch.support_y[part], batch.query_x[part], batch.query_y[part]
+            tasks = sx.shape[0]
+            create_graph = not self.first_order
+            params = {n: p.expand(tasks, *p.shape) for n, p in self.parameters_dict().items()}
+            for step in range(self.inner_steps):
+                out = self._grouped_forward(params, sx, batch.ways)
+                inner = self.loss(out.flatten(0, 1), sy.flatten(0, 1)) * tasks  # the sum of per-task means
+                params = self.inner_update(params, inner, step, create_graph)
+            out = self._grouped_forward(params, qx, batch.ways).flatten(0, 1)
+            loss = self.loss(out, qy.flatten(0, 1))  # equal-sized tasks: the mean of per-task means
+            check_finite(loss)
+            (loss * (tasks / total)).backward()
+            losses.append(loss.detach() * tasks)
+            scores.append(self.score(out.detach(), qy.flatten(0, 1)) * tasks)
+        return {"loss": (torch.stack(losses).sum() / total).item(), self.metric: sum(scores) / total}
+
+    def _grouped_forward(self, params: Params, x: torch.Tensor, ways: int) -> torch.Tensor:
+        """Every task's outputs ``[T, n, out]`` with per-task ``params`` (``[T, ...]`` each)."""
+        tasks = x.shape[0]
+        full = {n: params.get(n, p.expand(tasks, *p.shape)) for n, p in self.named_parameters()}
+        backbone = {n[len("backbone."):]: v for n, v in full.items() if n.startswith("backbone.")}
+        features = fastpath.forward_tasks(self._layers(), backbone, x).flatten(2)
+        weight, bias = full["head.weight"], full["head.bias"]
+        if self.task.task_type == "classification":
+            weight, bias = weight[:, :ways], bias[:, :ways]
+        return fastpath.linear_tasks(features, weight, bias)
 
     def _own_task_code(self) -> bool:
         """Whether the per-task computation is this class's (no subclass changes it)."""
