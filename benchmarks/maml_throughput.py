@@ -1,4 +1,4 @@
-"""MAML meta-training throughput on CPU: metakit against learn2learn and higher, in one run.
+"""MAML meta-training throughput on CPU or GPU: metakit against learn2learn and higher, in one run.
 
 Omniglot-shaped episodes (28x28, 1 channel, random pixels), N-way 1-shot with 15 queries per
 class, meta-batch 32, one inner step (lr 0.4), Conv-4 (4 x [conv3x3-64, BatchNorm with batch
@@ -23,6 +23,13 @@ Run (the project venv has no peers; the bench venv below has both)::
     python benchmarks/maml_throughput.py                        # 5- and 20-way, 3 timed steps
     python benchmarks/maml_throughput.py --ways 5 --steps 5 --threads 2
     python benchmarks/maml_throughput.py --meta-batch 16 --no-memory
+    python benchmarks/maml_throughput.py --device cuda --modes auto,loop --threads 8   # on a GPU
+
+``--modes`` times metakit with several ``task_batching`` settings side by side (``auto`` picks
+``threads`` on CPU and ``grouped`` on GPU; ``loop`` is the plain per-task path). On a GPU, peak
+memory is the CUDA allocator's peak during two steps minus what was allocated before. On a GPU
+machine with Python 3.12, learn2learn needs a cp312 wheel built the same way (with a Python 3.12
+beside the recipe's venv) and carried over with ``higher``, ``gym`` and ``gym_notices`` wheels.
 
 Columns: tasks/s and s/step are medians over the timed steps (one warm-up step is not timed);
 ``vs l2l`` is tasks/s over learn2learn's at the same order; ``vs floor`` is tasks/s over the plain
