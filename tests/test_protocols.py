@@ -72,6 +72,28 @@ def test_compare_refuses_different_datasets(tmp_path):
         compare([str(tmp_path / "nope")], tmp_path / "cmp", progress=False)
 
 
+def test_compare_trained_runs_of_other_shapes_and_lengths_at_chosen_ways(tmp_path):
+    # A 5-way ProtoNet trained 3 steps beside a 4-way MAML trained 4 steps, both scored 4-way.
+    proto = write_config(tmp_path, "proto", {"name": "protonet"}, episodes={"ways": 5, "shots": 1, "queries": 2, "meta_batch": 1},
+                         train={"steps": 3, "val_every": 3, "threads": 1})
+    maml = write_config(tmp_path, "maml", {"name": "maml", "inner_lr": 0.1}, episodes={"ways": 4, "shots": 1, "queries": 2, "meta_batch": 2},
+                        eval={"ways": [4], "shots": [1], "queries": 2, "episodes": 6, "val_episodes": 2})
+    for cfg, run in ((proto, "p"), (maml, "m")):
+        main(["train", cfg, "--out", str(tmp_path / run), "--no-progress"])
+    runs = [str(tmp_path / "p"), str(tmp_path / "m")]
+    code = main(["compare", *runs, "--ways", "4", "--shots", "1", "--episodes", "6", "--out", str(tmp_path / "cmp"),
+                 "--json", str(tmp_path / "cmp.json"), "--no-progress"])
+    report = json.loads((tmp_path / "cmp.json").read_text())
+    assert code == 0 and report["ways"] == [4]
+    assert [(r["train_steps"], r["meta_batch"], r["train_episodes"]) for r in report["runs"]] == [(3, 1, "5w1s2q"), (4, 2, "4w1s2q")]
+    assert all(r["results"][0]["ways"] == 4 for r in report["runs"])
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| 3 x 1 (5w1s2q) |" in table and "| 4 x 2 (4w1s2q) |" in table
+    # A setting a run cannot do is one clear error: the 4-way MAML head has no fifth output.
+    with pytest.raises(MetakitError, match="5-way episodes but the head has 4 outputs"):
+        compare(runs, tmp_path / "cmp5", shots=[1], episodes=2, ways=[5], progress=False)
+
+
 def test_cross_domain_matrix(tmp_path):
     a = write_config(tmp_path, "proto", {"name": "protonet"})
     main(["train", a, "--out", str(tmp_path / "r"), "--no-progress"])

@@ -1,4 +1,4 @@
-"""Feature extractors usable with any learner: Conv-4, ResNet-12 and an MLP.
+"""Feature extractors usable with any learner: Conv-4, ResNet-12, an MLP, and heads on fixed features.
 
 A backbone maps inputs ``[n, *input_shape]`` to features ``[n, out_dim]``; learners put their own
 heads (prototypes, linear layers, ridge regression) on top. Backbones are plain ``nn.Module``\\ s
@@ -111,6 +111,69 @@ def mlp(input_shape: tuple[int, ...], hidden: Sequence[int] = (40, 40)) -> nn.Mo
     return nn.Sequential(*layers)
 
 
+@register_backbone("identity")
+def identity(input_shape: tuple[int, ...]) -> nn.Module:
+    """No trainable layer: the inputs, flattened, are the features (e.g. frozen sentence embeddings).
+
+    With it, ProtoNet and the no-meta-training baselines work on the fixed embeddings themselves
+    and MAML/ANIL adapt only their linear head.
+    """
+    return nn.Sequential(nn.Flatten())
+
+
+class _Residual(nn.Module):
+    """``x + body(x)``: a head that starts as the identity when ``body``'s last layer is zero."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+@register_backbone("projection")
+def projection(
+    input_shape: tuple[int, ...], dims: Sequence[int] = (256,), dropout: float = 0.0, residual: bool = False
+) -> nn.Module:
+    """A trainable head on fixed feature vectors (frozen sentence embeddings): Linear layers with ReLU
+    between them and none after the last, so the output is a linear embedding space.
+
+    Args:
+        input_shape: feature shape, flattened (e.g. ``(384,)`` for all-MiniLM-L6-v2).
+        dims: widths of the layers; the last one is the output size. ``[256]`` is a linear projection.
+        dropout: dropout before each Linear layer (0 adds none).
+        residual: output ``x + MLP(x)`` with the last layer initialised at zero, so meta-training
+            starts from the frozen embeddings themselves (needs ``dims[-1]`` equal to the input size).
+    """
+    in_dim = int(torch.tensor(input_shape).prod())
+    dims = [int(d) for d in dims]
+    if not dims or any(d < 1 for d in dims):
+        raise MetakitError(f"projection needs dims: a non-empty list of positive widths, got {dims}.")
+    if not 0 <= dropout < 1:
+        raise MetakitError(f"projection needs 0 <= dropout < 1, got {dropout}.")
+    if residual and dims[-1] != in_dim:
+        raise MetakitError(
+            f"projection with residual: true needs the last of dims equal to the input size {in_dim}, got {dims[-1]}."
+        )
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip([in_dim, *dims[:-1]], dims)):
+        if i:
+            layers.append(nn.ReLU())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(a, b))
+    if not residual:
+        return nn.Sequential(nn.Flatten(), *layers)
+    nn.init.zeros_(layers[-1].weight)
+    nn.init.zeros_(layers[-1].bias)
+    return nn.Sequential(nn.Flatten(), _Residual(nn.Sequential(*layers)))
+
+
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# The architecture-search backbones (supernet, nas) register themselves on import.
+from metakit.nas import network as _nas_network  # noqa: E402,F401

@@ -126,6 +126,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Tune a config's hyperparameters with Optuna (search space in its tune: section), optionally warm-started."""
+    from metakit.hpo.space import load_tune_spec
+    from metakit.hpo.tune import TuneOptions, tune
+
+    spec = load_tune_spec(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"tune-{spec.base.get('name', 'run')}"
+    options = TuneOptions(
+        trials=args.trials, sampler=args.sampler, pruner=args.pruner, storage=args.storage, study=args.study,
+        seed=args.seed, warm_start=args.warm_start, warm_start_method=args.warm_start_method,
+        warm_start_size=args.warm_start_size, metafeatures=args.metafeatures, heartbeat=args.heartbeat,
+        progress=not args.no_progress,
+    )
+    try:
+        summary = tune(spec, out, options)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; results so far in {out}; run the same command again to resume the study")
+        return 130
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in summary["counts"].items())
+    if summary["best_trial"] is None:
+        console.print(f"study {summary['study']}: no completed trial ({counts}); see {out / 'trials.md'}")
+        return 1
+    console.print(
+        f"study {summary['study']}: {counts}; best trial {summary['best_trial']} {summary['metric']} "
+        f"{summary['best_value']:.4f} {summary['best_params']}"
+    )
+    console.print(f"best config: {out / 'best.yaml'}; trials, plots and report in {out}")
+    _write_json_option(args.json, summary)
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     """List the datasets: source, license, local status."""
     from metakit.datasets import DATASETS
@@ -153,7 +184,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from metakit.compare import compare
 
     out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    report = compare(args.items, out, shots=args.shots, episodes=args.episodes, overrides=args.set, progress=not args.no_progress)
+    report = compare(args.items, out, shots=args.shots, episodes=args.episodes, overrides=args.set, progress=not args.no_progress,
+                     ways=args.ways)
     from metakit.compare import compare_markdown
 
     console.print(compare_markdown(report))
@@ -231,6 +263,57 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nas_search(args: argparse.Namespace) -> int:
+    """Architecture search across tasks: MetaNAS (architecture weights meta-learned with the weights) or random search."""
+    from metakit.nas.search import load_nas_spec, search
+
+    spec = load_nas_spec(args.config, args.overrides)
+    out = Path(args.out) if args.out else _default_out(f"nas-{spec.base['name']}")
+    summary = search(spec, out, resume=args.resume, progress=not args.no_progress)
+    console.print((out / "search.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"search took {summary['search_seconds']:.1f} s; next: metakit nas evaluate {out}")
+    _write_json_option(args.json, summary)
+    return 0
+
+
+def cmd_nas_evaluate(args: argparse.Namespace) -> int:
+    """Meta-train the found architecture, Conv-4 and random architectures from scratch; one table."""
+    from metakit.nas.evaluate import evaluate_search, evaluation_markdown
+
+    report = evaluate_search(args.run_dir, only=args.only, episodes=args.episodes, progress=not args.no_progress)
+    console.print(evaluation_markdown(report), markup=False, highlight=False)
+    _write_json_option(args.json, report)
+    return 0
+
+
+def cmd_recsys_train(args: argparse.Namespace) -> int:
+    """Fit MeLU and the recommendation baselines from a recsys YAML config (users as tasks)."""
+    from metakit.recsys.config import load_recsys_config
+    from metakit.recsys.experiment import train_recsys
+
+    config = load_recsys_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else _default_out(config.name)
+    summary = train_recsys(config, out, progress=not args.no_progress)
+    console.print(f"{summary['data']}; fitted {len(summary['methods'])} methods in {summary['train_seconds']:.1f} s; "
+                  f"run directory {out}")
+    if args.evaluate:
+        return cmd_recsys_evaluate(argparse.Namespace(run_dir=str(out), json=args.json, no_progress=args.no_progress))
+    console.print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_recsys_evaluate(args: argparse.Namespace) -> int:
+    """Score a recsys run on its scenarios: MAE, RMSE, nDCG@k per method, ± 95% CI over users."""
+    from metakit.recsys.experiment import evaluate_recsys
+    from metakit.recsys.report import results_table
+
+    result = evaluate_recsys(args.run_dir, progress=not args.no_progress)
+    console.print(results_table(result))
+    _write_json_option(args.json, result)
+    console.print(f"report: {Path(args.run_dir) / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(prog="metakit", description="Meta-learning: train, evaluate and compare few-shot learners.")
@@ -277,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="+", metavar="CONFIG_OR_RUN", help="YAML configs (trained first) or run directories")
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 20], help="shots to evaluate (default 1 5 10 20)")
     p.add_argument("--episodes", type=int, help="fixed test episodes per setting (default: first run's eval.episodes)")
+    p.add_argument("--ways", type=int, nargs="+", help="ways to evaluate every run at (default: first run's eval.ways)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the configs that get trained")
     p.add_argument("--out", metavar="DIR", help="where runs, table and plots go (default runs/compare-TIMESTAMP)")
     common(p)
@@ -318,9 +402,70 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_reproduce)
 
+    p = sub.add_parser("tune", help="Optuna study over a config's tune: search space (grid/random/TPE/CMA-ES, pruning, warm start)",
+                       description=cmd_tune.__doc__)
+    p.add_argument("config", help="YAML config with a tune: section (space, sampler, pruner, trials)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200")
+    p.add_argument("--trials", type=int, help="finished trials the study should reach (default: tune.trials)")
+    p.add_argument("--sampler", help="grid, random, tpe or cmaes (default: tune.sampler, tpe)")
+    p.add_argument("--pruner", help="none, median or hyperband (default: tune.pruner, median)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage shared by workers: sqlite:///f.db, postgresql://..., "
+                   "or a journal file journal:PATH (default: sqlite file OUT/study.db)")
+    p.add_argument("--study", metavar="NAME", help="study name in the storage (default: the config's name)")
+    p.add_argument("--out", metavar="DIR", help="where trials, best.yaml, tables and plots go (default runs/tune-NAME)")
+    p.add_argument("--seed", type=int, help="sampler seed (default: tune.seed or the config's seed)")
+    p.add_argument("--warm-start", metavar="FROM", help="portfolio file, or a storage of prior studies to learn from")
+    p.add_argument("--warm-start-method", default="knn", help="knn (nearest tasks by meta-features), portfolio or surrogate")
+    p.add_argument("--warm-start-size", type=int, default=5, help="configurations enqueued first (default 5)")
+    p.add_argument("--metafeatures", default="numpy", choices=("numpy", "pymfe", "none"),
+                   help="meta-feature backend for the task description stored with the study (default numpy)")
+    p.add_argument("--heartbeat", type=int, default=60, help="seconds between trial heartbeats in RDB storages (0: off)")
+    common(p)
+    p.set_defaults(func=cmd_tune)
+
+    nas = sub.add_parser("nas", help="architecture search across tasks (MetaNAS): search, evaluate",
+                         description="Search a cell architecture for fast adaptation, then compare it from scratch.")
+    nas_sub = nas.add_subparsers(dest="nas_command", metavar="NAS_COMMAND")
+    p = nas_sub.add_parser("search", help="search with MetaNAS or random search; writes genotype.json and its drawing",
+                           description=cmd_nas_search.__doc__)
+    p.add_argument("config", help="NAS config (supernet backbone + nas: section), e.g. configs/nas-glyphs-metanas.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. train.steps=100 nas.method=random")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/nas-NAME-TIMESTAMP)")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    common(p)
+    p.set_defaults(func=cmd_nas_search)
+    p = nas_sub.add_parser("evaluate", help="found vs Conv-4 vs random architectures, meta-trained from scratch",
+                           description=cmd_nas_evaluate.__doc__)
+    p.add_argument("run_dir", help="a run directory written by metakit nas search")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="train/evaluate only these models (found, conv4, random-N)")
+    p.add_argument("--episodes", type=int, help="fixed test episodes (default: config eval.episodes)")
+    common(p)
+    p.set_defaults(func=cmd_nas_evaluate)
+    nas.set_defaults(func=lambda _args: (nas.print_help(), 2)[1])
+
+    p = sub.add_parser("recsys", help="cold-start recommendation: MeLU and baselines, users as tasks (train, evaluate)",
+                       description="Cold-start recommendation with MeLU (Lee et al., KDD 2019) on MovieLens or synthetic ratings.")
+    rsub = p.add_subparsers(dest="recsys_command", metavar="COMMAND", required=True)
+    rp = rsub.add_parser("train", help="fit MeLU and the baselines from a recsys config", description=cmd_recsys_train.__doc__)
+    rp.add_argument("config", help="recsys YAML config, e.g. configs/recsys-melu-synthetic.yaml")
+    rp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. melu.epochs=10")
+    rp.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
+    rp.add_argument("--evaluate", action="store_true", help="score every scenario after training")
+    common(rp)
+    rp.set_defaults(func=cmd_recsys_train)
+    rp = rsub.add_parser("evaluate", help="score a recsys run: MAE, RMSE, nDCG per scenario ± 95%% CI",
+                         description=cmd_recsys_evaluate.__doc__)
+    rp.add_argument("run_dir", help="a run directory written by metakit recsys train")
+    common(rp)
+    rp.set_defaults(func=cmd_recsys_evaluate)
+
     p = sub.add_parser("datasets", help="list datasets: source, license, whether present locally", description=cmd_datasets.__doc__)
     p.add_argument("--json", metavar="PATH", help="also write the list as JSON to PATH")
     p.set_defaults(func=cmd_datasets)
+
+    from metakit.rl.cli import add_rl_parser  # `metakit rl train|evaluate`; imports nothing heavy
+
+    add_rl_parser(sub, common)
     return parser
 
 

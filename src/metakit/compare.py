@@ -70,31 +70,43 @@ def compare(
     episodes: int | None = None,
     overrides: Sequence[str] = (),
     progress: bool = True,
+    ways: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate several learners on the same fixed test episodes; write table, JSON and plots to ``out``."""
+    """Evaluate several learners on the same fixed test episodes; write table, JSON and plots to ``out``.
+
+    ``ways`` defaults to the first run's ``eval.ways``; giving it lets runs trained with other
+    episode shapes (a 60-way ProtoNet beside 20-way MAML) be scored on one setting. Each row
+    records its training budget (steps x tasks per step, and the training episode shape), since
+    already-trained runs of different lengths can be compared.
+    """
     out = Path(out)
     runs = resolve_runs(items, out, overrides, progress)
     configs = [load_run_config(r) for r in runs]
     _same_episodes(configs, runs)
     ev = configs[0].eval
     episodes = episodes or ev.episodes
+    ways = list(ways or ev.ways)
     rows = []
     for run, config in zip(runs, configs):
         exp = load_trained(run)
-        results = evaluate_experiment(exp, ev.ways, shots, ev.queries, episodes, ev.seed, progress=progress)
+        results = evaluate_experiment(exp, ways, shots, ev.queries, episodes, ev.seed, progress=progress)
         training = read_json(RunPaths(run).summary) or {}
+        e = config.episodes
         rows.append({
             "run": str(run),
             "name": config.name,
             "learner": config.learner.name,
             "parameters": sum(p.numel() for p in exp.learner.parameters()),
             "meta_training_seconds": training.get("train_seconds"),
+            "train_steps": training.get("steps"),
+            "meta_batch": e.meta_batch,
+            "train_episodes": f"{e.ways}w{e.shots}s{e.queries}q",
             "results": [r.to_dict() for r in results],
         })
     report = {
         "dataset": configs[0].dataset.name,
         "split": configs[0].dataset.split,
-        "ways": ev.ways,
+        "ways": ways,
         "shots": list(shots),
         "queries": ev.queries,
         "episodes": episodes,
@@ -119,7 +131,8 @@ def compare(
 def compare_markdown(report: dict[str, Any]) -> str:
     """The comparison as a markdown table (accuracy ± 95% CI per setting, time, size, calibration)."""
     settings = [(w, k) for w in report["ways"] for k in report["shots"]]
-    head = ["learner", *[f"{w}w{k}s" for w, k in settings], "adapt ms (1st)", "meta-train s", "params", "ECE (1st)", "NLL (1st)"]
+    head = ["learner", *[f"{w}w{k}s" for w, k in settings], "adapt ms (1st)", "steps x tasks (episodes)", "meta-train s",
+            "params", "ECE (1st)", "NLL (1st)"]
     lines = [
         f"Dataset `{report['dataset']}` ({report['split']} split), {report['episodes']} fixed test episodes per setting, "
         f"{report['queries']} queries/class, episode seed {report['episode_seed']}.",
@@ -134,11 +147,18 @@ def compare_markdown(report: dict[str, Any]) -> str:
         secs = row["meta_training_seconds"]
         cells = [
             row["name"], *[_accuracy(by[s]) for s in settings], f"{1000 * first['median_adapt_seconds']:.1f}",
-            f"{secs:.0f}" if secs is not None else "-", f"{row['parameters']:,}",
+            _budget(row), f"{secs:.0f}" if secs is not None else "-", f"{row['parameters']:,}",
             f"{100 * cal['ece']:.2f}%" if cal else "-", f"{cal['nll']:.3f}" if cal else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _budget(row: dict[str, Any]) -> str:
+    """``"600 x 4 (5w1s15q)"``: meta-training steps x tasks per step, and the training episodes."""
+    if row.get("train_steps") is None:  # reports written before budgets were recorded
+        return "-"
+    return f"{row['train_steps']:,} x {row['meta_batch']} ({row['train_episodes']})"
 
 
 def _plot_shots(report: dict[str, Any], path: Path) -> None:

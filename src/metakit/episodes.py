@@ -168,8 +168,8 @@ class EpisodeSampler:
             picks.append(items[torch.randperm(len(items), generator=generator)[: k + q]])
         idx = torch.stack(picks)  # [n, k+q]
         support_idx, query_idx = idx[:, :k].reshape(-1), idx[:, k:].reshape(-1)
-        support_x = self.dataset.images[support_idx].float().div_(255)
-        query_x = self.dataset.images[query_idx].float().div_(255)
+        support_x = _as_float(self.dataset.images[support_idx])
+        query_x = _as_float(self.dataset.images[query_idx])
         if self.transform is not None:
             support_x = self.transform(support_x, generator)
             query_x = self.transform(query_x, generator)
@@ -184,6 +184,11 @@ class EpisodeSampler:
             queries=q,
             classes=classes,
         )
+
+
+def _as_float(items: torch.Tensor) -> torch.Tensor:
+    # uint8 images become [0, 1]; feature vectors (e.g. sentence embeddings) keep their values.
+    return items.float().div_(255) if items.dtype == torch.uint8 else items.float()
 
 
 def sample_batch(source: TaskSource, tasks: int, generator: torch.Generator) -> Episode:

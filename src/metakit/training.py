@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,16 @@ class Trainer:
         run_dir: where config, metrics, checkpoints, report and plots go.
         resume: continue from ``run_dir/checkpoints/last.pt`` if present.
         progress: show a rich progress bar.
+        on_validation: called as ``on_validation(step, value)`` after every validation (e.g. to
+            report to an Optuna trial); an exception it raises stops training (pruning).
     """
 
-    def __init__(self, experiment: Experiment, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+    def __init__(
+        self, experiment: Experiment, run_dir: str | Path, resume: bool = False, progress: bool = True,
+        on_validation: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.exp = experiment
+        self.on_validation = on_validation
         self.cfg = experiment.config
         self.paths = RunPaths(Path(run_dir))
         self.resume = resume
@@ -134,6 +141,8 @@ class Trainer:
         seed_everything(cfg.seed)
         learner.to(self.device)
         params = [p for p in learner.parameters() if p.requires_grad]
+        if not params:
+            return self._fit_without_parameters(threads)
         dist.broadcast_parameters(learner)
         optimizer = _make_optimizer(cfg, params)
         schedule = _make_schedule(cfg, optimizer)
@@ -211,6 +220,8 @@ class Trainer:
                             f"(best {state['best']:.4f} at {state['best_step']})"
                         )
                     stopped_early = cfg.train.patience is not None and state["bad_validations"] > cfg.train.patience
+                    if self.on_validation is not None:
+                        self.on_validation(step, result.mean)
                 if step % self.checkpoint_every == 0 or step == total or stopped_early:
                     state["train_seconds"] = time.perf_counter() - t_start
                     self._save_last(learner, optimizer, schedule, generator, state)
@@ -241,6 +252,48 @@ class Trainer:
             write_report(self.paths.root)
         return summary
 
+    def _fit_without_parameters(self, threads: int) -> dict[str, Any]:
+        """A learner with nothing to train (a no-meta-training baseline): validate once, write the run.
+
+        The run directory has what any run has (config, metrics, checkpoints, summary, report), so
+        ``evaluate``, ``compare`` and ``cross-domain`` treat baselines like meta-trained learners.
+        """
+        cfg, learner = self.cfg, self.exp.learner
+        self._prepare_dir()  # a finished run is only redone with --resume; it is cheap and deterministic
+        self.writer = self._tensorboard()
+        learner.to(self.device)
+        metric = learner.metric
+        result = evaluate_learner(
+            learner, FixedEpisodes(self.exp.val_source(), cfg.eval.val_episodes, cfg.eval.seed + 1), device=self.device
+        )
+        state = {"step": 0, "best": result.mean, "best_step": 0, "bad_validations": 0, "train_seconds": 0.0}
+        if dist.is_main():
+            write_text(self.paths.metrics, "")
+        self._log({"split": "val", "step": 0, metric: result.mean, "ci95": result.ci95})
+        if self.writer is not None:
+            self.writer.close()
+        if self.progress and dist.is_main():
+            self.console.print(
+                f"{cfg.learner.name} has no trainable parameters: nothing to meta-train; "
+                f"val {metric} {result.mean:.4f} ± {result.ci95:.4f}"
+            )
+        summary = {
+            "steps": 0, "stopped_early": False, "best_step": 0, f"best_val_{metric}": result.mean, "metric": metric,
+            "train_seconds": 0.0, "threads": threads, "device": str(self.device), "world_size": dist.world_size(),
+            "parameters": 0,
+        }
+        if dist.is_main():
+            from metakit.reporting import learning_curve, write_report
+            from metakit.utils import write_json
+
+            weights = {"step": 0, "learner": learner.state_dict(), metric: result.mean}
+            torch_save(weights, self.paths.best)
+            torch_save({**weights, "state": state}, self.paths.last)
+            write_json(self.paths.summary, summary)
+            learning_curve(self.paths.metrics, self.paths.curve, metric)
+            write_report(self.paths.root)
+        return summary
+
     def _save_last(self, learner, optimizer, schedule, generator, state) -> None:  # noqa: ANN001
         if not dist.is_main():
             return
@@ -266,6 +319,9 @@ class Trainer:
         return SummaryWriter(str(self.paths.root / "tensorboard"))
 
 
-def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Build the experiment for ``config`` and meta-train it into ``run_dir``."""
-    return Trainer(build_experiment(config), run_dir, resume=resume, progress=progress).fit()
+def train(
+    config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+    on_validation: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Build the experiment for ``config`` and meta-train it into ``run_dir`` (see :class:`Trainer`)."""
+    return Trainer(build_experiment(config), run_dir, resume=resume, progress=progress, on_validation=on_validation).fit()

@@ -222,3 +222,51 @@ register_dataset(
         splits=("published", "class"),
     )
 )
+
+# Intent classification on frozen sentence embeddings (metakit.text; encoding needs metakit[text]).
+# Items are 384-d all-MiniLM-L6-v2 embeddings, cached on disk after the first load.
+_TEXT = "metakit.text.datasets"
+register_dataset(
+    DatasetSpec(
+        name="banking77",
+        summary="Banking77 (Casanueva et al. 2020): 13,083 online-banking queries, 77 intents, one domain; "
+        "frozen all-MiniLM-L6-v2 embeddings; split by intent (split: class).",
+        source="https://github.com/PolyAI-LDN/task-specific-datasets (banking_data/train.csv, test.csv; "
+        "downloaded at a pinned commit, sha256-verified)",
+        license="CC BY 4.0",
+        task_type="classification",
+        loader=f"{_TEXT}:load_banking77",
+        status=f"{_TEXT}:banking77_status",
+        splits=("class",),
+    )
+)
+register_dataset(
+    DatasetSpec(
+        name="hwu64",
+        summary="HWU64 (Liu et al. 2019), fold 1: 11,036 home-assistant utterances, 64 intents in 18 scenarios; "
+        "frozen all-MiniLM-L6-v2 embeddings; split by scenario (split: domain).",
+        source="https://github.com/xliuhw/NLU-Evaluation-Data (CrossValidation/.../KFold_1, 128 CSVs; downloaded "
+        "at a pinned commit, verified by the sha256 of their manifest)",
+        license="CC BY 4.0",
+        task_type="classification",
+        loader=f"{_TEXT}:load_hwu64",
+        status=f"{_TEXT}:hwu64_status",
+        splitter=f"{_TEXT}:domain_splits",
+        splits=("domain", "group", "class"),
+    )
+)
+register_dataset(
+    DatasetSpec(
+        name="clinc150",
+        summary="CLINC150 (Larson et al. 2019): 22,500 in-scope queries, 150 intents in 10 domains; "
+        "frozen all-MiniLM-L6-v2 embeddings; split by domain (split: domain).",
+        source="https://github.com/clinc/oos-eval (data/data_full.json, domains.json; downloaded at a pinned "
+        "commit, sha256-verified)",
+        license="CC BY 3.0",
+        task_type="classification",
+        loader=f"{_TEXT}:load_clinc150",
+        status=f"{_TEXT}:clinc150_status",
+        splitter=f"{_TEXT}:domain_splits",
+        splits=("domain", "group", "class"),
+    )
+)

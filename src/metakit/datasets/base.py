@@ -18,11 +18,13 @@ from metakit.errors import MetakitError
 
 @dataclass
 class ClassDataset:
-    """Labelled images held in memory as one uint8 tensor.
+    """Labelled items held in memory as one tensor: images, or fixed feature vectors.
 
     Attributes:
         name: dataset name (shown in reports and errors).
-        images: uint8 tensor ``[items, channels, height, width]``; for line drawings ink is high.
+        images: uint8 tensor ``[items, channels, height, width]`` (for line drawings ink is high),
+            or a floating tensor ``[items, *shape]`` of feature vectors such as frozen sentence
+            embeddings (``metakit.text``), which episodes use as they are.
         labels: int64 tensor ``[items]`` of class indices ``0..num_classes-1``.
         class_names: one name per class.
         class_groups: optional group name per class (alphabet, Unicode block, ...).
@@ -36,10 +38,12 @@ class ClassDataset:
     _index: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+        is_images = self.images.dtype == torch.uint8 and self.images.dim() == 4
+        is_features = self.images.is_floating_point() and self.images.dim() >= 2
+        if not (is_images or is_features):
             raise MetakitError(
-                f"dataset {self.name!r}: images must be a uint8 tensor [items, C, H, W], "
-                f"got {self.images.dtype} with shape {tuple(self.images.shape)}."
+                f"dataset {self.name!r}: items must be a uint8 tensor [items, C, H, W] or a float tensor "
+                f"[items, features], got {self.images.dtype} with shape {tuple(self.images.shape)}."
             )
         if len(self.labels) != len(self.images):
             raise MetakitError(
@@ -93,9 +97,10 @@ class ClassDataset:
     def describe(self) -> str:
         """One line: classes, items, groups, image shape."""
         g = f", {len(self.groups)} groups" if self.class_groups else ""
+        kind = "images" if self.images.dtype == torch.uint8 else "features"
         return (
             f"{self.name}: {self.num_classes} classes, {len(self.images)} items{g}, "
-            f"images {'x'.join(map(str, self.image_shape))}"
+            f"{kind} {'x'.join(map(str, self.image_shape))}"
         )
 
 
@@ -162,6 +167,11 @@ def rotate_classes(dataset: ClassDataset, angles: Sequence[int] = (0, 90, 180, 2
     Rotated copies keep their class's group, so group splits stay disjoint. Class ``c`` rotated by
     ``angles[r]`` becomes class ``c * len(angles) + r``.
     """
+    if dataset.images.dtype != torch.uint8:
+        raise MetakitError(
+            f"dataset {dataset.name!r} holds feature vectors, not images; rotations apply to images only "
+            f"(set dataset.rotations: false)."
+        )
     bad = [a for a in angles if a % 90]
     if bad or not angles:
         raise MetakitError(f"rotations must be multiples of 90 degrees, got {list(angles)}.")

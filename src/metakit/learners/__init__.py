@@ -39,5 +39,6 @@ def build_learner(name: str, backbone: nn.Module, task: TaskInfo, **options: Any
 # Importing the modules registers the built-in learners.
 from metakit.learners import anil, cavia, finetune, maml, mamlpp, metasgd, protonet, reptile  # noqa: E402,F401
 from metakit.learners import matching, metabaseline, r2d2, relation  # noqa: E402,F401
+from metakit.learners import centroid, logreg  # noqa: E402,F401  (no-meta-training baselines)
 
 __all__ = ["LEARNERS", "Learner", "NonFiniteLoss", "Predictor", "TaskInfo", "build_learner", "register_learner"]

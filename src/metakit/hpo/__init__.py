@@ -1,0 +1,1 @@
+"""Hyperparameter optimisation on Optuna with meta-learned warm starts (``metakit tune``)."""

@@ -1,0 +1,152 @@
+"""The recsys run configuration: YAML validated against dataclasses, with ``key=value`` overrides.
+
+Validated the way :mod:`metakit.config` validates meta-learning configs (its section builder is
+reused: unknown keys fail with the closest valid ones, values are type-checked), then
+:meth:`RecsysConfig.check` rejects impossible values (unknown methods or scenarios, bad fractions)
+with one line each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metakit.config import _build, merge, parse_overrides
+from metakit.errors import MetakitError, unknown_name
+from metakit.recsys.tasks import SCENARIOS, TaskRules, check_scenarios
+
+#: Methods a run can train; ``melu`` trains one model per entry of ``melu.local_steps``.
+METHODS = ("global_mean", "item_popularity", "mf", "nn_global", "nn_finetune", "melu")
+SOURCES = ("synthetic", "ml-100k", "ml-1m")
+
+
+@dataclass
+class DataConfig:
+    """Which ratings: ``synthetic`` (options in ``synthetic``, files in ``format``) or MovieLens."""
+
+    source: str = "synthetic"
+    root: str | None = None
+    download: bool = True
+    format: str = "ml-1m"
+    synthetic: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """The rating network shared by MeLU and the neural baselines (paper: 32, [64, 64])."""
+
+    embedding_dim: int = 32
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+
+
+@dataclass
+class MeluSection:
+    """MeLU's meta-training: ``local_steps`` lists the variants (MeLU-1, MeLU-5)."""
+
+    local_steps: list[int] = field(default_factory=lambda: [1, 5])
+    local_lr: float = 0.03
+    first_order: bool = False
+    epochs: int = 100
+    meta_batch: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = 10.0
+
+
+@dataclass
+class BaselineSection:
+    """Baseline settings; list-valued ones are grids searched on the validation users."""
+
+    popularity_shrinkage: float = 10.0
+    mf_factors: int = 16
+    mf_regs: list[float] = field(default_factory=lambda: [1.0, 5.0, 20.0])
+    mf_iters: int = 15
+    nn_epochs: int = 20
+    nn_batch: int = 256
+    nn_lr: float = 1e-3
+    finetune_steps: list[int] = field(default_factory=lambda: [1, 5, 20])
+    finetune_lrs: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1])
+
+
+@dataclass
+class RecsysEval:
+    """Which scenarios to score and the nDCG cut-offs."""
+
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    ndcg_k: list[int] = field(default_factory=lambda: [1, 3])
+
+
+@dataclass
+class RecsysConfig:
+    """A whole recsys run, saved as ``config.yaml`` in the run directory."""
+
+    name: str = "recsys"
+    seed: int = 0
+    threads: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: TaskRules = field(default_factory=TaskRules)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    melu: MeluSection = field(default_factory=MeluSection)
+    baselines: BaselineSection = field(default_factory=BaselineSection)
+    eval: RecsysEval = field(default_factory=RecsysEval)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as written in YAML."""
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def check(self) -> RecsysConfig:
+        """Raise a one-line error for values no run can use; return ``self``."""
+        if self.data.source not in SOURCES:
+            raise unknown_name("data source", self.data.source, SOURCES)
+        if self.data.format not in ("ml-1m", "ml-100k"):
+            raise MetakitError(f"data.format must be ml-1m or ml-100k, got {self.data.format!r}.")
+        if not isinstance(self.data.synthetic, dict):
+            raise MetakitError(f"data.synthetic must be a mapping of generator options, got {self.data.synthetic!r}.")
+        self.tasks.check()
+        for method in self.methods:
+            if method not in METHODS:
+                raise unknown_name("recsys method", method, METHODS)
+        if not self.methods:
+            raise MetakitError(f"methods is empty; list some of: {', '.join(METHODS)}.")
+        check_scenarios(self.eval.scenarios)
+        if any(k < 1 for k in self.eval.ndcg_k):
+            raise MetakitError(f"eval.ndcg_k must hold positive cut-offs, got {self.eval.ndcg_k}.")
+        if "melu" in self.methods and (not self.melu.local_steps or any(s < 1 for s in self.melu.local_steps)):
+            raise MetakitError(f"melu.local_steps must list step counts >= 1, e.g. [1, 5], got {self.melu.local_steps}.")
+        for name, value in (("melu.local_lr", self.melu.local_lr), ("melu.lr", self.melu.lr),
+                            ("baselines.nn_lr", self.baselines.nn_lr)):
+            if value <= 0:
+                raise MetakitError(f"{name} must be > 0, got {value}.")
+        for name, value in (("melu.epochs", self.melu.epochs), ("melu.meta_batch", self.melu.meta_batch)):
+            if value < 1:
+                raise MetakitError(f"{name} must be >= 1, got {value}.")
+        return self
+
+
+def recsys_config_from_dict(data: dict[str, Any]) -> RecsysConfig:
+    """Validate plain data (parsed YAML) into a checked :class:`RecsysConfig`."""
+    return _build(RecsysConfig, dict(data), "").check()
+
+
+def load_recsys_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecsysConfig:
+    """Read a recsys YAML config, apply ``key=value`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetakitError(f"config file {path} not found; pass a YAML file such as configs/recsys-melu-synthetic.yaml.")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise MetakitError(f"malformed YAML in {path}{where}; fix the syntax.") from None
+    if not isinstance(loaded, dict):
+        raise MetakitError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}.")
+    return recsys_config_from_dict(merge(loaded, parse_overrides(list(overrides))))

@@ -1,0 +1,295 @@
+"""A recsys run: config -> ratings -> split -> every method fitted -> scenarios scored -> run directory.
+
+Run directory (the layout of :class:`metakit.runs.RunPaths` where it applies)::
+
+    RUN_DIR/
+      config.yaml              resolved config (re-run it to reproduce the run)
+      training.json            data and split statistics, per-method fit time, choices made on validation
+      checkpoints/models.pt    every fitted method (network weights, MF factors, ...)
+      training_curves.png      validation MAE per epoch of the neural methods
+      evaluation.json          metrics per scenario and method (mean ± 95% CI over users), paired deltas
+      mae_by_scenario.png      MAE ± CI per scenario per method
+      report.md                all of it in words and tables
+
+``evaluate`` rebuilds the data and split from ``config.yaml`` (deterministic in the seeds) and
+checks they are the data the models were trained on, so a run can be re-scored at any time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from metakit.config import call_with_options
+from metakit.errors import MetakitError
+from metakit.recsys import baselines as bl
+from metakit.recsys.config import RecsysConfig, recsys_config_from_dict
+from metakit.recsys.melu import Features, MetaTrainConfig, RatingNet, meta_train, predict_tasks
+from metakit.recsys.metrics import paired_difference, per_user_metrics, summarise
+from metakit.recsys.movielens import RatingsData, load_movielens
+from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
+from metakit.recsys.tasks import SCENARIOS, UserTask, build_split, training_task
+from metakit.runs import RunPaths
+from metakit.utils import seed_everything, set_threads, torch_save, write_json, write_text
+
+console = Console(stderr=True)
+Predictor = Callable[[Sequence[UserTask]], list[np.ndarray]]
+
+#: Display names, in table order; MeLU variants are ``MeLU-<steps>``.
+DISPLAY = {
+    "global_mean": "global mean",
+    "item_popularity": "item popularity",
+    "mf": "biased MF",
+    "nn_global": "NN, global",
+    "nn_finetune": "NN + fine-tune",
+}
+
+
+def models_path(run_dir: str | Path) -> Path:
+    """Where a run keeps its fitted methods."""
+    return Path(run_dir) / "checkpoints" / "models.pt"
+
+
+def load_ratings(config: RecsysConfig) -> RatingsData:
+    """The ratings the config names: generated synthetic files, or MovieLens (downloaded if needed)."""
+    d = config.data
+    if d.source == "synthetic":
+        spec = call_with_options(SyntheticSpec, dict(d.synthetic), "data.synthetic")
+        return synthetic_movielens(spec, d.format)
+    return load_movielens(d.source, d.root, d.download)
+
+
+def fingerprint(data: RatingsData) -> str:
+    """A short hash of the ratings, to tell whether evaluation sees the training run's data."""
+    h = hashlib.sha256()
+    for arr in (data.user, data.item, data.rating, data.timestamp, data.user_features, data.item_genres, data.item_year):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _net(config: RecsysConfig, features: Features, init_rating: float) -> RatingNet:
+    return RatingNet(features.user_sizes, features.genres.shape[1], features.num_years, config.model.embedding_dim,
+                     config.model.hidden, init_rating)
+
+
+def method_keys(config: RecsysConfig) -> list[str]:
+    """The run's method keys in table order (``melu`` expanded to ``melu-1``, ``melu-5``, ...)."""
+    keys = [m for m in DISPLAY if m in config.methods]
+    if "melu" in config.methods:
+        keys += [f"melu-{s}" for s in config.melu.local_steps]
+    return keys
+
+
+def display_name(key: str) -> str:
+    """``melu-5`` -> ``MeLU-5``; baselines by :data:`DISPLAY`."""
+    return f"MeLU-{key.split('-', 1)[1]}" if key.startswith("melu-") else DISPLAY[key]
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), console=console, transient=True, disable=not enabled)
+
+
+def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Fit every method of ``config`` and write the run directory ``out``; returns the training summary."""
+    config.check()
+    paths = RunPaths(Path(out))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_text(paths.config, config.to_yaml())
+    threads = set_threads(config.threads)
+    seed_everything(config.seed)
+    start = time.perf_counter()
+    data = load_ratings(config)
+    split = build_split(data, config.tasks)
+    features = Features.from_data(data)
+    mu = float(split.train_rating.mean())
+    states: dict[str, Any] = {"fingerprint": fingerprint(data)}
+    methods: dict[str, dict[str, Any]] = {}
+    b = config.baselines
+    with _progress(progress) as bar:
+
+        def epochs(label: str, total: int) -> Callable[[int, float, float], None]:
+            task = bar.add_task(label, total=total, info="")
+            return lambda e, loss, val: bar.update(task, completed=e, info=f"train MSE {loss:.3f}, val MAE {val:.4f}")
+
+        for key in method_keys(config):
+            t0 = time.perf_counter()
+            seed = config.seed + 1000 * (list(DISPLAY).index(key) if key in DISPLAY else 10 + int(key.split("-")[1]))
+            info: dict[str, Any] = {}
+            if key == "global_mean":
+                states[key] = bl.GlobalMean().fit(split).state()
+            elif key == "item_popularity":
+                states[key] = bl.ItemPopularity(b.popularity_shrinkage).fit(split, data.num_items).state()
+            elif key == "mf":
+                mf, scores = bl.select_mf(split, data.num_users, data.num_items, b.mf_factors, b.mf_regs, b.mf_iters, seed)
+                states[key] = mf.state()
+                info = {"reg": mf.reg, "val_mae_by_reg": scores}
+            elif key in ("nn_global", "nn_finetune"):
+                if "nn_global_weights" not in states:  # fine-tuning starts from the global network
+                    g_seed = config.seed + 1000 * list(DISPLAY).index("nn_global")
+                    torch.manual_seed(g_seed)
+                    net = _net(config, features, mu)
+                    info.update(bl.train_global(net, features, split, b.nn_epochs, b.nn_batch, b.nn_lr, g_seed,
+                                                on_epoch=epochs("NN, global", b.nn_epochs)))
+                    states["nn_global_weights"] = net.state_dict()
+                states[key] = {"steps": 0, "lr": 0.0}
+                if key == "nn_finetune":
+                    net = _net(config, features, mu)
+                    net.load_state_dict(states["nn_global_weights"])
+                    steps, lr, scores = bl.select_finetune(net, features, split.val, b.finetune_steps, b.finetune_lrs)
+                    states[key] = {"steps": steps, "lr": lr}
+                    info.update({"steps": steps, "lr": lr, "val_mae_by_setting": scores})
+            else:
+                steps = int(key.split("-")[1])
+                m = config.melu
+                cfg = MetaTrainConfig(steps, m.local_lr, m.first_order, m.epochs, m.meta_batch, m.lr, m.weight_decay, m.grad_clip)
+                torch.manual_seed(seed)
+                net = _net(config, features, mu)
+                users = sorted(split.train_by_user)
+
+                def make_tasks(rng: np.random.Generator) -> list[UserTask]:
+                    return [t for t in (training_task(split, u, config.tasks, rng) for u in users) if t is not None]
+
+                info = meta_train(net, features, make_tasks, split.val, cfg, seed, on_epoch=epochs(display_name(key), m.epochs))
+                states[key] = {"weights": net.state_dict(), "steps": steps, "lr": m.local_lr}
+            methods[key] = {**info, "fit_seconds": time.perf_counter() - t0}
+    torch_save(states, models_path(out))
+    summary = {
+        "data": data.describe(),
+        "fingerprint": states["fingerprint"],
+        "split": split.stats,
+        "methods": methods,
+        "seed": config.seed,
+        "threads": threads,
+        "train_seconds": time.perf_counter() - start,
+    }
+    write_json(paths.summary, summary)
+    from metakit.recsys.report import training_curves, write_report
+
+    training_curves(summary, paths.root / "training_curves.png")
+    write_report(paths.root)
+    return summary
+
+
+def load_recsys_run(run_dir: str | Path) -> RecsysConfig:
+    """A recsys run directory's resolved config."""
+    import yaml
+
+    path = RunPaths(Path(run_dir)).config
+    if not path.is_file():
+        raise MetakitError(f"{run_dir} is not a run directory (no config.yaml); pass the --out of `metakit recsys train`.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        raise MetakitError(f"{path} is not valid YAML; restore it or train again.") from None
+    if not isinstance(data, dict) or "tasks" not in data or "melu" not in data:
+        raise MetakitError(f"{run_dir} is not a recsys run (its config.yaml has no tasks/melu sections); "
+                           f"use `metakit evaluate` for meta-learning runs.")
+    return recsys_config_from_dict(data)
+
+
+def predictors(config: RecsysConfig, states: dict[str, Any], features: Features) -> dict[str, Predictor]:
+    """A query-prediction function per fitted method of the run."""
+    out: dict[str, Predictor] = {}
+    for key in method_keys(config):
+        if key not in states:
+            raise MetakitError(f"the run has no fitted {key}; train it again with this config.")
+        s = states[key]
+        if key == "global_mean":
+            out[key] = bl.GlobalMean.from_state(s).predict
+        elif key == "item_popularity":
+            out[key] = bl.ItemPopularity.from_state(s).predict
+        elif key == "mf":
+            out[key] = bl.BiasedMF.from_state(s).predict
+        else:
+            net = _net(config, features, 0.0)
+            if key in ("nn_global", "nn_finetune"):
+                net.load_state_dict(states["nn_global_weights"])
+                steps, lr = (0, 0.0) if key == "nn_global" else (s["steps"], s["lr"])
+            else:
+                net.load_state_dict(s["weights"])
+                steps, lr = s["steps"], s["lr"]
+            out[key] = lambda tasks, net=net, steps=steps, lr=lr: predict_tasks(net, features, tasks, steps, lr)
+    return out
+
+
+def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = True) -> dict[str, Any]:
+    """Score every method of a trained run on every scenario of its config; write the files (see module doc)."""
+    run_dir = Path(run_dir)
+    config = load_recsys_run(run_dir)
+    path = models_path(run_dir)
+    if not path.is_file():
+        raise MetakitError(f"{path} not found; train the run first (metakit recsys train CONFIG --out {run_dir}).")
+    try:
+        states = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file: one line
+        raise MetakitError(f"{path} is corrupt or not a recsys checkpoint ({type(exc).__name__}); train again.") from None
+    threads = set_threads(config.threads)
+    data = load_ratings(config)
+    if fingerprint(data) != states.get("fingerprint"):
+        raise MetakitError(f"the data of {config.data.source} differ from those {run_dir} was trained on; "
+                           f"train again on the current data.")
+    split = build_split(data, config.tasks)
+    features = Features.from_data(data)
+    preds = predictors(config, states, features)
+    ks = config.eval.ndcg_k
+    results: dict[str, Any] = {}
+    paired: dict[str, Any] = {}
+    start = time.perf_counter()
+    with _progress(progress) as bar:
+        task = bar.add_task("scoring", total=len(config.eval.scenarios) * len(preds), info="")
+        for scenario in config.eval.scenarios:
+            tasks = split.scenarios[scenario]
+            truths = [t.query_ratings for t in tasks]
+            users = [t.user for t in tasks]
+            per_user = {}
+            results[scenario] = {}
+            for key, predict in preds.items():
+                bar.update(task, info=f"{SCENARIOS[scenario]}: {display_name(key)}")
+                per_user[key] = per_user_metrics(predict(tasks), truths, users, ks) if tasks else {"mae": []}
+                results[scenario][key] = summarise(per_user[key]) if tasks else {"users": 0}
+                bar.advance(task)
+            paired[scenario] = {
+                mk: {bk: paired_difference(per_user[mk]["mae"], per_user[bk]["mae"]) for bk in preds if not bk.startswith("melu-")}
+                for mk in preds if mk.startswith("melu-") and tasks
+            }
+    result = {
+        "run": str(run_dir),
+        "data": data.describe(),
+        "split": split.stats,
+        "scenarios": {s: SCENARIOS[s] for s in config.eval.scenarios},
+        "methods": {k: display_name(k) for k in preds},
+        "results": results,
+        "paired_mae_vs_baselines": paired,
+        "ndcg_k": ks,
+        "threads": threads,
+        "eval_seconds": time.perf_counter() - start,
+        "config": asdict(config),
+    }
+    if write:
+        paths = RunPaths(run_dir)
+        write_json(paths.evaluation, result)
+        from metakit.recsys.report import mae_plot, write_report
+
+        mae_plot(result, run_dir / "mae_by_scenario.png")
+        write_report(run_dir)
+    return result
+
+
+def results_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per scenario and method (for tables and JSON consumers)."""
+    rows = []
+    for scenario, by_method in result["results"].items():
+        for key, r in by_method.items():
+            rows.append({"scenario": scenario, "method": result["methods"][key], **r})
+    return rows
+

@@ -1,0 +1,291 @@
+"""MeLU (Lee et al., KDD 2019): meta-learned user preference estimator with global and local parameters.
+
+The network (:class:`RatingNet`) embeds user features (gender, age band, occupation, zip prefix)
+and item features (genres, release year), concatenates the embeddings and passes them through
+*decision layers* (fully connected + ReLU) to a linear rating output. Its parameters are of two
+kinds:
+
+* **global** — the embedding tables (:attr:`RatingNet.global_names`): updated only in the outer
+  loop, by the optimiser, from the query losses of a meta-batch of users;
+* **local** — the decision layers and the output layer (:attr:`RatingNet.local_names`): for each
+  user, ``local_steps`` gradient steps on the user's support ratings start from their meta-learned
+  values (MeLU-1 and MeLU-5 take 1 and 5 steps); the outer loop also learns that starting point.
+
+Parameters are handled functionally, as in :mod:`metakit.learners.gradient`: :func:`adapt` returns
+a *new* dict of local tensors and never touches the module, so the global embeddings cannot move
+in the inner loop. Tasks are batched: every local tensor gets a leading task dimension (the shared
+values expanded), ragged support/query sets are padded with a mask, and the gradient of the sum of
+per-task losses gives each task its own inner gradient, so a meta-batch of users is one forward
+pass. Second-order meta-gradients by default (``first_order=False``), as in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from metakit.errors import MetakitError
+from metakit.recsys.movielens import RatingsData
+from metakit.recsys.tasks import UserTask
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass
+class Features:
+    """The side information of every user and item, as tensors indexed by user/item index."""
+
+    user: torch.Tensor  # [U, 4] int64
+    genres: torch.Tensor  # [I, G] float32
+    year: torch.Tensor  # [I] int64
+    user_sizes: list[int]
+    num_years: int
+
+    @classmethod
+    def from_data(cls, data: RatingsData) -> Features:
+        """Tensors of ``data``'s features."""
+        return cls(torch.from_numpy(data.user_features).long(), torch.from_numpy(data.item_genres).float(),
+                   torch.from_numpy(data.item_year).long(), data.user_vocab_sizes(), len(data.years))
+
+
+@dataclass
+class Batch:
+    """Padded rows of several tasks: features, ratings and a mask of the real rows (``[T, n, ...]``)."""
+
+    user: torch.Tensor
+    genres: torch.Tensor
+    year: torch.Tensor
+    rating: torch.Tensor
+    mask: torch.Tensor
+
+
+def make_batch(features: Features, users: Sequence[int], items: Sequence[np.ndarray],
+               ratings: Sequence[np.ndarray] | None = None) -> Batch:
+    """Pad ``items[t]`` (rated by ``users[t]``) into one :class:`Batch` (rating 0 where unknown)."""
+    T = len(users)
+    n = max(1, max((len(i) for i in items), default=1))
+    item_idx = torch.zeros(T, n, dtype=torch.long)
+    rating = torch.zeros(T, n)
+    mask = torch.zeros(T, n)
+    for t, its in enumerate(items):
+        m = len(its)
+        item_idx[t, :m] = torch.from_numpy(np.asarray(its, dtype=np.int64))
+        mask[t, :m] = 1.0
+        if ratings is not None:
+            rating[t, :m] = torch.from_numpy(np.asarray(ratings[t], dtype=np.float32))
+    user_idx = torch.as_tensor(list(users), dtype=torch.long)[:, None].expand(T, n)
+    return Batch(features.user[user_idx], features.genres[item_idx], features.year[item_idx], rating, mask)
+
+
+def rows_batch(features: Features, users: np.ndarray, items: np.ndarray, ratings: np.ndarray | None = None) -> Batch:
+    """Independent (user, item) rows as one task of ``len(users)`` rows (pooled, non-meta training)."""
+    u = torch.from_numpy(np.asarray(users, dtype=np.int64))
+    i = torch.from_numpy(np.asarray(items, dtype=np.int64))
+    r = torch.zeros(len(u)) if ratings is None else torch.from_numpy(np.asarray(ratings, dtype=np.float32))
+    return Batch(features.user[u][None], features.genres[i][None], features.year[i][None], r[None], torch.ones(1, len(u)))
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each task's mean squared error over its real rows, ``[T]``."""
+    return ((pred - target) ** 2 * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    # Shared weights [out, in] or per-task weights [T, out, in] on x [T, n, in].
+    if weight.dim() == 2:
+        return F.linear(x, weight, bias)
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+class RatingNet(nn.Module):
+    """Feature embeddings -> decision layers -> rating (MeLU's estimator; also the neural baselines').
+
+    Args:
+        user_sizes: rows of the gender, age, occupation and zip-prefix embedding tables.
+        num_genres: genre flags per item (their embeddings are averaged).
+        num_years: rows of the release-year table.
+        embedding_dim: size of every embedding (32 in the paper).
+        hidden: widths of the decision layers (64, 64 in the paper).
+        init_rating: initial output bias (the training mean, so training starts from a sane rating).
+    """
+
+    def __init__(self, user_sizes: Sequence[int], num_genres: int, num_years: int, embedding_dim: int = 32,
+                 hidden: Sequence[int] = (64, 64), init_rating: float = 3.5) -> None:
+        super().__init__()
+        if embedding_dim < 1 or not hidden or any(h < 1 for h in hidden):
+            raise MetakitError(f"model.embedding_dim and model.hidden must be positive, got {embedding_dim} and {list(hidden)}.")
+        self.user_embeddings = nn.ModuleList(nn.Embedding(n, embedding_dim) for n in user_sizes)
+        self.genre_embedding = nn.Linear(num_genres, embedding_dim, bias=False)
+        self.year_embedding = nn.Embedding(num_years, embedding_dim)
+        width = embedding_dim * (len(user_sizes) + 2)
+        layers = []
+        for h in hidden:
+            layers.append(nn.Linear(width, h))
+            width = h
+        self.decision = nn.ModuleList(layers)
+        self.output = nn.Linear(width, 1)
+        nn.init.constant_(self.output.bias, init_rating)
+        for emb in (*self.user_embeddings, self.year_embedding):
+            # Small rows, so a category never seen in training (a new item's release year, say)
+            # enters as near-neutral input instead of N(0, 1) noise.
+            nn.init.normal_(emb.weight, std=0.1)
+
+    @property
+    def local_names(self) -> list[str]:
+        """Names of the local parameters (decision layers and output), adapted per user."""
+        return [n for n, _ in self.named_parameters() if n.startswith(("decision.", "output."))]
+
+    @property
+    def global_names(self) -> list[str]:
+        """Names of the global parameters (embeddings), updated only in the outer loop."""
+        local = set(self.local_names)
+        return [n for n, _ in self.named_parameters() if n not in local]
+
+    def local_parameters(self) -> Params:
+        """The local parameters as a name -> tensor dict (the inner loop's starting point)."""
+        own = dict(self.named_parameters())
+        return {n: own[n] for n in self.local_names}
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """The concatenated user and item embeddings of every row, ``[T, n, width]``."""
+        users = [emb(batch.user[..., j]) for j, emb in enumerate(self.user_embeddings)]
+        count = batch.genres.sum(-1, keepdim=True).clamp(min=1.0)
+        genres = self.genre_embedding(batch.genres) / count
+        return torch.cat([*users, genres, self.year_embedding(batch.year)], dim=-1)
+
+    def decide(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
+        """Ratings ``[T, n]`` from embeddings ``x`` with local ``params`` (shared or per task; default: own)."""
+        p = self.local_parameters() if params is None else params
+        h = x
+        for i in range(len(self.decision)):
+            h = torch.relu(_linear(h, p[f"decision.{i}.weight"], p[f"decision.{i}.bias"]))
+        return _linear(h, p["output.weight"], p["output.bias"]).squeeze(-1)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Ratings with the shared (unadapted) parameters."""
+        return self.decide(self.embed(batch))
+
+
+def adapt(net: RatingNet, x: torch.Tensor, rating: torch.Tensor, mask: torch.Tensor, steps: int, lr: float,
+          create_graph: bool) -> Params:
+    """``steps`` gradient steps of the local parameters on each task's support rows.
+
+    Returns per-task local parameters (leading dimension ``T``); the module's parameters, global
+    and local, are left untouched. ``create_graph`` keeps the inner gradients' graph
+    (second-order meta-gradients); without it the result is detached from the inner gradients.
+    """
+    T = x.shape[0]
+    params = {n: p.expand(T, *p.shape) for n, p in net.local_parameters().items()}
+    if steps == 0:
+        return params
+    if not create_graph:  # evaluation or first order: the inner loop needs its own leaves
+        params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = masked_mse(net.decide(x, params), rating, mask).sum()  # the sum: per-task gradients
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+            params = {n: p - lr * (g if create_graph else g.detach()) for (n, p), g in zip(params.items(), grads)}
+            if not create_graph:
+                params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    return params
+
+
+def meta_loss(net: RatingNet, support: Batch, query: Batch, steps: int, lr: float, first_order: bool) -> torch.Tensor:
+    """MeLU's outer objective on a meta-batch: mean query MSE after adapting to each support set."""
+    x_s = net.embed(support)
+    params = adapt(net, x_s, support.rating, support.mask, steps, lr, create_graph=not first_order)
+    if first_order:
+        # First-order MAML: the adapted values, with the meta-gradient taken as if they were the start.
+        start = net.local_parameters()
+        params = {n: start[n] + (p - start[n]).detach() for n, p in params.items()}
+    return masked_mse(net.decide(net.embed(query), params), query.rating, query.mask).mean()
+
+
+def predict_tasks(net: RatingNet, features: Features, tasks: Sequence[UserTask], steps: int, lr: float,
+                  chunk: int = 256) -> list[np.ndarray]:
+    """Query predictions for each task after ``steps`` local steps on its support set (0: none)."""
+    was_training = net.training
+    net.eval()
+    out: list[np.ndarray] = []
+    for start in range(0, len(tasks), chunk):
+        part = tasks[start:start + chunk]
+        users = [t.user for t in part]
+        query = make_batch(features, users, [t.query_items for t in part])
+        with torch.no_grad():
+            x_q = net.embed(query)
+            if steps:
+                support = make_batch(features, users, [t.support_items for t in part], [t.support_ratings for t in part])
+                x_s = net.embed(support)
+        params = adapt(net, x_s, support.rating, support.mask, steps, lr, create_graph=False) if steps else None
+        with torch.no_grad():
+            pred = net.decide(x_q, params)
+        out += [pred[t, :len(task.query_items)].numpy().astype(np.float64) for t, task in enumerate(part)]
+    net.train(was_training)
+    return out
+
+
+@dataclass
+class MetaTrainConfig:
+    """Outer/inner loop settings of :func:`meta_train`."""
+
+    local_steps: int = 5
+    local_lr: float = 5e-3
+    first_order: bool = False
+    epochs: int = 30
+    meta_batch: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = 10.0
+
+
+def meta_train(net: RatingNet, features: Features, make_tasks: Callable[[np.random.Generator], list[UserTask]],
+               val_tasks: Sequence[UserTask], cfg: MetaTrainConfig, seed: int,
+               on_epoch: Callable[[int, float, float], None] | None = None) -> dict[str, object]:
+    """Meta-train ``net`` (MeLU); keep the weights of the epoch with the best validation MAE.
+
+    ``make_tasks(rng)`` returns the epoch's training tasks (a fresh support/query partition of
+    each training user). Each outer step adapts the local parameters to a meta-batch of users'
+    support sets and updates every parameter (global embeddings and the local starting point)
+    with Adam on the mean query MSE. Returns the per-epoch history and the selected epoch.
+    """
+    from metakit.recsys.metrics import mae
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best = (float("inf"), 0, {k: v.clone() for k, v in net.state_dict().items()})
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        net.train()
+        tasks = make_tasks(rng)
+        order = rng.permutation(len(tasks))
+        losses = []
+        for start in range(0, len(order), cfg.meta_batch):
+            part = [tasks[j] for j in order[start:start + cfg.meta_batch]]
+            users = [t.user for t in part]
+            support = make_batch(features, users, [t.support_items for t in part], [t.support_ratings for t in part])
+            query = make_batch(features, users, [t.query_items for t in part], [t.query_ratings for t in part])
+            opt.zero_grad()
+            loss = meta_loss(net, support, query, cfg.local_steps, cfg.local_lr, cfg.first_order)
+            if not torch.isfinite(loss):
+                raise MetakitError(f"the meta-training loss became {loss.item()} at epoch {epoch}; lower melu.lr or melu.local_lr.")
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(loss.item())
+        val = mae(predict_tasks(net, features, val_tasks, cfg.local_steps, cfg.local_lr),
+                  [t.query_ratings for t in val_tasks]) if val_tasks else float("nan")
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        history.append({"epoch": epoch, "train_mse": train_loss, "val_mae": val})
+        if on_epoch is not None:
+            on_epoch(epoch, train_loss, val)
+        if not val_tasks or val < best[0]:
+            best = (val, epoch, {k: v.clone() for k, v in net.state_dict().items()})
+    net.load_state_dict(best[2])
+    return {"history": history, "best_epoch": best[1], "best_val_mae": best[0]}

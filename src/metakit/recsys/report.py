@@ -1,0 +1,188 @@
+"""Recsys run reports: the markdown report, the MAE-per-scenario plot and the training curves.
+
+``write_report`` renders ``report.md`` from the files in the run directory (config, training
+summary, evaluation), so it can be rebuilt at any time; the plots are PNG files beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metakit.recsys.tasks import SCENARIOS
+from metakit.runs import RunPaths, read_json
+from metakit.utils import atomic_path, write_text
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: reports are files
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fmt(r: dict[str, Any] | None, digits: int = 3) -> str:
+    """``mean ± ci`` of a metric summary, ``-`` when absent."""
+    return f"{r['mean']:.{digits}f} ± {r['ci95']:.{digits}f}" if r else "-"
+
+
+def results_markdown(result: dict[str, Any]) -> str:
+    """One table: a row per scenario and method with users, MAE, RMSE and nDCG@k (mean ± 95% CI)."""
+    ks = result["ndcg_k"]
+    head = ["scenario", "method", "users", "MAE", "RMSE", *[f"nDCG@{k}" for k in ks]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for scenario, by_method in result["results"].items():
+        maes = {k: r["mae"]["mean"] for k, r in by_method.items() if "mae" in r}
+        best = min(maes, key=maes.get) if maes else None
+        for key, r in by_method.items():
+            name = result["methods"][key]
+            mae = fmt(r.get("mae"))
+            if key == best:
+                name, mae = f"**{name}**", f"**{mae}**"
+            cells = [SCENARIOS[scenario], name, str(r["users"]), mae, fmt(r.get("rmse")),
+                     *[fmt(r.get(f"ndcg@{k}")) for k in ks]]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_markdown(result: dict[str, Any]) -> str:
+    """MAE of each MeLU variant minus each baseline's on the same users (negative: MeLU better)."""
+    paired = result.get("paired_mae_vs_baselines") or {}
+    rows = []
+    for scenario, by_melu in paired.items():
+        for melu, by_base in by_melu.items():
+            cells = []
+            for base, d in by_base.items():
+                sign = "better" if d["mean"] + d["ci95"] < 0 else "worse" if d["mean"] - d["ci95"] > 0 else "tie"
+                cells.append(f"{result['methods'][base]}: {d['mean']:+.3f} ± {d['ci95']:.3f} ({sign})")
+            rows.append(f"| {SCENARIOS[scenario]} | {result['methods'][melu]} | " + "; ".join(cells) + " |")
+    if not rows:
+        return ""
+    return "\n".join(["| scenario | method | MAE difference vs each baseline, paired over users (95% CI) |",
+                      "|---|---|---|", *rows])
+
+
+def mae_plot(result: dict[str, Any], out_png: Path) -> None:
+    """Grouped bars: MAE ± 95% CI per scenario (groups) and method (bars)."""
+    plt = _plt()
+    scenarios = list(result["results"])
+    methods = list(result["methods"])
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.4 * len(scenarios)), 4.0))
+    width = 0.8 / max(1, len(methods))
+    for j, key in enumerate(methods):
+        xs, ys, es = [], [], []
+        for i, s in enumerate(scenarios):
+            r = result["results"][s].get(key, {})
+            if "mae" in r:
+                xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                ys.append(r["mae"]["mean"])
+                es.append(r["mae"]["ci95"])
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=result["methods"][key])
+    ax.set_xticks(range(len(scenarios)))
+    ax.set_xticklabels([SCENARIOS[s].replace(" for ", "\nfor ") for s in scenarios], fontsize=8)
+    ax.set_ylabel("MAE (lower is better), 95% CI over users")
+    lows = [r["mae"]["mean"] for by in result["results"].values() for r in by.values() if "mae" in r]
+    if lows:
+        ax.set_ylim(max(0.0, min(lows) - 0.15), max(lows) + 0.1)
+    ax.legend(fontsize=7, ncol=min(4, len(methods)))
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def training_curves(summary: dict[str, Any], out_png: Path) -> None:
+    """Validation MAE per epoch of every method that trained for epochs."""
+    curves = {k: m["history"] for k, m in summary["methods"].items() if m.get("history")}
+    if not curves:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for key, hist in curves.items():
+        name = f"MeLU-{key.split('-', 1)[1]}" if key.startswith("melu-") else key
+        ax.plot([h["epoch"] for h in hist], [h["val_mae"] for h in hist], label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation MAE (held-out users)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Render ``report.md`` from the run directory's config, training summary and evaluation."""
+    import yaml
+
+    paths = RunPaths(Path(run_dir))
+    config = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
+    training = read_json(paths.summary)
+    evaluation = read_json(paths.evaluation)
+    t = config["tasks"]
+    lines = [
+        f"# metakit recsys run `{config['name']}`",
+        "",
+        f"- data: {config['data']['source']}" + (f" {config['data']['synthetic'] or ''}" if config["data"]["source"] == "synthetic" else ""),
+        f"- tasks: users with {t['min_ratings']}-{t['max_ratings']} ratings; query = last {t['query']} by time, "
+        f"support = the earlier ones (at most {t['max_support']}); new users/items = latest "
+        f"{t['new_user_fraction']:.0%}/{t['new_item_fraction']:.0%} by first appearance ({t['new_items_by']} for items)",
+        f"- methods: {', '.join(config['methods'])}; MeLU local steps {config['melu']['local_steps']}, "
+        f"local lr {config['melu']['local_lr']}, {'first' if config['melu']['first_order'] else 'second'}-order",
+        f"- seed: {config['seed']}; resolved config: `config.yaml`",
+        "",
+    ]
+    if training:
+        s = training["split"]
+        lines += [
+            "## Data and training",
+            "",
+            f"- {training['data']}",
+            f"- split: {s['new_users']} new users, {s['new_items']} new items; training: {s['train_users']} users, "
+            f"{s['train_ratings']:,} ratings; {s['val_tasks']} validation users (held out, for model selection)",
+            "- tasks per scenario: " + ", ".join(f"{SCENARIOS[k]} {v}" for k, v in s["tasks"].items()),
+            f"- fitting time: {training['train_seconds']:.1f} s with {training['threads']} thread(s)",
+            "",
+            "| method | fit (s) | chosen on validation users |",
+            "|---|---:|---|",
+        ]
+        for key, m in training["methods"].items():
+            chosen = {k: v for k, v in m.items() if k in ("reg", "steps", "lr", "best_epoch", "best_val_mae")}
+            text = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in chosen.items())
+            lines.append(f"| {key} | {m['fit_seconds']:.1f} | {text or '-'} |")
+        lines += ["", "![validation MAE per epoch](training_curves.png)", ""]
+    if evaluation:
+        lines += [
+            "## Evaluation (mean ± 95% CI over users; best MAE in bold)",
+            "",
+            results_markdown(evaluation),
+            "",
+        ]
+        paired = paired_markdown(evaluation)
+        if paired:
+            lines += ["### MeLU against each baseline, paired over the same users", "", paired, ""]
+        lines += ["![MAE per scenario](mae_by_scenario.png)", ""]
+    write_text(paths.report, "\n".join(lines))
+    return paths.report
+
+
+def results_table(result: dict[str, Any]) -> Any:
+    """The evaluation for the console: one rich table per scenario (same content as :func:`results_markdown`)."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+
+    ks = result["ndcg_k"]
+    tables = []
+    for scenario, by_method in result["results"].items():
+        users = next(iter(by_method.values()))["users"] if by_method else 0
+        table = Table(title=f"{SCENARIOS[scenario]} ({users} users): mean ± 95% CI over users", title_justify="left",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("method", "MAE", "RMSE", *[f"nDCG@{k}" for k in ks]):
+            table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+        for key, r in by_method.items():
+            cells = [fmt(r.get(m)).replace(" ± ", "±") for m in ("mae", "rmse", *[f"ndcg@{k}" for k in ks])]
+            table.add_row(result["methods"][key], *cells)
+        tables.append(table)
+    return Group(*tables)

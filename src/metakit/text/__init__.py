@@ -1,0 +1,23 @@
+"""Few-shot text classification: intent datasets as episodes of frozen sentence embeddings.
+
+:mod:`metakit.text.embeddings` holds the encoders (all-MiniLM-L6-v2 via ``metakit[text]``) and the
+embedding cache; :mod:`metakit.text.datasets` the Banking77, HWU64 and CLINC150 loaders and the
+domain split. The datasets are registered as ``banking77``, ``hwu64`` and ``clinc150``, so configs
+use them like any other dataset (``configs/text-*.yaml``). Importing this package does not import
+sentence-transformers; only encoding a dataset that is not cached does.
+"""
+
+from metakit.text.datasets import IntentData, domain_splits, load_banking77, load_clinc150, load_hwu64
+from metakit.text.embeddings import DEFAULT_ENCODER, Encoder, embed_texts, register_encoder
+
+__all__ = [
+    "DEFAULT_ENCODER",
+    "Encoder",
+    "IntentData",
+    "domain_splits",
+    "embed_texts",
+    "load_banking77",
+    "load_clinc150",
+    "load_hwu64",
+    "register_encoder",
+]
