@@ -144,3 +144,15 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert len(steps) == len(set(steps)), "resumed log has duplicate records"
     ref_log = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("accuracy") for r in ref_log if r["split"] == "val"] == [r.get("accuracy") for r in logged if r["split"] == "val"]
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """Files written atomically are readable like files from open() (mkstemp alone gives 0600)."""
+    import os
+
+    from metakit.utils import write_text
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask

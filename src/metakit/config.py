@@ -270,22 +270,29 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _build(Config, dict(data), "")
 
 
+def read_yaml_mapping(path: str | Path, example: str = "configs/quickstart.yaml") -> dict[str, Any]:
+    """A YAML config file's top-level mapping; a missing file, bad syntax or a non-mapping is one clear line.
+
+    ``example`` names a config of the right kind for the "not found" message (NAS, RL, recsys and
+    tune configs share this reader but have schemas of their own).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MetakitError(f"config file {path} not found; pass a YAML file such as {example}.")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise MetakitError(f"malformed YAML in {path}{where}; fix the syntax.") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise MetakitError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}.")
+    return loaded
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config file (``None`` = all defaults), apply overrides and validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MetakitError(f"config file {path} not found; pass a YAML file such as configs/quickstart.yaml.")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise MetakitError(f"malformed YAML in {path}{where}; fix the syntax.") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise MetakitError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}.")
-        data = loaded
+    data = {} if path is None else read_yaml_mapping(path)
     return config_from_dict(merge(data, parse_overrides(overrides)))

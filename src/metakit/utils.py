@@ -28,6 +28,16 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def _read_umask() -> int:
+    # Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -41,6 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; use what a plain open() would
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

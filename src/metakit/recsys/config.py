@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from metakit.config import _build, merge, parse_overrides
+from metakit.config import _build, merge, parse_overrides, read_yaml_mapping
 from metakit.errors import MetakitError, unknown_name
 from metakit.recsys.tasks import SCENARIOS, TaskRules, check_scenarios
 
@@ -138,15 +138,5 @@ def recsys_config_from_dict(data: dict[str, Any]) -> RecsysConfig:
 
 def load_recsys_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecsysConfig:
     """Read a recsys YAML config, apply ``key=value`` overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise MetakitError(f"config file {path} not found; pass a YAML file such as configs/recsys-melu-synthetic.yaml.")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise MetakitError(f"malformed YAML in {path}{where}; fix the syntax.") from None
-    if not isinstance(loaded, dict):
-        raise MetakitError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}.")
+    loaded = read_yaml_mapping(path, example="configs/recsys-melu-synthetic.yaml")
     return recsys_config_from_dict(merge(loaded, parse_overrides(list(overrides))))
