@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from metakit.config import config_from_dict, merge, parse_overrides
+from metakit.config import config_from_dict, merge, parse_overrides, read_yaml_mapping
 from metakit.errors import MetakitError, unknown_name
 
 SAMPLERS = ("grid", "random", "tpe", "cmaes")
@@ -289,15 +288,5 @@ def validate_keys(spec: TuneSpec) -> None:
 
 def load_tune_spec(path: str | Path, overrides: Sequence[str] = ()) -> TuneSpec:
     """Read a YAML config with a ``tune:`` section, apply ``key=value`` overrides, parse the space."""
-    path = Path(path)
-    if not path.is_file():
-        raise MetakitError(f"config file {path} not found; pass a YAML file with a tune: section.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise MetakitError(f"malformed YAML in {path}{where}; fix the syntax.") from None
-    if not isinstance(data, dict):
-        raise MetakitError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}.")
+    data = read_yaml_mapping(path, "configs/glyphs-maml-tune.yaml (a config with a tune: section)")
     return parse_tune(merge(data, parse_overrides(overrides)), source=str(path))

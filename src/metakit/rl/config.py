@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from metakit.config import _build, merge, parse_overrides
+from metakit.config import _build, merge, parse_overrides, read_yaml_mapping
 from metakit.errors import MetakitError
 
 ALGORITHMS = ("maml-rl", "rl2", "pearl")
@@ -184,13 +184,5 @@ def rl_config_from_dict(data: dict[str, Any]) -> RLConfig:
 
 def load_rl_config(path: str | Path, overrides: Sequence[str] = ()) -> RLConfig:
     """Read a meta-RL YAML config, apply ``key=value`` overrides and validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise MetakitError(f"config file {path} not found; pass a YAML file such as configs/rl-point2d-mamlrl.yaml.")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise MetakitError(f"malformed YAML in {path}; fix the syntax.") from None
-    if not isinstance(loaded, dict):
-        raise MetakitError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}.")
+    loaded = read_yaml_mapping(path, "configs/rl-point2d-mamlrl.yaml")
     return rl_config_from_dict(merge(loaded, parse_overrides(overrides)))
