@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from rich.console import Console
 
-from metakit.config import Config, call_with_options, config_from_dict, merge, parse_overrides
+from metakit.config import Config, call_with_options, config_from_dict, merge, parse_overrides, read_yaml_mapping
 from metakit.errors import MetakitError, unknown_name
 from metakit.nas.genotype import Genotype, check_discretization, discretize, draw, input_label, random_genotype
 from metakit.nas.space import SearchSpace, edge_index
@@ -160,20 +160,26 @@ def spec_from_dict(data: dict[str, Any], source: str = "<dict>") -> NasSpec:
     for key in spec.settings.evaluate:
         if key not in config.to_dict():
             raise MetakitError(f"nas.evaluate.{key} is not a config section; valid: {', '.join(config.to_dict())}.")
+    _check_evaluation_settings(spec)
     return spec
+
+
+def _check_evaluation_settings(spec: NasSpec) -> None:
+    """Fail now, not after the search, on bad ``nas.backbone``, ``nas.conv4`` or ``nas.evaluate`` settings."""
+    from metakit.backbones import BACKBONES
+
+    s = spec.settings
+    probe = random_genotype(spec.space(), random.Random(0), s.edges_per_node, s.ops_per_edge)
+    spec.network_config(spec.genotype_backbone(probe), "check")
+    # Option names and ranges do not depend on the image size; a small one keeps this instant.
+    call_with_options(BACKBONES["nas"], {"genotype": probe.to_dict(), **s.backbone}, "nas.backbone", (1, 8, 8))
+    if s.conv4 is not None:
+        call_with_options(BACKBONES["conv4"], dict(s.conv4), "nas.conv4", (1, 8, 8))
 
 
 def load_nas_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> NasSpec:
     """Read a NAS config file and apply ``key=value`` overrides (``nas.method=random`` included)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MetakitError(f"config file {path} not found; pass a NAS config such as configs/nas-glyphs-metanas.yaml.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise MetakitError(f"malformed YAML in {path}; fix the syntax.") from None
-    if not isinstance(data, dict):
-        raise MetakitError(f"config file {path} must hold a mapping of sections.")
+    data = read_yaml_mapping(path, example="configs/nas-glyphs-metanas.yaml")
     if "nas" not in data:
         raise MetakitError(f"{path} has no nas: section; nas search needs one (see configs/nas-glyphs-metanas.yaml).")
     return spec_from_dict(merge(data, parse_overrides(overrides)), str(path))
@@ -187,7 +193,7 @@ def load_search(run_dir: str | Path) -> tuple[NasSpec, Genotype, dict[str, Any]]
     summary = read_json(root / "search.json")
     if summary is None or not (root / "genotype.json").is_file():
         raise MetakitError(f"the search in {root} has not finished; run metakit nas search CONFIG --out {root} --resume.")
-    data = yaml.safe_load((root / "nas.yaml").read_text(encoding="utf-8"))
+    data = read_yaml_mapping(root / "nas.yaml")
     return spec_from_dict(data, str(root / "nas.yaml")), Genotype.load(root / "genotype.json"), summary
 
 
@@ -209,7 +215,7 @@ def search(spec: NasSpec, out: str | Path, resume: bool = False, progress: bool 
     if saved_path.is_file():
         if not resume:
             raise MetakitError(f"{out} already holds a nas search; pass --resume to continue it or choose another --out.")
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+        saved = read_yaml_mapping(saved_path)
         saved.get("train", {})["steps"] = spec.base["train"]["steps"]  # extending a search is allowed
         if saved != spec.to_dict():
             raise MetakitError(f"the config differs from the one {out} was started with; resume with the same config.")
