@@ -7,6 +7,7 @@ the new-user scenarios, whether each MeLU variant beats every baseline by the pa
 
     python benchmarks/recsys_melu.py --threads 2
     python benchmarks/recsys_melu.py --set data.synthetic.item_feature_share=0.9   # another world
+    python benchmarks/recsys_melu.py --set melu.learn_local_lr=true model.item_ids=true   # extensions
 """
 
 from __future__ import annotations

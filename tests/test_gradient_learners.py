@@ -215,6 +215,26 @@ def test_cavia_adapts_only_the_context():
     assert grads["film.weight"].abs().sum() > 0  # the context's effect is meta-learned
 
 
+def test_cavia_films_inside_the_backbone():
+    default, inner = make("cavia", num_context=5), make("cavia", num_context=5, film_at=1)
+    # The split shares the backbone's modules: same parameter names, FiLM sized to the block's channels.
+    assert default.state_dict().keys() == inner.state_dict().keys()
+    assert inner.film.out_features == 2 * inner.backbone[1][0].out_channels
+    batch = make_batch()
+    before = {n: p.detach().clone() for n, p in inner.named_parameters()}
+    inner.train()
+    ep = batch[0]
+    out = inner.adapt(ep.support_x, ep.support_y, WAYS)(ep.query_x)
+    with torch.no_grad():
+        zero = inner.conditioned(inner.split[0](ep.query_x), torch.zeros(5, dtype=torch.float64), WAYS)
+    assert not torch.allclose(out.detach(), zero)
+    assert all(torch.equal(before[n], p) for n, p in inner.named_parameters())
+    grads = learner_grads(inner, batch)
+    assert grads["film.weight"].abs().sum() > 0 and grads["backbone.0.0.weight"].abs().sum() > 0
+    with pytest.raises(MetakitError, match="film_at=9"):
+        make("cavia", film_at=9)
+
+
 @pytest.mark.parametrize("name", ["maml", "anil", "metasgd", "mamlpp", "cavia", "reptile", "fomaml"])
 def test_regression_on_sinusoid_shapes(name):
     from metakit.datasets.sinusoid import SinusoidTasks

@@ -361,6 +361,76 @@ def test_meta_training_is_seeded(small_data: ml.RatingsData) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_meta_sgd_step_sizes_are_meta_learned_and_leave_the_module_alone(small_data: ml.RatingsData) -> None:
+    net, f = tiny_net(small_data)
+    split = build_split(small_data, TaskRules())
+    part = [training_task(split, u, TaskRules(), np.random.default_rng(0)) for u in list(split.train_by_user)[:4]]
+    users = [t.user for t in part]
+    support = _double(make_batch(f, users, [t.support_items for t in part], [t.support_ratings for t in part]))
+    query = _double(make_batch(f, users, [t.query_items for t in part], [t.query_ratings for t in part]))
+    lrs = {n: torch.full_like(p, 0.05).requires_grad_(True) for n, p in net.local_parameters().items()}
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    with_dict = adapt(net, net.embed(support), support.rating, support.mask, steps=2, lr=lrs, create_graph=False)
+    with_float = adapt(net, net.embed(support), support.rating, support.mask, steps=2, lr=0.05, create_graph=False)
+    for n in with_dict:  # element-wise step sizes all equal to 0.05 are plain MAML's step
+        torch.testing.assert_close(with_dict[n], with_float[n], rtol=1e-10, atol=1e-12)
+    meta_loss(net, support, query, steps=2, lr=lrs, first_order=False).backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in lrs.values())  # the step sizes get gradients
+    for n, p in net.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+    rules = TaskRules()
+    make = lambda rng: [t for t in (training_task(split, u, rules, rng) for u in sorted(split.train_by_user)) if t]  # noqa: E731
+    net.float()
+    info = meta_train(net, f, make, split.val, MetaTrainConfig(local_steps=1, local_lr=0.05, epochs=1, meta_batch=8,
+                                                               learn_local_lr=True), seed=0)
+    learned = info["local_lr"]
+    assert set(learned) == set(net.local_names)
+    assert all(learned[n].shape == p.shape for n, p in net.local_parameters().items())
+    assert any(not torch.allclose(v, torch.full_like(v, 0.05)) for v in learned.values())
+    with pytest.raises(MetakitError, match="second-order"):
+        meta_train(net, f, make, split.val, MetaTrainConfig(first_order=True, learn_local_lr=True), seed=0)
+    with pytest.raises(MetakitError, match="first_order=false"):
+        load_recsys_config(REPO / "configs" / "recsys-melu-synthetic.yaml", ["melu.learn_local_lr=true", "melu.first_order=true"])
+    with pytest.raises(MetakitError, match="local_lr_grid"):
+        load_recsys_config(REPO / "configs" / "recsys-melu-synthetic.yaml", ["melu.local_lr_grid=[0.1, 0]"])
+
+
+def test_global_decision_layers_stay_out_of_the_inner_loop(small_data: ml.RatingsData) -> None:
+    f = Features.from_data(small_data)
+    torch.manual_seed(0)
+    net = RatingNet(f.user_sizes, f.genres.shape[1], f.num_years, embedding_dim=4, hidden=[8, 8], global_layers=1).double()
+    assert set(net.local_names) == {"decision.1.weight", "decision.1.bias", "output.weight", "output.bias"}
+    assert {"decision.0.weight", "decision.0.bias"} <= set(net.global_names)
+    tasks = build_split(small_data, TaskRules()).scenarios["warm"][:2]
+    s = _double(make_batch(f, [t.user for t in tasks], [t.support_items for t in tasks], [t.support_ratings for t in tasks]))
+    params = adapt(net, net.embed(s), s.rating, s.mask, steps=2, lr=0.05, create_graph=False)
+    assert set(params) == set(net.local_names)
+    assert net.decide(net.embed(s), params).shape == s.rating.shape  # the global layer is shared by all tasks
+    with pytest.raises(MetakitError, match="global_layers"):
+        RatingNet(f.user_sizes, f.genres.shape[1], f.num_years, hidden=[8], global_layers=2)
+
+
+def test_item_id_embeddings_are_global_and_neutral_for_untrained_items(small_data: ml.RatingsData) -> None:
+    f = Features.from_data(small_data)
+    torch.manual_seed(0)
+    net = RatingNet(f.user_sizes, f.genres.shape[1], f.num_years, embedding_dim=4, hidden=[8], num_items=small_data.num_items)
+    assert "item_embedding.weight" in net.global_names
+    split = build_split(small_data, TaskRules())
+    rules = TaskRules()
+    make = lambda rng: [t for t in (training_task(split, u, rules, rng) for u in sorted(split.train_by_user)) if t]  # noqa: E731
+    meta_train(net, f, make, [], MetaTrainConfig(local_steps=1, epochs=1, meta_batch=8), seed=0)
+    weight = net.item_embedding.weight.detach()
+    trained = np.zeros(small_data.num_items, dtype=bool)
+    trained[split.train_item] = True
+    assert weight[torch.from_numpy(trained)].abs().sum() > 0  # items seen in training got an identity ...
+    assert torch.equal(weight[torch.from_numpy(~trained)], torch.zeros_like(weight[torch.from_numpy(~trained)]))  # ... new ones none
+    batch = make_batch(f, [0], [np.array([0, 1])])
+    batch.item = None
+    with pytest.raises(MetakitError, match="item ids"):
+        net.embed(batch)
+
+
 # -- metrics ---------------------------------------------------------------------------------------
 
 
@@ -386,8 +456,9 @@ def test_cli_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) 
     out, report = tmp_path / "run", tmp_path / "eval.json"
     overrides = ["data.synthetic.users=120", "data.synthetic.items=200", "data.synthetic.max_ratings=120",
                  "model.embedding_dim=4", "model.hidden=[8]", "melu.epochs=2", "baselines.nn_epochs=1",
-                 "baselines.mf_regs=[5.0]", "baselines.mf_iters=3", "baselines.finetune_steps=[1]",
-                 "baselines.finetune_lrs=[0.01]", "threads=1"]
+                 "baselines.mf_regs=[5.0]", "baselines.mf_factors=[2, 4]", "baselines.mf_iters=3",
+                 "baselines.finetune_steps=[1]", "baselines.finetune_lrs=[0.01]", "melu.local_lr_grid=[0.01, 0.1]",
+                 "threads=1"]
     assert main(["recsys", "train", str(REPO / "configs" / "recsys-melu-synthetic.yaml"), *overrides,
                  "--out", str(out), "--evaluate", "--json", str(report), "--no-progress"]) == 0
     for name in ("config.yaml", "training.json", "evaluation.json", "report.md", "mae_by_scenario.png",
@@ -400,6 +471,12 @@ def test_cli_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) 
     warm = result["results"]["warm"]["melu-5"]
     assert 0 < warm["mae"]["mean"] < 2 and 0 < warm["ndcg@3"]["mean"] <= 1 and warm["mae"]["ci95"] > 0
     assert "MeLU-5" in (out / "report.md").read_text()
+    training = json.loads((out / "training.json").read_text())["methods"]
+    assert set(training["mf"]["val_mae_by_setting"]) == {"factors=2,reg=5.0", "factors=4,reg=5.0"}
+    for key in ("melu-1", "melu-5"):  # MeLU's local lr is chosen on validation users, as the baselines' settings
+        by_lr = training[key]["val_mae_by_local_lr"]
+        assert set(by_lr) == {"local_lr=0.01", "local_lr=0.1"}
+        assert f"local_lr={training[key]['local_lr']}" == min(by_lr, key=by_lr.get)
     capsys.readouterr()
     assert main(["recsys", "evaluate", str(out), "--json", str(tmp_path / "again.json"), "--no-progress"]) == 0
     again = json.loads((tmp_path / "again.json").read_text())

@@ -2,9 +2,17 @@
 
 The network is split into *global* parameters θ, shared by all tasks and learned only in the
 outer loop, and *local* context parameters φ, a small vector reset to zero for every task and the
-only thing the inner loop adapts. The context conditions the network through FiLM on the backbone
-features: ``h' = h * (1 + γ(φ)) + β(φ)``, followed by the head. Adapting a handful of numbers
+only thing the inner loop adapts. The context conditions the network through FiLM,
+``h' = h * (1 + γ(φ)) + β(φ)`` per channel, either on the backbone's output features or, as in
+the paper's image classifiers, inside the backbone after block ``film_at`` so that the layers
+above can turn the modulation into a task-specific decision. Adapting a handful of numbers
 instead of the whole network makes the inner loop cheap and less prone to overfitting.
+
+For classification the head is global too, so a task's labels can only be told apart through
+the context. How far one inner step moves the FiLM scales is the inner lr times the squared size
+of the FiLM weights, so the right inner lr depends on their initialisation: with PyTorch's
+default one, the paper's 1.0 barely moves the context and meta-training sits at chance for
+hundreds of steps (see ``configs/omniglot-cavia.yaml`` for the measured alternatives).
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ class CAVIA(GradientLearner):
     Args:
         num_context: size of the context vector φ.
         inner_lr: inner step size on φ (the paper uses 1.0).
+        film_at: FiLM the output of the backbone's top-level block ``film_at`` (0-based; the
+            backbone must then be an ``nn.Sequential``, as conv4/resnet12/mlp are); ``None``
+            FiLMs the output features.
     """
 
     def __init__(
@@ -36,30 +47,49 @@ class CAVIA(GradientLearner):
         inner_steps: int = 1,
         eval_inner_steps: int | None = None,
         first_order: bool = False,
+        film_at: int | None = None,
     ) -> None:
         if num_context < 1:
             raise MetakitError(f"num_context must be >= 1, got {num_context}.")
         super().__init__(backbone, task, inner_lr, inner_steps, eval_inner_steps, first_order, adapt=[])
+        # The two halves share the backbone's modules; kept in a tuple so that they are not
+        # registered again (the state dict keeps its ``backbone.*`` names).
+        if film_at is None:
+            below, above, channels = backbone, nn.Identity(), backbone.out_dim
+        else:
+            blocks = len(backbone) if isinstance(backbone, nn.Sequential) else 0
+            if not 0 <= film_at < blocks - 1:
+                raise MetakitError(
+                    f"film_at={film_at} needs a Sequential backbone with a block above it "
+                    f"(this one has {blocks} top-level blocks); use 0..{blocks - 2} or leave film_at unset."
+                )
+            below, above = backbone[: film_at + 1], backbone[film_at + 1 :]
+            with torch.no_grad():  # the channel count at the FiLM point, from one dummy input
+                channels = below(torch.zeros(2, *task.input_shape)).shape[1]
+        self.split = (below, above)
         # Not zero-initialised: with a zero FiLM map the context gets no gradient and never moves.
-        self.film = nn.Linear(num_context, 2 * backbone.out_dim)
+        self.film = nn.Linear(num_context, 2 * channels)
         self.num_context = num_context
+        self.film_at = film_at
 
-    def conditioned(self, features: torch.Tensor, context: torch.Tensor, ways: int) -> torch.Tensor:
-        """FiLM-modulate ``features`` with ``context`` and apply the head."""
+    def conditioned(self, hidden: torch.Tensor, context: torch.Tensor, ways: int) -> torch.Tensor:
+        """FiLM-modulate the activations ``hidden`` at the FiLM point, then the rest of the network."""
         gamma, beta = self.film(context).chunk(2, dim=-1)
-        return self.head_forward({}, features * (1 + gamma) + beta, ways)
+        shape = (1, -1) + (1,) * (hidden.dim() - 2)  # one scale and shift per channel
+        modulated = hidden * (1 + gamma.view(shape)) + beta.view(shape)
+        return self.head_forward({}, self.split[1](modulated), ways)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> Predictor:
-        """Gradient steps on the zero-initialised context; the backbone runs once per set."""
+        """Gradient steps on the zero-initialised context; the layers below the FiLM point run once."""
         steps = self.inner_steps if self.training else self.eval_inner_steps
         create_graph = self.training and not self.first_order
-        features = self.backbone(support_x)
-        context = torch.zeros(self.num_context, device=features.device, dtype=features.dtype, requires_grad=True)
+        hidden = self.split[0](support_x)
+        context = torch.zeros(self.num_context, device=hidden.device, dtype=hidden.dtype, requires_grad=True)
         with torch.enable_grad():
             for _ in range(steps):
-                loss = self.loss(self.conditioned(features, context, ways), support_y)
+                loss = self.loss(self.conditioned(hidden, context, ways), support_y)
                 (grad,) = torch.autograd.grad(loss, context, create_graph=create_graph)
                 context = context - self.inner_lr * (grad if create_graph else grad.detach())
         if not self.training:
             context = context.detach()
-        return lambda query_x: self.conditioned(self.backbone(query_x), context, ways)
+        return lambda query_x: self.conditioned(self.split[0](query_x), context, ways)

@@ -14,8 +14,9 @@
   support set by plain gradient steps (:func:`metakit.recsys.melu.predict_tasks`); steps and
   step size are chosen on the validation users.
 
-Hyperparameters (MF regularisation, fine-tuning steps and step size, epochs of the networks) are
-chosen on the validation users, never on a test scenario.
+Hyperparameters (MF factors and regularisation, fine-tuning steps and step size, epochs of the
+networks; MeLU's local step size and epoch) are chosen on the validation users, never on a test
+scenario.
 """
 
 from __future__ import annotations
@@ -185,19 +186,21 @@ class BiasedMF:
         return out
 
 
-def select_mf(split: Split, num_users: int, num_items: int, factors: int, regs: Sequence[float], iters: int,
-              seed: int) -> tuple[BiasedMF, dict[str, float]]:
-    """Fit one :class:`BiasedMF` per ``reg`` and keep the best on the validation users (folded in)."""
-    if not regs:
-        raise MetakitError("baselines.mf_regs is empty; give at least one regularisation, e.g. [5.0].")
+def select_mf(split: Split, num_users: int, num_items: int, factors: int | Sequence[int], regs: Sequence[float],
+              iters: int, seed: int) -> tuple[BiasedMF, dict[str, float]]:
+    """Fit one :class:`BiasedMF` per (``factors``, ``reg``) pair; keep the best on the validation users (folded in)."""
+    sizes = [factors] if isinstance(factors, int) else list(factors)
+    if not regs or not sizes:
+        raise MetakitError("baselines.mf_regs and mf_factors must be non-empty, e.g. mf_factors: [8, 16], mf_regs: [5.0].")
     truths = [t.query_ratings for t in split.val]
     scores: dict[str, float] = {}
     best: tuple[float, BiasedMF | None] = (float("inf"), None)
-    for reg in regs:
-        model = BiasedMF(factors, reg, iters, seed).fit(split, num_users, num_items)
-        scores[f"reg={reg}"] = score = mae(model.predict(split.val), truths) if split.val else 0.0
-        if best[1] is None or score < best[0]:
-            best = (score, model)
+    for k in sizes:
+        for reg in regs:
+            model = BiasedMF(k, reg, iters, seed).fit(split, num_users, num_items)
+            scores[f"factors={k},reg={reg}"] = score = mae(model.predict(split.val), truths) if split.val else 0.0
+            if best[1] is None or score < best[0]:
+                best = (score, model)
     assert best[1] is not None
     return best[1], scores
 

@@ -40,14 +40,24 @@ class ModelConfig:
 
     embedding_dim: int = 32
     hidden: list[int] = field(default_factory=lambda: [64, 64])
+    item_ids: bool = False  # add a global item-id embedding (an extension; the paper uses item content only)
+    global_layers: int = 0  # first decision layers kept global (0 = the paper: every decision layer is local)
 
 
 @dataclass
 class MeluSection:
-    """MeLU's meta-training: ``local_steps`` lists the variants (MeLU-1, MeLU-5)."""
+    """MeLU's meta-training: ``local_steps`` lists the variants (MeLU-1, MeLU-5).
+
+    ``local_lr_grid``, when non-empty, replaces ``local_lr`` by a grid: each variant is
+    meta-trained once per value and the one best on the validation users is kept (the model
+    selection the baselines get). ``learn_local_lr`` meta-learns element-wise local step sizes
+    (Meta-SGD), starting from the local lr.
+    """
 
     local_steps: list[int] = field(default_factory=lambda: [1, 5])
     local_lr: float = 0.03
+    local_lr_grid: list[float] = field(default_factory=list)
+    learn_local_lr: bool = False
     first_order: bool = False
     epochs: int = 100
     meta_batch: int = 32
@@ -61,13 +71,13 @@ class BaselineSection:
     """Baseline settings; list-valued ones are grids searched on the validation users."""
 
     popularity_shrinkage: float = 10.0
-    mf_factors: int = 16
-    mf_regs: list[float] = field(default_factory=lambda: [1.0, 5.0, 20.0])
+    mf_factors: list[int] = field(default_factory=lambda: [8, 16, 32])
+    mf_regs: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 20.0])
     mf_iters: int = 15
     nn_epochs: int = 20
     nn_batch: int = 256
     nn_lr: float = 1e-3
-    finetune_steps: list[int] = field(default_factory=lambda: [1, 5, 20])
+    finetune_steps: list[int] = field(default_factory=lambda: [1, 5, 20, 50, 100])
     finetune_lrs: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1])
 
 
@@ -122,9 +132,12 @@ class RecsysConfig:
         if "melu" in self.methods and (not self.melu.local_steps or any(s < 1 for s in self.melu.local_steps)):
             raise MetakitError(f"melu.local_steps must list step counts >= 1, e.g. [1, 5], got {self.melu.local_steps}.")
         for name, value in (("melu.local_lr", self.melu.local_lr), ("melu.lr", self.melu.lr),
-                            ("baselines.nn_lr", self.baselines.nn_lr)):
+                            ("baselines.nn_lr", self.baselines.nn_lr),
+                            *(("melu.local_lr_grid", v) for v in self.melu.local_lr_grid)):
             if value <= 0:
                 raise MetakitError(f"{name} must be > 0, got {value}.")
+        if self.melu.learn_local_lr and self.melu.first_order:
+            raise MetakitError("melu.learn_local_lr (Meta-SGD) needs second-order meta-gradients; set melu.first_order=false.")
         for name, value in (("melu.epochs", self.melu.epochs), ("melu.meta_batch", self.melu.meta_batch)):
             if value < 1:
                 raise MetakitError(f"{name} must be >= 1, got {value}.")

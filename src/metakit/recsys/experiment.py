@@ -37,7 +37,7 @@ from metakit.recsys.melu import Features, MetaTrainConfig, RatingNet, meta_train
 from metakit.recsys.metrics import paired_difference, per_user_metrics, summarise
 from metakit.recsys.movielens import RatingsData, load_movielens
 from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
-from metakit.recsys.tasks import SCENARIOS, UserTask, build_split, training_task
+from metakit.recsys.tasks import SCENARIOS, Split, UserTask, build_split, training_task
 from metakit.runs import RunPaths
 from metakit.utils import seed_everything, set_threads, torch_save, write_json, write_text
 
@@ -78,7 +78,8 @@ def fingerprint(data: RatingsData) -> str:
 
 def _net(config: RecsysConfig, features: Features, init_rating: float) -> RatingNet:
     return RatingNet(features.user_sizes, features.genres.shape[1], features.num_years, config.model.embedding_dim,
-                     config.model.hidden, init_rating)
+                     config.model.hidden, init_rating, features.genres.shape[0] if config.model.item_ids else 0,
+                     config.model.global_layers)
 
 
 def method_keys(config: RecsysConfig) -> list[str]:
@@ -132,7 +133,7 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
             elif key == "mf":
                 mf, scores = bl.select_mf(split, data.num_users, data.num_items, b.mf_factors, b.mf_regs, b.mf_iters, seed)
                 states[key] = mf.state()
-                info = {"reg": mf.reg, "val_mae_by_reg": scores}
+                info = {"factors": mf.factors, "reg": mf.reg, "val_mae_by_setting": scores}
             elif key in ("nn_global", "nn_finetune"):
                 if "nn_global_weights" not in states:  # fine-tuning starts from the global network
                     g_seed = config.seed + 1000 * list(DISPLAY).index("nn_global")
@@ -149,18 +150,7 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
                     states[key] = {"steps": steps, "lr": lr}
                     info.update({"steps": steps, "lr": lr, "val_mae_by_setting": scores})
             else:
-                steps = int(key.split("-")[1])
-                m = config.melu
-                cfg = MetaTrainConfig(steps, m.local_lr, m.first_order, m.epochs, m.meta_batch, m.lr, m.weight_decay, m.grad_clip)
-                torch.manual_seed(seed)
-                net = _net(config, features, mu)
-                users = sorted(split.train_by_user)
-
-                def make_tasks(rng: np.random.Generator) -> list[UserTask]:
-                    return [t for t in (training_task(split, u, config.tasks, rng) for u in users) if t is not None]
-
-                info = meta_train(net, features, make_tasks, split.val, cfg, seed, on_epoch=epochs(display_name(key), m.epochs))
-                states[key] = {"weights": net.state_dict(), "steps": steps, "lr": m.local_lr}
+                states[key], info = _fit_melu(config, key, features, split, mu, seed, epochs)
             methods[key] = {**info, "fit_seconds": time.perf_counter() - t0}
     torch_save(states, models_path(out))
     summary = {
@@ -178,6 +168,39 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
     training_curves(summary, paths.root / "training_curves.png")
     write_report(paths.root)
     return summary
+
+
+def _fit_melu(config: RecsysConfig, key: str, features: Features, split: Split, mu: float, seed: int,
+              epochs: Callable[[str, int], Callable[[int, float, float], None]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Meta-train one MeLU variant (per local lr of the grid, keeping the best on validation users)."""
+    steps = int(key.split("-")[1])
+    m = config.melu
+    users = sorted(split.train_by_user)
+
+    def make_tasks(rng: np.random.Generator) -> list[UserTask]:
+        return [t for t in (training_task(split, u, config.tasks, rng) for u in users) if t is not None]
+
+    best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
+    scores: dict[str, float] = {}
+    for local_lr in m.local_lr_grid or [m.local_lr]:
+        cfg = MetaTrainConfig(steps, local_lr, m.first_order, m.epochs, m.meta_batch, m.lr, m.weight_decay,
+                              m.grad_clip, m.learn_local_lr)
+        torch.manual_seed(seed)  # every grid point starts from the same initial network
+        net = _net(config, features, mu)
+        label = display_name(key) + (f" (local lr {local_lr})" if m.local_lr_grid else "")
+        info = meta_train(net, features, make_tasks, split.val, cfg, seed, on_epoch=epochs(label, m.epochs))
+        learned = info.pop("local_lr")
+        scores[f"local_lr={local_lr}"] = info["best_val_mae"]
+        if best is None or info["best_val_mae"] < best[0]:
+            state = {"weights": net.state_dict(), "steps": steps, "lr": learned}
+            best = (info["best_val_mae"], state, {**info, "local_lr": local_lr})
+    assert best is not None
+    info = best[2]
+    if m.local_lr_grid:
+        info["val_mae_by_local_lr"] = scores
+    if isinstance(best[1]["lr"], dict):  # Meta-SGD: summarise the learned step sizes per tensor
+        info["learned_local_lr_mean"] = {n: float(v.mean()) for n, v in best[1]["lr"].items()}
+    return best[1], info
 
 
 def load_recsys_run(run_dir: str | Path) -> RecsysConfig:

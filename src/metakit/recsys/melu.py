@@ -62,6 +62,7 @@ class Batch:
     year: torch.Tensor
     rating: torch.Tensor
     mask: torch.Tensor
+    item: torch.Tensor | None = None  # item indices, for networks with item-id embeddings
 
 
 def make_batch(features: Features, users: Sequence[int], items: Sequence[np.ndarray],
@@ -79,7 +80,7 @@ def make_batch(features: Features, users: Sequence[int], items: Sequence[np.ndar
         if ratings is not None:
             rating[t, :m] = torch.from_numpy(np.asarray(ratings[t], dtype=np.float32))
     user_idx = torch.as_tensor(list(users), dtype=torch.long)[:, None].expand(T, n)
-    return Batch(features.user[user_idx], features.genres[item_idx], features.year[item_idx], rating, mask)
+    return Batch(features.user[user_idx], features.genres[item_idx], features.year[item_idx], rating, mask, item_idx)
 
 
 def rows_batch(features: Features, users: np.ndarray, items: np.ndarray, ratings: np.ndarray | None = None) -> Batch:
@@ -87,7 +88,8 @@ def rows_batch(features: Features, users: np.ndarray, items: np.ndarray, ratings
     u = torch.from_numpy(np.asarray(users, dtype=np.int64))
     i = torch.from_numpy(np.asarray(items, dtype=np.int64))
     r = torch.zeros(len(u)) if ratings is None else torch.from_numpy(np.asarray(ratings, dtype=np.float32))
-    return Batch(features.user[u][None], features.genres[i][None], features.year[i][None], r[None], torch.ones(1, len(u)))
+    return Batch(features.user[u][None], features.genres[i][None], features.year[i][None], r[None], torch.ones(1, len(u)),
+                 i[None])
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -112,17 +114,29 @@ class RatingNet(nn.Module):
         embedding_dim: size of every embedding (32 in the paper).
         hidden: widths of the decision layers (64, 64 in the paper).
         init_rating: initial output bias (the training mean, so training starts from a sane rating).
+        num_items: if > 0, also a (global) embedding per item id — not in the MeLU paper, whose
+            networks see item content only; rows start at zero, so an item never trained on
+            (a new item) enters as exactly neutral input.
+        global_layers: how many of the first decision layers are global too (0, the paper: all
+            decision layers are local).
     """
 
     def __init__(self, user_sizes: Sequence[int], num_genres: int, num_years: int, embedding_dim: int = 32,
-                 hidden: Sequence[int] = (64, 64), init_rating: float = 3.5) -> None:
+                 hidden: Sequence[int] = (64, 64), init_rating: float = 3.5, num_items: int = 0,
+                 global_layers: int = 0) -> None:
         super().__init__()
         if embedding_dim < 1 or not hidden or any(h < 1 for h in hidden):
             raise MetakitError(f"model.embedding_dim and model.hidden must be positive, got {embedding_dim} and {list(hidden)}.")
+        if not 0 <= global_layers <= len(hidden):
+            raise MetakitError(f"model.global_layers must be in 0..{len(hidden)} (the decision layers), got {global_layers}.")
+        self.global_layers = global_layers
         self.user_embeddings = nn.ModuleList(nn.Embedding(n, embedding_dim) for n in user_sizes)
         self.genre_embedding = nn.Linear(num_genres, embedding_dim, bias=False)
         self.year_embedding = nn.Embedding(num_years, embedding_dim)
-        width = embedding_dim * (len(user_sizes) + 2)
+        self.item_embedding = nn.Embedding(num_items, embedding_dim) if num_items > 0 else None
+        if self.item_embedding is not None:
+            nn.init.zeros_(self.item_embedding.weight)
+        width = embedding_dim * (len(user_sizes) + 2 + (num_items > 0))
         layers = []
         for h in hidden:
             layers.append(nn.Linear(width, h))
@@ -137,8 +151,9 @@ class RatingNet(nn.Module):
 
     @property
     def local_names(self) -> list[str]:
-        """Names of the local parameters (decision layers and output), adapted per user."""
-        return [n for n, _ in self.named_parameters() if n.startswith(("decision.", "output."))]
+        """Names of the local parameters (decision layers after the first ``global_layers``, and output), adapted per user."""
+        local = ("output.", *(f"decision.{i}." for i in range(self.global_layers, len(self.decision))))
+        return [n for n, _ in self.named_parameters() if n.startswith(local)]
 
     @property
     def global_names(self) -> list[str]:
@@ -156,11 +171,16 @@ class RatingNet(nn.Module):
         users = [emb(batch.user[..., j]) for j, emb in enumerate(self.user_embeddings)]
         count = batch.genres.sum(-1, keepdim=True).clamp(min=1.0)
         genres = self.genre_embedding(batch.genres) / count
-        return torch.cat([*users, genres, self.year_embedding(batch.year)], dim=-1)
+        parts = [*users, genres, self.year_embedding(batch.year)]
+        if self.item_embedding is not None:
+            if batch.item is None:
+                raise MetakitError("this network embeds item ids; build its batches with make_batch or rows_batch.")
+            parts.append(self.item_embedding(batch.item))
+        return torch.cat(parts, dim=-1)
 
     def decide(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         """Ratings ``[T, n]`` from embeddings ``x`` with local ``params`` (shared or per task; default: own)."""
-        p = self.local_parameters() if params is None else params
+        p = dict(self.named_parameters()) if params is None else {**dict(self.named_parameters()), **params}
         h = x
         for i in range(len(self.decision)):
             h = torch.relu(_linear(h, p[f"decision.{i}.weight"], p[f"decision.{i}.bias"]))
@@ -171,13 +191,18 @@ class RatingNet(nn.Module):
         return self.decide(self.embed(batch))
 
 
-def adapt(net: RatingNet, x: torch.Tensor, rating: torch.Tensor, mask: torch.Tensor, steps: int, lr: float,
+LocalLR = float | Params
+
+
+def adapt(net: RatingNet, x: torch.Tensor, rating: torch.Tensor, mask: torch.Tensor, steps: int, lr: LocalLR,
           create_graph: bool) -> Params:
     """``steps`` gradient steps of the local parameters on each task's support rows.
 
-    Returns per-task local parameters (leading dimension ``T``); the module's parameters, global
-    and local, are left untouched. ``create_graph`` keeps the inner gradients' graph
-    (second-order meta-gradients); without it the result is detached from the inner gradients.
+    ``lr`` is one step size, or (Meta-SGD) a tensor per local parameter, element-wise step sizes
+    shaped like it. Returns per-task local parameters (leading dimension ``T``); the module's
+    parameters, global and local, are left untouched. ``create_graph`` keeps the inner gradients'
+    graph (second-order meta-gradients, also through learned step sizes); without it the result
+    is detached from the inner gradients.
     """
     T = x.shape[0]
     params = {n: p.expand(T, *p.shape) for n, p in net.local_parameters().items()}
@@ -189,13 +214,14 @@ def adapt(net: RatingNet, x: torch.Tensor, rating: torch.Tensor, mask: torch.Ten
         for _ in range(steps):
             loss = masked_mse(net.decide(x, params), rating, mask).sum()  # the sum: per-task gradients
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-            params = {n: p - lr * (g if create_graph else g.detach()) for (n, p), g in zip(params.items(), grads)}
+            params = {n: p - (lr[n] if isinstance(lr, dict) else lr) * (g if create_graph else g.detach())
+                      for (n, p), g in zip(params.items(), grads)}
             if not create_graph:
                 params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
     return params
 
 
-def meta_loss(net: RatingNet, support: Batch, query: Batch, steps: int, lr: float, first_order: bool) -> torch.Tensor:
+def meta_loss(net: RatingNet, support: Batch, query: Batch, steps: int, lr: LocalLR, first_order: bool) -> torch.Tensor:
     """MeLU's outer objective on a meta-batch: mean query MSE after adapting to each support set."""
     x_s = net.embed(support)
     params = adapt(net, x_s, support.rating, support.mask, steps, lr, create_graph=not first_order)
@@ -206,9 +232,9 @@ def meta_loss(net: RatingNet, support: Batch, query: Batch, steps: int, lr: floa
     return masked_mse(net.decide(net.embed(query), params), query.rating, query.mask).mean()
 
 
-def predict_tasks(net: RatingNet, features: Features, tasks: Sequence[UserTask], steps: int, lr: float,
+def predict_tasks(net: RatingNet, features: Features, tasks: Sequence[UserTask], steps: int, lr: LocalLR,
                   chunk: int = 256) -> list[np.ndarray]:
-    """Query predictions for each task after ``steps`` local steps on its support set (0: none)."""
+    """Query predictions for each task after ``steps`` local steps of size ``lr`` on its support set (0: none)."""
     was_training = net.training
     net.eval()
     out: list[np.ndarray] = []
@@ -221,6 +247,8 @@ def predict_tasks(net: RatingNet, features: Features, tasks: Sequence[UserTask],
             if steps:
                 support = make_batch(features, users, [t.support_items for t in part], [t.support_ratings for t in part])
                 x_s = net.embed(support)
+        if isinstance(lr, dict):
+            lr = {n: v.detach() for n, v in lr.items()}
         params = adapt(net, x_s, support.rating, support.mask, steps, lr, create_graph=False) if steps else None
         with torch.no_grad():
             pred = net.decide(x_q, params)
@@ -241,6 +269,7 @@ class MetaTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float | None = 10.0
+    learn_local_lr: bool = False  # Meta-SGD: element-wise local step sizes, meta-learned from local_lr
 
 
 def meta_train(net: RatingNet, features: Features, make_tasks: Callable[[np.random.Generator], list[UserTask]],
@@ -251,14 +280,31 @@ def meta_train(net: RatingNet, features: Features, make_tasks: Callable[[np.rand
     ``make_tasks(rng)`` returns the epoch's training tasks (a fresh support/query partition of
     each training user). Each outer step adapts the local parameters to a meta-batch of users'
     support sets and updates every parameter (global embeddings and the local starting point)
-    with Adam on the mean query MSE. Returns the per-epoch history and the selected epoch.
+    with Adam on the mean query MSE. With ``cfg.learn_local_lr`` (Meta-SGD, Li et al. 2017) the
+    local step sizes are meta-learned too, one per element of each local parameter. Returns the
+    per-epoch history, the selected epoch and the step sizes (``"local_lr"``: ``cfg.local_lr`` or
+    the learned tensors of that epoch).
     """
     from metakit.recsys.metrics import mae
 
+    if cfg.learn_local_lr and cfg.first_order:
+        raise MetakitError("melu.learn_local_lr needs second-order meta-gradients; set melu.first_order=false.")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best = (float("inf"), 0, {k: v.clone() for k, v in net.state_dict().items()})
+    lr: LocalLR = cfg.local_lr
+    extra: list[torch.Tensor] = []
+    if cfg.learn_local_lr:
+        lr = {n: nn.Parameter(torch.full_like(p, cfg.local_lr)) for n, p in net.local_parameters().items()}
+        extra = list(lr.values())
+    # Weight decay would pull learned step sizes toward 0, so it applies to the network only.
+    opt = torch.optim.Adam([{"params": list(net.parameters()), "weight_decay": cfg.weight_decay},
+                            {"params": extra, "weight_decay": 0.0}], lr=cfg.lr)
+
+    def snapshot() -> tuple[dict[str, torch.Tensor], LocalLR]:
+        own = {k: v.clone() for k, v in net.state_dict().items()}
+        return own, ({n: v.detach().clone() for n, v in lr.items()} if isinstance(lr, dict) else lr)
+
+    best = (float("inf"), 0, *snapshot())
     history = []
     for epoch in range(1, cfg.epochs + 1):
         net.train()
@@ -271,21 +317,21 @@ def meta_train(net: RatingNet, features: Features, make_tasks: Callable[[np.rand
             support = make_batch(features, users, [t.support_items for t in part], [t.support_ratings for t in part])
             query = make_batch(features, users, [t.query_items for t in part], [t.query_ratings for t in part])
             opt.zero_grad()
-            loss = meta_loss(net, support, query, cfg.local_steps, cfg.local_lr, cfg.first_order)
+            loss = meta_loss(net, support, query, cfg.local_steps, lr, cfg.first_order)
             if not torch.isfinite(loss):
                 raise MetakitError(f"the meta-training loss became {loss.item()} at epoch {epoch}; lower melu.lr or melu.local_lr.")
             loss.backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_([*net.parameters(), *extra], cfg.grad_clip)
             opt.step()
             losses.append(loss.item())
-        val = mae(predict_tasks(net, features, val_tasks, cfg.local_steps, cfg.local_lr),
+        val = mae(predict_tasks(net, features, val_tasks, cfg.local_steps, lr),
                   [t.query_ratings for t in val_tasks]) if val_tasks else float("nan")
         train_loss = float(np.mean(losses)) if losses else float("nan")
         history.append({"epoch": epoch, "train_mse": train_loss, "val_mae": val})
         if on_epoch is not None:
             on_epoch(epoch, train_loss, val)
         if not val_tasks or val < best[0]:
-            best = (val, epoch, {k: v.clone() for k, v in net.state_dict().items()})
+            best = (val, epoch, *snapshot())
     net.load_state_dict(best[2])
-    return {"history": history, "best_epoch": best[1], "best_val_mae": best[0]}
+    return {"history": history, "best_epoch": best[1], "best_val_mae": best[0], "local_lr": best[3]}

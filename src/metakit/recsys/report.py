@@ -129,7 +129,9 @@ def write_report(run_dir: str | Path) -> Path:
         f"support = the earlier ones (at most {t['max_support']}); new users/items = latest "
         f"{t['new_user_fraction']:.0%}/{t['new_item_fraction']:.0%} by first appearance ({t['new_items_by']} for items)",
         f"- methods: {', '.join(config['methods'])}; MeLU local steps {config['melu']['local_steps']}, "
-        f"local lr {config['melu']['local_lr']}, {'first' if config['melu']['first_order'] else 'second'}-order",
+        f"local lr {config['melu'].get('local_lr_grid') or config['melu']['local_lr']}"
+        f"{' (Meta-SGD: learned element-wise from it)' if config['melu'].get('learn_local_lr') else ''}, "
+        f"{'first' if config['melu']['first_order'] else 'second'}-order",
         f"- seed: {config['seed']}; resolved config: `config.yaml`",
         "",
     ]
@@ -148,7 +150,7 @@ def write_report(run_dir: str | Path) -> Path:
             "|---|---:|---|",
         ]
         for key, m in training["methods"].items():
-            chosen = {k: v for k, v in m.items() if k in ("reg", "steps", "lr", "best_epoch", "best_val_mae")}
+            chosen = {k: v for k, v in m.items() if k in ("factors", "reg", "steps", "lr", "local_lr", "best_epoch", "best_val_mae")}
             text = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in chosen.items())
             lines.append(f"| {key} | {m['fit_seconds']:.1f} | {text or '-'} |")
         lines += ["", "![validation MAE per epoch](training_curves.png)", ""]
