@@ -321,3 +321,50 @@ def test_pearl_smoke_resume_and_evaluation(tmp_path) -> None:
     assert set(report["policies"]) == {"pearl", "scratch"} and len(report["policies"]["pearl"]["returns"]) == 2
     with pytest.raises(MetakitError, match="continuous"):
         train_rl(rl_config_from_dict(_small(algorithm="pearl", env="cartpole")), tmp_path / "cartpole", progress=False)
+
+
+def test_rl2_replay_matches_the_rollout_log_probs() -> None:
+    """PPO's replay recomputes exactly the log-probabilities and values recorded while acting."""
+    from metakit.rl.policies import RecurrentPolicy
+    from metakit.rl.rl2 import replay
+
+    for discrete in (False, True):
+        torch.manual_seed(0)
+        policy = RecurrentPolicy(4, 3, discrete, hidden=16)
+        inputs = torch.randn(12, 5, policy.input_size)
+        mask = torch.ones(12, 5)
+        mask[8:, 1] = 0  # an episode that ended early: its hidden state must freeze
+        h, logps, values, actions = policy.initial_state(5), [], [], []
+        for t in range(12):
+            params, value, h_next = policy.step(inputs[t], h)
+            h = torch.where(mask[t, :, None] > 0, h_next, h)
+            action = policy.sample(params, torch.Generator().manual_seed(t))
+            actions.append(action)
+            logps.append(policy.distribution(params).log_prob(action))
+            values.append(value)
+        logp, value, entropy = replay(policy, inputs, mask, torch.stack(actions))
+        assert torch.equal(logp, torch.stack(logps)) and torch.equal(value, torch.stack(values))
+        assert entropy.shape == (12, 5) and torch.isfinite(entropy).all()
+
+
+@needs_gym
+def test_meta_rl_benchmark_script_runs_one_row(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util as iu
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "meta_rl.py"
+    spec = iu.spec_from_file_location("meta_rl_bench", path)
+    bench = iu.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    small = ["train.iterations=1", "train.meta_batch=2", "env.horizon=10", "pearl.train_tasks=4", "pearl.updates=2",
+             "pearl.batch_size=8", "pearl.context_size=4", "pearl.hidden=16"]
+    args = ["--only", "point2d-pearl", "--out", str(tmp_path), "--tasks", "2", "--no-progress", "--json", str(tmp_path / "r.json")]
+    assert bench.main(args + [f"--set={s}" for s in small]) == 0
+    out = capsys.readouterr().out
+    assert "point2d-pearl" in out and "scratch" in out
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert rows[0]["evaluation"]["tasks"] == 2 and (tmp_path / "point2d-pearl" / "report.md").is_file()
+    # A finished row is resumed (nothing retrained) and re-evaluated; a bad override is one line, exit 2.
+    assert bench.main(args + [f"--set={s}" for s in small]) == 0
+    assert bench.main(["--only", "point2d-pearl", "--out", str(tmp_path / "x"), "--set", "train.nope=1", "--no-progress"]) == 2
+    assert "nope" in capsys.readouterr().err

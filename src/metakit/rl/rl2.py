@@ -89,15 +89,16 @@ def replay(policy: RecurrentPolicy, inputs: torch.Tensor, mask: torch.Tensor, ac
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Recompute log-probabilities, values and entropies of a stored trial under the current weights."""
     h = policy.initial_state(inputs.shape[1])
-    logps, values, entropies = [], [], []
+    heads, values = [], []
     for t in range(inputs.shape[0]):
         params, value, h_next = policy.step(inputs[t], h)
         h = torch.where(mask[t, :, None] > 0, h_next, h)
-        dist = policy.distribution(params)
-        logps.append(dist.log_prob(actions[t]))
+        heads.append(params[0])
         values.append(value)
-        entropies.append(dist.entropy())
-    return torch.stack(logps), torch.stack(values), torch.stack(entropies)
+    # One distribution over the whole [T, N] batch instead of one per step: less Python per replay, same numbers.
+    stacked = (torch.stack(heads),) + tuple(params[1:])
+    dist = policy.distribution(stacked)
+    return dist.log_prob(actions), torch.stack(values), dist.entropy()
 
 
 class RL2:
