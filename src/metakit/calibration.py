@@ -86,11 +86,14 @@ def reliability_diagram(curves: Mapping[str, Mapping[str, Any]], path: str | Pat
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    for name, data in curves.items():
+    # Past ten curves the default colour cycle repeats; tab20 and a marker per decade keep them apart.
+    many = len(curves) > 10
+    for i, (name, data) in enumerate(curves.items()):
         pts = [(b["confidence"], b["accuracy"]) for b in data["bins"] if b["count"]]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", label=f"{name} (ECE {100 * data['ece']:.1f}%)")
+            style = {"color": plt.get_cmap("tab20")(i % 20), "marker": "osd^"[i // 20 % 4]} if many else {"marker": "o"}
+            ax.plot(xs, ys, label=f"{name} (ECE {100 * data['ece']:.1f}%)", **style)
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
