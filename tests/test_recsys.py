@@ -330,13 +330,19 @@ def test_batched_inner_loop_equals_one_user_at_a_time(small_data: ml.RatingsData
             torch.testing.assert_close(together[n][j], alone[n][0], rtol=1e-10, atol=1e-12)
 
 
-def test_outer_loop_updates_global_embeddings(small_data: ml.RatingsData) -> None:
+def four_user_batches(small_data: ml.RatingsData):
+    """A tiny network, its features, the split, and float64 support / query batches of four training users."""
     net, f = tiny_net(small_data)
     split = build_split(small_data, TaskRules())
     part = [training_task(split, u, TaskRules(), np.random.default_rng(0)) for u in list(split.train_by_user)[:4]]
     users = [t.user for t in part]
     support = _double(make_batch(f, users, [t.support_items for t in part], [t.support_ratings for t in part]))
     query = _double(make_batch(f, users, [t.query_items for t in part], [t.query_ratings for t in part]))
+    return net, f, split, support, query
+
+
+def test_outer_loop_updates_global_embeddings(small_data: ml.RatingsData) -> None:
+    net, _, _, support, query = four_user_batches(small_data)
     for first_order in (False, True):
         net.zero_grad()
         meta_loss(net, support, query, steps=2, lr=0.05, first_order=first_order).backward()
@@ -362,12 +368,7 @@ def test_meta_training_is_seeded(small_data: ml.RatingsData) -> None:
 
 
 def test_meta_sgd_step_sizes_are_meta_learned_and_leave_the_module_alone(small_data: ml.RatingsData) -> None:
-    net, f = tiny_net(small_data)
-    split = build_split(small_data, TaskRules())
-    part = [training_task(split, u, TaskRules(), np.random.default_rng(0)) for u in list(split.train_by_user)[:4]]
-    users = [t.user for t in part]
-    support = _double(make_batch(f, users, [t.support_items for t in part], [t.support_ratings for t in part]))
-    query = _double(make_batch(f, users, [t.query_items for t in part], [t.query_ratings for t in part]))
+    net, f, split, support, query = four_user_batches(small_data)
     lrs = {n: torch.full_like(p, 0.05).requires_grad_(True) for n, p in net.local_parameters().items()}
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     with_dict = adapt(net, net.embed(support), support.rating, support.mask, steps=2, lr=lrs, create_graph=False)
