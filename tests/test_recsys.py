@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -112,6 +113,23 @@ def test_ml100k_parser_reads_the_official_format(tmp_path: Path) -> None:
     zips = [data.user_vocab["zip"][c] for c in data.user_features[:, 3]]
     assert zips == ["8", "9", "V"]
     assert data.rating.tolist() == [5.0, 3.0, 1.0, 4.0] and data.timestamp[0] == 881250949
+
+
+def test_metakit_datasets_lists_movielens(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(ml.ENV_VAR, str(tmp_path / "placed"))
+    make_ml100k(tmp_path / "placed" / "ml-100k")  # 100K placed by hand, 1M absent
+    assert main(["datasets", "--json", str(tmp_path / "d.json")]) == 0
+    rows = {row["name"]: row for row in json.loads((tmp_path / "d.json").read_text())}
+    assert rows["ml-100k"]["type"] == rows["ml-1m"]["type"] == "recommendation"
+    assert "GroupLens" in rows["ml-1m"]["license"] and "ml-1m.zip" in rows["ml-1m"]["source"]
+    assert rows["ml-100k"]["status"].startswith("found through $METAKIT_MOVIELENS")
+    assert rows["ml-1m"]["status"].startswith("downloaded on first use")
+    capsys.readouterr()
+    # A ratings dataset in a classification config says where it belongs instead of failing oddly.
+    assert main(["train", "configs/quickstart.yaml", "dataset.name=ml-100k", "--out", str(tmp_path / "r")]) == 2
+    assert "use it with metakit recsys" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_ml1m_parser_reads_the_official_format(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from metakit.datasets import ClassDataset, get_dataset, load_splits, rotate_clas
 from metakit.episodes import EpisodeSampler
 from metakit.errors import MetakitError
 from metakit.learners import TaskInfo, build_learner
+from metakit.learners.logreg import fit_logistic_regression
 from metakit.text import datasets as td
 from metakit.text import embeddings as te
 
@@ -477,20 +478,39 @@ def test_nearest_centroid_is_the_closest_class_mean() -> None:
     assert cos.adapt(sx, sy, 5)(qx).abs().max() <= 10.0 + 1e-5
 
 
-def test_logistic_regression_matches_scikit_learn() -> None:
+def _logreg_objective(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor, C: float) -> torch.Tensor:
+    """scikit-learn's L2 objective ``0.5 ||W||^2 + C sum_i CE_i``, divided by ``C n`` (bias unpenalised)."""
+    log_p = (x.double() @ w.double().T + b.double()).log_softmax(-1)
+    return (-log_p[torch.arange(len(y)), y].sum() + 0.5 / C * (w.double() ** 2).sum()) / len(y)
+
+
+def test_logistic_regression_solves_the_regularised_objective() -> None:
+    """Tests the math, not one solver version: optimality, and no worse than scikit-learn's optimum.
+
+    Comparing logits with scikit-learn's was flaky across identical versions (0.08 off on one day,
+    within 5e-3 the next): its L-BFGS stops wherever its own tolerances say. The first-order
+    condition and the objective value are what defines the right answer.
+    """
     sklearn = pytest.importorskip("sklearn.linear_model", reason="scikit-learn (comes with metakit[text]) is not installed")
     g = torch.Generator().manual_seed(1)
     centers = torch.randn(4, DIM, generator=g)
     sx = centers.repeat_interleave(3, 0) + 0.5 * torch.randn(12, DIM, generator=g)
     sy = torch.arange(4).repeat_interleave(3)
     qx = centers + 0.5 * torch.randn(4, DIM, generator=g)
-    learner = build_learner("logreg", build_backbone("identity", (DIM,)), _task(4), C=2.0)
-    ours = learner.adapt(sx, sy, 4)(qx).double()
-    ref = sklearn.LogisticRegression(C=2.0, max_iter=2000, tol=1e-10).fit(sx.numpy(), sy.numpy())
-    theirs = torch.from_numpy(ref.decision_function(qx.numpy())).double()
-    # Softmax logits are defined up to a per-row constant: compare the centred ones.
-    centred = lambda z: z - z.mean(1, keepdim=True)  # noqa: E731
-    assert torch.allclose(centred(ours), centred(theirs), atol=5e-3)  # logits ~5: agreement to 0.1%
+    C = 2.0
+    w, b = fit_logistic_regression(sx, sy, 4, C=C)
+    learner = build_learner("logreg", build_backbone("identity", (DIM,)), _task(4), C=C)
+    assert torch.allclose(learner.adapt(sx, sy, 4)(qx), qx @ w.T + b)  # the learner predicts with this fit
+    w64, b64 = w.double().requires_grad_(), b.double().requires_grad_()
+    ours = _logreg_objective(w64, b64, sx, sy, C)
+    ours.backward()
+    # Stationary point of a convex objective = its minimum (the gradient of a wrong C is ~lam*|W| ~ 1e-2).
+    assert max(w64.grad.abs().max().item(), b64.grad.abs().max().item()) < 1e-5
+    # Solver and penalty set explicitly (l1_ratio=0 is the L2 penalty; `penalty=` is deprecated in 1.8).
+    ref = sklearn.LogisticRegression(C=C, l1_ratio=0.0, solver="lbfgs", max_iter=5000, tol=1e-10)
+    ref.fit(sx.numpy(), sy.numpy())
+    theirs = _logreg_objective(torch.from_numpy(ref.coef_), torch.from_numpy(ref.intercept_), sx, sy, C)
+    assert ours.item() <= theirs.item() + 1e-7 * abs(theirs.item())
     with pytest.raises(MetakitError, match="C > 0"):
         build_learner("logreg", build_backbone("identity", (DIM,)), _task(), C=0)
 

@@ -86,7 +86,7 @@ def build_experiment(config: Config) -> Experiment:
         raise MetakitError(f"episodes.meta_batch must be >= 1, got {e.meta_batch}.")
     splits: dict[str, ClassDataset] = {}
     regression_options: dict[str, Any] = {}
-    if spec.task_type == "classification":
+    if spec.task_type in ("classification", "recommendation"):  # load_splits says where ratings belong
         splits = load_splits(
             d.name, split=d.split, seed=d.split_seed, fractions=tuple(d.fractions), rotations=d.rotations, **d.options
         )

@@ -94,6 +94,11 @@ def load_splits(
     so a class and its rotations always fall in the same split.
     """
     spec = get_dataset(name)
+    if spec.task_type == "recommendation":
+        raise MetakitError(
+            f"dataset {name!r} holds ratings for recommendation; use it with metakit recsys "
+            f"(data.source: {name} in a config such as configs/recsys-melu-ml1m.yaml)."
+        )
     if spec.task_type != "classification":
         raise MetakitError(f"dataset {name!r} is a {spec.task_type} task distribution, not a class dataset.")
     dataset = call_with_options(spec.resolve("loader"), options, f"dataset {name!r}")
@@ -270,3 +275,26 @@ register_dataset(
         splits=("domain", "group", "class"),
     )
 )
+
+# Ratings for cold-start recommendation (``metakit recsys``, data.source). Listed here so that
+# ``metakit datasets`` shows every dataset metakit reads; they are not class datasets.
+_MOVIELENS = "metakit.recsys.movielens"
+for _name, _summary, _status in (
+    ("ml-100k", "MovieLens 100K (Harper & Konstan 2015): 100,000 ratings (1-5) by 943 users of 1,682 movies, "
+     "with user demographics; users as tasks in metakit recsys.", "ml100k_status"),
+    ("ml-1m", "MovieLens 1M (Harper & Konstan 2015): 1,000,209 ratings (1-5) by 6,040 users of 3,706 movies, "
+     "with user demographics; users as tasks in metakit recsys.", "ml1m_status"),
+):
+    register_dataset(
+        DatasetSpec(
+            name=_name,
+            summary=_summary,
+            source=f"https://files.grouplens.org/datasets/movielens/{_name}.zip (sha256-verified; or placed by hand "
+            "through data.root or $METAKIT_MOVIELENS)",
+            license="GroupLens research-use terms: no redistribution, cite Harper & Konstan 2015",
+            task_type="recommendation",
+            loader=f"{_MOVIELENS}:load_movielens",
+            status=f"{_MOVIELENS}:{_status}",
+            splits=("cold-start",),
+        )
+    )

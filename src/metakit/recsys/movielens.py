@@ -258,12 +258,27 @@ def locate_movielens(name: str, root: str | os.PathLike | None = None, download:
 def movielens_status(name: str) -> str:
     """Where MovieLens ``name`` is locally, or where to put it; never downloads."""
     archive = ARCHIVES[name]
+    env = os.environ.get(ENV_VAR)
+    if env:
+        folder, zip_path = _candidates(Path(env), archive)
+        if folder is not None or zip_path is not None:
+            return f"found through ${ENV_VAR}: {folder or zip_path}"
     cache = movielens_dir()
     if _has_files(cache / archive.name, archive):
         return f"extracted in {cache / archive.name}"
     if (cache / archive.filename).is_file():
         return f"zip in {cache} (verified and extracted on first use)"
     return f"downloaded on first use from {archive.url} into {cache} (or place {archive.filename} there)"
+
+
+def ml100k_status() -> str:
+    """``metakit datasets`` status line for MovieLens 100K."""
+    return movielens_status("ml-100k")
+
+
+def ml1m_status() -> str:
+    """``metakit datasets`` status line for MovieLens 1M."""
+    return movielens_status("ml-1m")
 
 
 # -- parsing ---------------------------------------------------------------------------------------
