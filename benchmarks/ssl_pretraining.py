@@ -41,7 +41,7 @@ from metakit.episodes import FixedEpisodes
 from metakit.evaluation import evaluate_learner, evaluate_run
 from metakit.experiment import build_experiment
 from metakit.training import train
-from metakit.utils import set_threads, write_json
+from metakit.utils import load_checkpoint, set_threads, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"rotation": REPO / "configs" / "glyphs-protonet-rotation.yaml", "simclr": REPO / "configs" / "glyphs-protonet-simclr.yaml"}
@@ -107,7 +107,7 @@ def main() -> None:
         result = evaluate_run(str(run_dir), progress=False)["results"][0]
         pre = json.loads((run_dir / "pretraining.json").read_text()) if objective else None
         if objective:
-            backbones[name] = torch.load(run_dir / "checkpoints" / "pretrained_backbone.pt", weights_only=False)["backbone"]
+            backbones[name] = load_checkpoint(run_dir / "checkpoints" / "pretrained_backbone.pt", "re-run this benchmark", keys=("backbone",))["backbone"]
         rows.append({
             "init": name, "meta_training": f"ProtoNet {summary['steps']} steps", "result": result,
             "pretrain_seconds": pre["seconds"] if pre else 0.0, "pretext_accuracy": pre["final_accuracy_mean10"] if pre else None,

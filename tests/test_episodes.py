@@ -114,7 +114,7 @@ def test_rotations_become_new_classes_in_the_same_split():
 
 
 def test_unknown_split_names_valid_ones():
-    with pytest.raises(MetakitError, match="unknown split.*Valid: class, group"):
+    with pytest.raises(MetakitError, match="unknown split.*Valid: auto, class, group"):
         load_splits("synthetic", split="vinyals")
 
 

@@ -450,4 +450,5 @@ def test_shipped_tune_configs_are_valid():
     assert paths
     for path in paths:
         spec = load_tune_spec(path)
-        assert {p.name for p in spec.params} == {"learner.inner_lr", "learner.inner_steps"}
+        # Every shipped space tunes the inner loop (what the MAML family is most sensitive to).
+        assert {"learner.inner_lr", "learner.inner_steps"} <= {p.name for p in spec.params}, path

@@ -177,3 +177,9 @@ def count_parameters(module: nn.Module) -> int:
 
 # The architecture-search backbones (supernet, nas) register themselves on import.
 from metakit.nas import network as _nas_network  # noqa: E402,F401
+# The sentence encoder over token ids (metakit.text.encoder) registers itself on import; importing
+# it loads no model (transformers and the weights load only when the backbone is built).
+from metakit.text import encoder as _text_encoder  # noqa: E402,F401
+# Pretrained image encoders (timm, torchvision, open_clip, the shipped EfficientNet-Lite0) register
+# themselves on import; their libraries are imported only when one of them is built.
+from metakit import pretrained as _pretrained  # noqa: E402,F401

@@ -2,18 +2,27 @@
 
 Every command validates its input first; a problem with the input prints one line
 (``error: ...``) and exits with status 2, never a traceback.
+
+Exit statuses: 0 success; 2 bad input or an environment problem the user can fix (config, names,
+paths, permissions, disk space, memory, missing or corrupt files); 1 an internal error, i.e. a bug in
+metakit, reported in one line that asks for ``--debug`` and a report; 130 interrupted.
+``--debug`` (before or after the command) or ``METAKIT_DEBUG=1`` prints the full traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from metakit.errors import MetakitError
@@ -36,6 +45,65 @@ QUICKSTART: dict[str, Any] = {
 
 def _default_out(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts (episodes, ways, shots, ...): an integer >= 1, so 0 is not silently "the default"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other metakit error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``error: MESSAGE; see PROG --help`` and exit with status 2."""
+        err_console.print(f"[bold red]error:[/] {rich_escape(message)}; see {rich_escape(self.prog)} --help",
+                          highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+def _nearest_existing(path: Path) -> Path:
+    probe = path.absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    return probe
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Fail in one line, before any work starts, if ``path`` cannot become a directory of results.
+
+    Nothing is created: a command that fails later on bad input leaves no empty directory behind.
+    Returns ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MetakitError(f"{flag} {path} is an existing file; give a directory path (it is created if missing).")
+    probe = _nearest_existing(path)
+    if not probe.is_dir():
+        raise MetakitError(f"{flag} {path} cannot be created: {probe} is a file, not a directory; choose another path.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MetakitError(f"{flag} {path} cannot be written: {probe} is read-only for this user; choose another path.")
+    return path
+
+
+def check_output_file(path: str | os.PathLike | None, flag: str = "--json") -> None:
+    """Like :func:`check_output_dir` for a file to be written at the end (``--json PATH``)."""
+    if not path:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise MetakitError(f"{flag} {path} is a directory; give a file path such as results.json.")
+    probe = _nearest_existing(path.parent)
+    if not probe.is_dir():
+        raise MetakitError(f"{flag} {path} cannot be written: {probe} is a file, not a directory; choose another path.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MetakitError(f"{flag} {path} cannot be written: {probe} is read-only for this user; choose another path.")
 
 
 def _write_json_option(path: str | None, data: Any) -> None:
@@ -62,7 +130,8 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from metakit.training import train
 
     config = config_from_dict(merge(QUICKSTART, parse_overrides(args.overrides)))
-    out = Path(args.out) if args.out else _default_out("quickstart")
+    out = check_output_dir(args.out or _default_out("quickstart"))
+    check_output_file(args.json)
     start = time.perf_counter()
     err_console.print(f"[bold]metakit quickstart[/]: ProtoNet + Conv-4 on Glyphs, run directory {out}")
     train(config, out, progress=not args.no_progress)
@@ -83,7 +152,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if dist.init_from_env() and not args.out:
         raise MetakitError("multi-process training needs an explicit --out DIR shared by every process.")
-    out = Path(args.out) if args.out else _default_out(config.name)
+    out = check_output_dir(args.out or _default_out(config.name))
+    check_output_file(args.json)
     is_main = dist.is_main()
     try:
         summary = train(config, out, resume=args.resume, progress=not args.no_progress)
@@ -109,6 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a trained run on fixed test episodes."""
     from metakit.evaluation import evaluate_run
 
+    check_output_file(args.json)
     result = evaluate_run(
         args.run_dir,
         episodes=args.episodes,
@@ -126,13 +197,104 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Adapt a trained run to your classes (the support set) and label your items (the query set).
+
+    Images: --support is a folder SUPPORT/<class>/<image>, --query an image or a folder of images
+    (searched recursively). Text runs: both are CSV or JSONL files (support: text and label
+    columns; query: a text column). Items are prepared as the run's training items were. One row
+    per query item goes to --out (CSV), the first rows to the terminal.
+    """
+    from metakit.predict import (
+        UNKNOWN, check_min_confidence, list_images, load, prediction_rows, read_text_table, write_csv,
+    )
+    from metakit.utils import set_threads
+
+    check_min_confidence(args.min_confidence)
+    if args.top_k < 1:
+        raise MetakitError(f"--top-k must be >= 1, got {args.top_k}.")
+    if args.batch_size < 1:
+        raise MetakitError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    if args.threads is not None and args.threads < 1:
+        raise MetakitError(f"--threads must be >= 1, got {args.threads}.")
+    check_output_file(args.out, "--out")
+    check_output_file(args.json)
+    model = load(args.run_dir, args.checkpoint, calibrate=args.calibrate, batch_size=args.batch_size,
+                 progress=not args.no_progress)
+    threads = set_threads(args.threads if args.threads is not None else model.config.train.threads)
+    start = time.perf_counter()
+    if model.spec.kind == "image":
+        model.fit_folder(args.support)
+        files = list_images(args.query)
+        items, column = [str(f) for f in files], "file"
+        predictions = model.predict_top(files, args.top_k, args.min_confidence)
+    elif model.spec.kind == "text":
+        model.fit_table(args.support, args.text_column, args.label_column)
+        items, _ = read_text_table(args.query, args.text_column, None)
+        column = "text"
+        predictions = model.predict_top(items, args.top_k, args.min_confidence)
+    else:
+        raise MetakitError(
+            f"{args.run_dir} was trained on dataset {model.spec.dataset!r}, whose items are tensors rather than images "
+            f"or texts; label tensors from Python: metakit.load(RUN_DIR).fit(x, labels).predict(query_x)."
+        )
+    seconds = time.perf_counter() - start
+    rows = prediction_rows(items, predictions, column, args.top_k)
+    write_csv(args.out, rows)
+
+    table = Table(title=f"{args.run_dir}: {len(rows):,} items, {model.ways} classes")
+    for key in rows[0]:
+        table.add_column(key, overflow="fold", no_wrap=key == column or key.startswith("probability"))
+    for row in rows[: args.show]:
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else rich_escape(str(v)) for v in row.values()))
+    console.print(table)
+    if len(rows) > args.show:
+        console.print(f"... {len(rows) - args.show:,} more rows in {args.out}")
+    unknown = sum(p.label == UNKNOWN for p in predictions)
+    if args.min_confidence is not None:
+        console.print(f"{unknown:,} item(s) below --min-confidence {args.min_confidence} labelled {UNKNOWN!r}")
+    if model.calibration:
+        c = model.calibration
+        console.print(f"temperature {c['temperature']:.3f} fitted on {c['episodes']} validation episodes "
+                      f"(NLL {c['nll_before']:.3f} -> {c['nll_after']:.3f})")
+    if model.batch_dependent and len(rows) > args.batch_size:
+        err_console.print(f"note: this learner's predictions depend on the query batch (as in evaluation, where an "
+                          f"episode's queries are one batch); items were labelled in batches of at most {args.batch_size}.")
+    console.print(f"adapted to {model.ways} classes and labelled {len(rows):,} items in {seconds:.2f} s "
+                  f"({len(rows) / max(seconds, 1e-9):,.0f} items/s, {threads} thread(s)); predictions: {args.out}")
+    _write_json_option(args.json, {
+        "run": str(args.run_dir), "checkpoint": args.checkpoint, "support": str(args.support), "query": str(args.query),
+        "classes": model.classes, "temperature": model.temperature, "calibration": model.calibration,
+        "min_confidence": args.min_confidence, "top_k": args.top_k, "items": len(rows), "unknown": unknown,
+        "seconds": seconds, "threads": threads, "predictions": rows,
+    })
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a web page (and a JSON API) that adapts a trained run to classes you upload and labels new items."""
+    from metakit.serve import ServeLimits, serve
+
+    limits = ServeLimits(max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_megapixels=args.max_megapixels)
+
+    def announce(line: str) -> None:
+        # The URL goes to stdout (scripts read it, e.g. with --port 0); the warning to stderr.
+        target = err_console if line.startswith("warning:") else console
+        target.print(line, markup=False, highlight=False, soft_wrap=True)
+        target.file.flush()
+
+    return serve(args.run_dir, host=args.host, port=args.port, checkpoint=args.checkpoint, limits=limits,
+                 announce=announce)
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """Tune a config's hyperparameters with Optuna (search space in its tune: section), optionally warm-started."""
     from metakit.hpo.space import load_tune_spec
     from metakit.hpo.tune import TuneOptions, tune
 
     spec = load_tune_spec(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"tune-{spec.base.get('name', 'run')}"
+    out = check_output_dir(args.out or Path("runs") / f"tune-{spec.base.get('name', 'run')}")
+    check_output_file(args.json)
     options = TuneOptions(
         trials=args.trials, sampler=args.sampler, pruner=args.pruner, storage=args.storage, study=args.study,
         seed=args.seed, warm_start=args.warm_start, warm_start_method=args.warm_start_method,
@@ -157,10 +319,36 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets_export(args: argparse.Namespace) -> int:
+    """Write a few-shot task of an image dataset as PNG files: DIR/support/<class>/, DIR/query/, DIR/query_labels.csv."""
+    from metakit.config import parse_overrides
+    from metakit.datasets.export import export_task
+
+    if not args.name:
+        raise MetakitError("metakit datasets export needs a dataset name, e.g. metakit datasets export glyphs --out demo.")
+    if not args.out:
+        raise MetakitError("metakit datasets export needs --out DIR, a new folder for the images.")
+    check_output_dir(args.out)
+    check_output_file(args.json)
+    summary = export_task(args.name, args.out, classes=args.classes, shots=args.shots, queries=args.queries,
+                          split=args.split, seed=args.seed, options=parse_overrides(args.options))
+    console.print(
+        f"wrote {len(summary.classes)} classes of {summary.dataset} ({summary.split} split): {summary.shots} support "
+        f"image(s) each in {summary.out / 'support'}, {summary.queries * len(summary.classes)} query images in "
+        f"{summary.out / 'query'}, their true labels in {summary.out / 'query_labels.csv'}"
+    )
+    console.print(f"next: metakit predict RUN_DIR --support {summary.out / 'support'} --query {summary.out / 'query'}")
+    _write_json_option(args.json, summary.to_dict())
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
-    """List the datasets: source, license, local status."""
+    """List the datasets: source, license, local status; or export a task of one as image files."""
     from metakit.datasets import DATASETS
 
+    if args.action == "export":
+        return cmd_datasets_export(args)
+    check_output_file(args.json)
     table = Table(title="metakit datasets")
     table.add_column("name", no_wrap=True)
     for col in ("source", "license", "local status"):
@@ -183,7 +371,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Train (configs) or reuse (run directories) several learners and evaluate them on the same episodes."""
     from metakit.compare import compare
 
-    out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = check_output_dir(args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output_file(args.json)
     report = compare(args.items, out, shots=args.shots, episodes=args.episodes, overrides=args.set, progress=not args.no_progress,
                      ways=args.ways)
     from metakit.compare import compare_markdown
@@ -198,7 +387,8 @@ def cmd_cross_domain(args: argparse.Namespace) -> int:
     """Evaluate runs on other datasets' test splits: the cross-domain matrix."""
     from metakit.compare import cross_domain
 
-    out = Path(args.out) if args.out else Path("runs") / f"cross-domain-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = check_output_dir(args.out or Path("runs") / f"cross-domain-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output_file(args.json)
     report = cross_domain(args.runs, args.datasets, out, ways=args.ways, shots=args.shots, episodes=args.episodes,
                           progress=not args.no_progress)
     console.print((out / "cross_domain.md").read_text())
@@ -210,6 +400,9 @@ def cmd_continual(args: argparse.Namespace) -> int:
     """Task-incremental evaluation: accuracy matrix, average accuracy, backward transfer, forgetting."""
     from metakit.continual import continual, continual_markdown
 
+    if args.out:
+        check_output_dir(args.out)
+    check_output_file(args.json)
     report = continual(args.run_dir, tasks=args.tasks, sequences=args.sequences, steps=args.steps, ways=args.ways,
                        shots=args.shots, out=args.out, progress=not args.no_progress)
     console.print(continual_markdown([report]))
@@ -243,7 +436,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
     config = load_config(config_path(row), overrides)
-    out = Path(args.out) if args.out else _default_out(row.name)
+    out = check_output_dir(args.out or _default_out(row.name))
+    check_output_file(args.json)
     train(config, out, resume=args.resume, progress=not args.no_progress)
     result = evaluate_run(str(out), episodes=args.episodes, progress=not args.no_progress, overrides=list(row.eval_overrides))
     r = result["results"][0]
@@ -268,7 +462,8 @@ def cmd_nas_search(args: argparse.Namespace) -> int:
     from metakit.nas.search import load_nas_spec, search
 
     spec = load_nas_spec(args.config, args.overrides)
-    out = Path(args.out) if args.out else _default_out(f"nas-{spec.base['name']}")
+    out = check_output_dir(args.out or _default_out(f"nas-{spec.base['name']}"))
+    check_output_file(args.json)
     summary = search(spec, out, resume=args.resume, progress=not args.no_progress)
     console.print((out / "search.md").read_text(encoding="utf-8"), markup=False, highlight=False)
     console.print(f"search took {summary['search_seconds']:.1f} s; next: metakit nas evaluate {out}")
@@ -280,6 +475,7 @@ def cmd_nas_evaluate(args: argparse.Namespace) -> int:
     """Meta-train the found architecture, Conv-4 and random architectures from scratch; one table."""
     from metakit.nas.evaluate import evaluate_search, evaluation_markdown
 
+    check_output_file(args.json)
     report = evaluate_search(args.run_dir, only=args.only, episodes=args.episodes, progress=not args.no_progress)
     console.print(evaluation_markdown(report), markup=False, highlight=False)
     _write_json_option(args.json, report)
@@ -292,7 +488,8 @@ def cmd_recsys_train(args: argparse.Namespace) -> int:
     from metakit.recsys.experiment import train_recsys
 
     config = load_recsys_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else _default_out(config.name)
+    out = check_output_dir(args.out or _default_out(config.name))
+    check_output_file(args.json)
     summary = train_recsys(config, out, progress=not args.no_progress)
     console.print(f"{summary['data']}; fitted {len(summary['methods'])} methods in {summary['train_seconds']:.1f} s; "
                   f"run directory {out}")
@@ -307,6 +504,7 @@ def cmd_recsys_evaluate(args: argparse.Namespace) -> int:
     from metakit.recsys.experiment import evaluate_recsys
     from metakit.recsys.report import results_table
 
+    check_output_file(args.json)
     result = evaluate_recsys(args.run_dir, progress=not args.no_progress)
     console.print(results_table(result))
     _write_json_option(args.json, result)
@@ -316,8 +514,10 @@ def cmd_recsys_evaluate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
-    parser = argparse.ArgumentParser(prog="metakit", description="Meta-learning: train, evaluate and compare few-shot learners.")
+    parser = _Parser(prog="metakit", description="Meta-learning: train, evaluate and compare few-shot learners.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of any error (also METAKIT_DEBUG=1), for bug reports")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, json: bool = True) -> None:
@@ -327,14 +527,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="meta-train ProtoNet on the embedded Glyphs dataset and evaluate it (~3 min)",
                        description=cmd_quickstart.__doc__)
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/quickstart-TIMESTAMP)")
     common(p)
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("train", help="meta-train from a YAML config", description=cmd_train.__doc__)
     p.add_argument("config", help="YAML config file, e.g. configs/glyphs-protonet.yaml")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200 learner.distance=cosine")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200 learner.distance=cosine")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split after training")
@@ -344,23 +544,58 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a trained run on fixed test episodes (mean ± 95%% CI)",
                        description=cmd_evaluate.__doc__)
     p.add_argument("run_dir", help="a run directory written by metakit train")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="evaluation-time overrides of the run's config, e.g. learner.eval_inner_steps=10")
-    p.add_argument("--episodes", type=int, help="number of fixed test episodes (default: config eval.episodes, 1000)")
-    p.add_argument("--ways", type=int, nargs="+", help="ways to evaluate (default: config eval.ways)")
-    p.add_argument("--shots", type=int, nargs="+", help="shots to evaluate (default: config eval.shots)")
-    p.add_argument("--queries", type=int, help="queries per class (default: config eval.queries)")
+    p.add_argument("--episodes", type=positive_int, help="number of fixed test episodes (default: config eval.episodes, 1000)")
+    p.add_argument("--ways", type=positive_int, nargs="+", help="ways to evaluate (default: config eval.ways)")
+    p.add_argument("--shots", type=positive_int, nargs="+", help="shots to evaluate (default: config eval.shots)")
+    p.add_argument("--queries", type=positive_int, help="queries per class (default: config eval.queries)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which weights (default best)")
     p.add_argument("--split", default="test", help="class split to evaluate on (default test)")
     common(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("predict", help="adapt a trained run to your classes and label your images or texts (CSV out)",
+                       description=cmd_predict.__doc__)
+    p.add_argument("run_dir", help="a run directory written by metakit train")
+    p.add_argument("--support", required=True, metavar="PATH",
+                   help="labelled examples: a folder PATH/<class>/<image>, or a CSV/JSONL file for text runs")
+    p.add_argument("--query", required=True, metavar="PATH",
+                   help="items to label: an image or a folder of images (recursive), or a CSV/JSONL file for text runs")
+    p.add_argument("--out", default="predictions.csv", metavar="CSV", help="where the predictions go (default predictions.csv)")
+    p.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the 2nd..K-th most probable labels (default 1)")
+    p.add_argument("--min-confidence", type=float, metavar="P",
+                   help="label an item 'unknown' when its top probability is below P (0..1)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a softmax temperature on the run's validation episodes first (probabilities mean what they say)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which weights (default best)")
+    p.add_argument("--batch-size", type=int, default=512, metavar="B", help="query items per forward pass (default 512)")
+    p.add_argument("--threads", type=int, help="torch threads (default: the run's train.threads)")
+    p.add_argument("--text-column", default="text", help="text runs: the column holding the sentences (default text)")
+    p.add_argument("--label-column", default="label", help="text runs: the support file's label column (default label)")
+    p.add_argument("--show", type=int, default=20, metavar="N", help="rows printed in the terminal (default 20)")
+    common(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="a web page (and JSON API) to label images or texts with a trained run",
+                       description=cmd_serve.__doc__)
+    p.add_argument("run_dir", help="a run directory written by metakit train (an image or text run)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which weights (default best)")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB", help="largest request, in MB (default 20)")
+    p.add_argument("--max-files", type=int, default=200, metavar="N",
+                   help="most support + query items in one request (default 200)")
+    p.add_argument("--max-megapixels", type=float, default=40.0, metavar="MP",
+                   help="largest image, in megapixels; larger ones are refused unread (default 40)")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("compare", help="several learners on the same fixed test episodes: one table + plots",
                        description=cmd_compare.__doc__)
     p.add_argument("items", nargs="+", metavar="CONFIG_OR_RUN", help="YAML configs (trained first) or run directories")
-    p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 20], help="shots to evaluate (default 1 5 10 20)")
-    p.add_argument("--episodes", type=int, help="fixed test episodes per setting (default: first run's eval.episodes)")
-    p.add_argument("--ways", type=int, nargs="+", help="ways to evaluate every run at (default: first run's eval.ways)")
+    p.add_argument("--shots", type=positive_int, nargs="+", default=[1, 5, 10, 20], help="shots to evaluate (default 1 5 10 20)")
+    p.add_argument("--episodes", type=positive_int, help="fixed test episodes per setting (default: first run's eval.episodes)")
+    p.add_argument("--ways", type=positive_int, nargs="+", help="ways to evaluate every run at (default: first run's eval.ways)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the configs that get trained")
     p.add_argument("--out", metavar="DIR", help="where runs, table and plots go (default runs/compare-TIMESTAMP)")
     common(p)
@@ -371,9 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--datasets", nargs="+", required=True, metavar="NAME[:key=value,...]",
                    help="test datasets, e.g. glyphs omniglot:root=path/images_background.zip")
-    p.add_argument("--ways", type=int, help="ways (default: each run's first eval ways)")
-    p.add_argument("--shots", type=int, help="shots (default: each run's first eval shots)")
-    p.add_argument("--episodes", type=int, help="fixed test episodes per cell (default: eval.episodes)")
+    p.add_argument("--ways", type=positive_int, help="ways (default: each run's first eval ways)")
+    p.add_argument("--shots", type=positive_int, help="shots (default: each run's first eval shots)")
+    p.add_argument("--episodes", type=positive_int, help="fixed test episodes per cell (default: eval.episodes)")
     p.add_argument("--out", metavar="DIR", help="where the matrix goes (default runs/cross-domain-TIMESTAMP)")
     common(p)
     p.set_defaults(func=cmd_cross_domain)
@@ -382,10 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description=cmd_continual.__doc__)
     p.add_argument("run_dir", help="a run directory")
     p.add_argument("--tasks", type=int, default=5, help="tasks per sequence (default 5)")
-    p.add_argument("--sequences", type=int, default=20, help="sequences to average over (default 20)")
+    p.add_argument("--sequences", type=positive_int, default=20, help="sequences to average over (default 20)")
     p.add_argument("--steps", type=int, help="adaptation steps per task (default: the learner's own)")
-    p.add_argument("--ways", type=int, help="ways (default: first eval ways)")
-    p.add_argument("--shots", type=int, help="shots (default: first eval shots)")
+    p.add_argument("--ways", type=positive_int, help="ways (default: first eval ways)")
+    p.add_argument("--shots", type=positive_int, help="shots (default: first eval shots)")
     p.add_argument("--out", metavar="DIR", help="report directory (default RUN_DIR/continual)")
     common(p)
     p.set_defaults(func=cmd_continual)
@@ -393,10 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="re-run a published table row and print ours beside the paper's",
                        description=cmd_reproduce.__doc__)
     p.add_argument("name", nargs="?", help="row name (see --list)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="extra config overrides")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
     p.add_argument("--list", action="store_true", help="list the rows, their papers and expected run times")
-    p.add_argument("--steps", type=int, help="meta-training steps (default: the row's budget)")
-    p.add_argument("--episodes", type=int, help="fixed test episodes (default 1000)")
+    p.add_argument("--steps", type=positive_int, help="meta-training steps (default: the row's budget)")
+    p.add_argument("--episodes", type=positive_int, help="fixed test episodes (default 1000)")
     p.add_argument("--out", metavar="DIR", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     common(p)
@@ -405,8 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="Optuna study over a config's tune: search space (grid/random/TPE/CMA-ES, pruning, warm start)",
                        description=cmd_tune.__doc__)
     p.add_argument("config", help="YAML config with a tune: section (space, sampler, pruner, trials)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200")
-    p.add_argument("--trials", type=int, help="finished trials the study should reach (default: tune.trials)")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200")
+    p.add_argument("--trials", type=positive_int, help="finished trials the study should reach (default: tune.trials)")
     p.add_argument("--sampler", help="grid, random, tpe or cmaes (default: tune.sampler, tpe)")
     p.add_argument("--pruner", help="none, median or hyperband (default: tune.pruner, median)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage shared by workers: sqlite:///f.db, postgresql://..., "
@@ -416,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampler seed (default: tune.seed or the config's seed)")
     p.add_argument("--warm-start", metavar="FROM", help="portfolio file, or a storage of prior studies to learn from")
     p.add_argument("--warm-start-method", default="knn", help="knn (nearest tasks by meta-features), portfolio or surrogate")
-    p.add_argument("--warm-start-size", type=int, default=5, help="configurations enqueued first (default 5)")
+    p.add_argument("--warm-start-size", type=positive_int, default=5, help="configurations enqueued first (default 5)")
     p.add_argument("--metafeatures", default="numpy", choices=("numpy", "pymfe", "none"),
                    help="meta-feature backend for the task description stored with the study (default numpy)")
     p.add_argument("--heartbeat", type=int, default=60, help="seconds between trial heartbeats in RDB storages (0: off)")
@@ -429,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = nas_sub.add_parser("search", help="search with MetaNAS or random search; writes genotype.json and its drawing",
                            description=cmd_nas_search.__doc__)
     p.add_argument("config", help="NAS config (supernet backbone + nas: section), e.g. configs/nas-glyphs-metanas.yaml")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. train.steps=100 nas.method=random")
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.steps=100 nas.method=random")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/nas-NAME-TIMESTAMP)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     common(p)
@@ -438,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description=cmd_nas_evaluate.__doc__)
     p.add_argument("run_dir", help="a run directory written by metakit nas search")
     p.add_argument("--only", nargs="+", metavar="NAME", help="train/evaluate only these models (found, conv4, random-N)")
-    p.add_argument("--episodes", type=int, help="fixed test episodes (default: config eval.episodes)")
+    p.add_argument("--episodes", type=positive_int, help="fixed test episodes (default: config eval.episodes)")
     common(p)
     p.set_defaults(func=cmd_nas_evaluate)
     nas.set_defaults(func=lambda _args: (nas.print_help(), 2)[1])
@@ -448,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = p.add_subparsers(dest="recsys_command", metavar="COMMAND", required=True)
     rp = rsub.add_parser("train", help="fit MeLU and the baselines from a recsys config", description=cmd_recsys_train.__doc__)
     rp.add_argument("config", help="recsys YAML config, e.g. configs/recsys-melu-synthetic.yaml")
-    rp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. melu.epochs=10")
+    rp.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. melu.epochs=10")
     rp.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
     rp.add_argument("--evaluate", action="store_true", help="score every scenario after training")
     common(rp)
@@ -459,18 +694,72 @@ def build_parser() -> argparse.ArgumentParser:
     common(rp)
     rp.set_defaults(func=cmd_recsys_evaluate)
 
-    p = sub.add_parser("datasets", help="list datasets: source, license, whether present locally", description=cmd_datasets.__doc__)
-    p.add_argument("--json", metavar="PATH", help="also write the list as JSON to PATH")
+    p = sub.add_parser("datasets", help="list datasets (source, license, local status), or export a task as images",
+                       description=cmd_datasets.__doc__)
+    p.add_argument("action", nargs="?", choices=("export",),
+                   help="export: write a few-shot task of an image dataset as PNG files for metakit predict")
+    p.add_argument("name", nargs="?", help="export: the dataset, e.g. glyphs")
+    p.add_argument("options", nargs="*", metavar="KEY=VALUE", help="export: dataset options, e.g. image_size=28")
+    p.add_argument("--out", metavar="DIR", help="export: a new folder for support/, query/ and query_labels.csv")
+    p.add_argument("--classes", type=int, default=5, help="export: classes in the task (default 5)")
+    p.add_argument("--shots", type=int, default=5, help="export: support images per class (default 5)")
+    p.add_argument("--queries", type=int, default=5, help="export: query images per class (default 5)")
+    p.add_argument("--split", default="test", help="export: train, val or test classes (default test: unseen in training)")
+    p.add_argument("--seed", type=int, default=0, help="export: which task (classes, images, query order; default 0)")
+    p.add_argument("--json", metavar="PATH", help="also write the list (or the export summary) as JSON to PATH")
     p.set_defaults(func=cmd_datasets)
 
     from metakit.rl.cli import add_rl_parser  # `metakit rl train|evaluate`; imports nothing heavy
 
     add_rl_parser(sub, common)
+    _add_debug_everywhere(parser)
     return parser
 
 
+def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--debug`` after any (sub)command too, as people add it at the end of a failing command."""
+    for action in parser._actions:  # argparse exposes subcommands only through its actions
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                if "--debug" not in sub._option_string_actions:
+                    # SUPPRESS: the subcommand's default must not reset a --debug given before it.
+                    sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                     help="print the full traceback of any error, for bug reports")
+                _add_debug_everywhere(sub)
+
+
+def _debug_wanted(args: argparse.Namespace | None) -> bool:
+    flag = os.environ.get("METAKIT_DEBUG", "").strip().lower()
+    return bool(getattr(args, "debug", False)) or flag not in ("", "0", "false", "no", "off")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an :class:`OSError` (writing a run dir, a cache, a result): the path, the reason, the fix."""
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    reason = exc.strerror or _first_line(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        fix = "free some disk space and rerun (--resume continues a run where the command has it)"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "check the permissions or choose another path (e.g. --out)"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        fix = "a file and a folder clash on that path; choose another path (e.g. --out)"
+    else:
+        fix = "check the path and rerun"
+    return f"cannot write or read {paths}: {reason}; {fix}." if paths else f"{reason}; {fix}."
+
+
+def _error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status."""
+    """Run the CLI; returns the exit status (see the module docstring for their meaning)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -481,14 +770,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    debug = _debug_wanted(args)
     try:
         return args.func(args)
-    except MetakitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; resume with --resume where the command supports it")
         return 130
+    except Exception as exc:  # noqa: BLE001 - the one place every failure becomes a single line
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, MetakitError):
+            _error(rich_escape(str(exc)))
+            return 2
+        if isinstance(exc, OSError):
+            _error(rich_escape(os_error_message(exc)))
+            return 2
+        if isinstance(exc, MemoryError):
+            _error("out of memory; lower the sizes in the config (e.g. episodes.meta_batch, dataset.image_size, "
+                   "eval.queries) or use a machine with more memory")
+            return 2
+        # Anything else is a bug, not bad input: say so, and how to get what a bug report needs.
+        _error(rich_escape(f"internal error ({type(exc).__name__}: {_first_line(exc)}); "
+                           f"rerun with --debug for the traceback and report it"))
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from metakit.calibration import reliability_diagram
-from metakit.config import Config, load_config
+from metakit.config import Config, load_config, yaml_load
 from metakit.errors import MetakitError
 from metakit.evaluation import EvalResult, evaluate_experiment, load_trained
 from metakit.runs import RunPaths, load_run_config, read_json
@@ -30,21 +30,23 @@ def resolve_runs(items: Sequence[str], out: Path, overrides: Sequence[str] = (),
     """
     from metakit.training import train
 
-    runs = []
+    # Every item is checked before anything trains, so a typo in the last config fails in seconds.
+    planned: list[tuple[Path, Config | None]] = []
     for item in items:
         path = Path(item)
         if path.is_dir() and RunPaths(path).config.is_file():
-            runs.append(path)
+            planned.append((path, None))
         elif path.is_file():
             config = load_config(path, overrides)
-            run_dir = out / config.name
-            if not RunPaths(run_dir).summary.is_file():
-                train(config, run_dir, resume=RunPaths(run_dir).last.is_file(), progress=progress)
-            runs.append(run_dir)
+            planned.append((out / config.name, config))
         else:
             raise MetakitError(f"{item} is neither a run directory nor a config file.")
+    runs = [run for run, _ in planned]
     if len(runs) != len({r.resolve() for r in runs}):
         raise MetakitError("the same run appears twice; give each learner its own config name or run directory.")
+    for run_dir, config in planned:
+        if config is not None and not RunPaths(run_dir).summary.is_file():
+            train(config, run_dir, resume=RunPaths(run_dir).last.is_file(), progress=progress)
     return runs
 
 
@@ -83,6 +85,12 @@ def compare(
     runs = resolve_runs(items, out, overrides, progress)
     configs = [load_run_config(r) for r in runs]
     _same_episodes(configs, runs)
+    variable = [str(r) for r, c in zip(runs, configs) if c.episodes.sampler == "metadataset"]
+    if variable:
+        raise MetakitError(
+            f"{variable[0]} uses Meta-Dataset episodes (episodes.sampler: metadataset), which have no fixed ways and "
+            f"shots to tabulate; compare such runs with metakit cross-domain."
+        )
     ev = configs[0].eval
     episodes = episodes or ev.episodes
     ways = list(ways or ev.ways)
@@ -205,8 +213,30 @@ def parse_dataset_spec(spec: str) -> dict[str, Any]:
         if "=" not in item:
             raise MetakitError(f"dataset option {item!r} in {spec!r} must look like key=value.")
         key, value = item.split("=", 1)
-        data[key] = yaml.safe_load(value)
+        try:
+            data[key] = yaml_load(value) if value != "" else None
+        except yaml.YAMLError:
+            data[key] = value  # not YAML (e.g. a path with a colon and brackets): keep the text
     return data
+
+
+def average_ranks(rows: list[dict[str, Any]]) -> None:
+    """Set each row's ``avg_rank``: its rank among the rows on every dataset (1 = best, ties share the
+    mean rank), averaged over datasets, as Meta-Dataset (Triantafillou et al. 2020) reports learners."""
+    if not rows:
+        return
+    totals = [0.0] * len(rows)
+    columns = len(rows[0]["cells"])
+    for j in range(columns):
+        cells = [row["cells"][j] for row in rows]
+        sign = 1 if cells[0]["metric"] == "accuracy" else -1  # higher accuracy, lower error ranks first
+        scores = [sign * c["mean"] for c in cells]
+        for i, s in enumerate(scores):
+            better = sum(o > s for o in scores)
+            tied = sum(o == s for o in scores)
+            totals[i] += better + (tied + 1) / 2
+    for row, total in zip(rows, totals):
+        row["avg_rank"] = total / max(columns, 1)
 
 
 def cross_domain(
@@ -220,7 +250,10 @@ def cross_domain(
 ) -> dict[str, Any]:
     """Evaluate each run on each dataset's test split: the cross-domain generalisation matrix.
 
-    A run tested on its own dataset uses its own split (the in-domain diagonal).
+    A run tested on its own dataset uses its own split (the in-domain diagonal). Each row ends
+    with its average rank over the datasets (:func:`average_ranks`); runs trained with
+    ``episodes.sampler: metadataset`` are tested on Meta-Dataset's variable-way variable-shot
+    episodes, which makes the matrix Meta-Dataset's table.
     """
     out = Path(out)
     targets = [parse_dataset_spec(d) for d in datasets]
@@ -237,11 +270,16 @@ def cross_domain(
             )
             row["cells"].append({"dataset": target["name"], **result.to_dict()})
         matrix.append(row)
+    average_ranks(matrix)
     report = {"datasets": [t["name"] for t in targets], "rows": matrix, "date": time.strftime("%Y-%m-%d")}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "cross_domain.json", report)
-    lines = ["| trained on \\ tested on | " + " | ".join(report["datasets"]) + " |", "|---|" + "---|" * len(targets)]
+    lines = [
+        "| trained on \\ tested on | " + " | ".join(report["datasets"]) + " | avg rank |",
+        "|---|" + "---|" * (len(targets) + 1),
+    ]
     for row in matrix:
-        lines.append(f"| {row['name']} ({row['trained_on']}) | " + " | ".join(_accuracy(c) for c in row["cells"]) + " |")
+        cells = " | ".join(_accuracy(c) for c in row["cells"])
+        lines.append(f"| {row['name']} ({row['trained_on']}) | {cells} | {row['avg_rank']:.2f} |")
     write_text(out / "cross_domain.md", "\n".join(lines) + "\n")
     return report

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +21,44 @@ from typing import Any, TypeVar, get_type_hints
 import yaml
 
 from metakit.errors import MetakitError
+
+# YAML 1.1 (PyYAML) reads ``1e-3``, ``1.0e3`` and ``-.5`` as strings, so ``lr: 1e-3`` used to fail
+# as "not a number". These forms are floats to Python's float() and in YAML 1.2; metakit reads and
+# writes them as floats everywhere it parses YAML (config files, ``key=value`` overrides, run dirs).
+_FLOAT_EXTRA = re.compile(
+    r"^[-+]?(?:(?:[0-9][0-9_]*)(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$|^[-+]?\.[0-9][0-9_]*$"
+)
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader that also reads exponent floats without a dot (``1e-3``) as floats."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe dumper that quotes strings :class:`_Loader` would read back as floats (``"1e5"``)."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(_FLOAT_TAG, _FLOAT_EXTRA, list("-+.0123456789"))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely, reading numeric literals the way Python's ``float()`` does.
+
+    Beyond PyYAML's YAML 1.1 floats, ``1e-3``, ``1E5``, ``1.0e3`` and ``-.5`` become floats. Bare
+    words such as ``inf`` and ``nan`` stay strings here; the numeric keys of a config parse them
+    (and reject them as not finite) in :func:`_coerce`.
+
+    Raises:
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def yaml_dump(data: Any) -> str:
+    """Dump plain data as YAML that :func:`yaml_load` reads back unchanged (key order kept)."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
 def _unknown_key(section: str, key: str, valid: Sequence[str]) -> MetakitError:
@@ -75,13 +115,20 @@ class TrainConfig:
 
 @dataclass
 class EpisodeConfig:
-    """Meta-training episodes: N-way K-shot Q-query, ``meta_batch`` tasks per step."""
+    """Meta-training episodes: N-way K-shot Q-query, ``meta_batch`` tasks per step.
+
+    ``sampler`` is ``standard`` (N-way K-shot) or ``metadataset``: variable-way variable-shot
+    episodes as in Meta-Dataset (:class:`~metakit.episodes.MetaDatasetSampler`), for training and
+    for every evaluation of the run (``ways``, ``shots``, ``queries`` and ``eval.ways/shots`` are
+    then not used).
+    """
 
     ways: int = 5
     shots: int = 1
     queries: int = 15
     meta_batch: int = 4
     augment: str | None = None
+    sampler: str = "standard"
 
 
 @dataclass
@@ -155,14 +202,31 @@ class Config:
         return out
 
     def to_yaml(self) -> str:
-        """The resolved config as YAML."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The resolved config as YAML (read back unchanged by :func:`load_config`)."""
+        return yaml_dump(self.to_dict())
 
 
 T = TypeVar("T")
 # An override such as backbone.hidden=32 without a name configures the default backbone.
 _DEFAULT_NAMES = {"backbone": "conv4", "learner": "protonet"}
 _OPEN = {DatasetConfig, NamedConfig}
+
+
+def _number(name: str, value: Any, what: str) -> float | int | None:
+    """``value`` as a number, or ``None`` if it is not one; numeric strings count (``"1e-3"``, ``"inf"``)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+        if not math.isfinite(number):
+            raise MetakitError(f"config key {name} must be a finite {what}, got {value!r}.")
+        return number
+    return None
 
 
 def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
@@ -177,21 +241,30 @@ def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, list):
             value = [value]
         inner = float if "float" in text else int if "int" in text else None
-        if inner is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if inner is None:
+            return value
+        numbers = [_number(name, v, "number") for v in value]
+        if any(n is None or (isinstance(n, float) and not math.isfinite(n)) for n in numbers):
             raise MetakitError(f"config key {name} must be a list of numbers, got {value!r}.")
-        return [inner(v) for v in value] if inner else value
+        if inner is int and not all(float(n).is_integer() for n in numbers):
+            raise MetakitError(f"config key {name} must be a list of integers, got {value!r}.")
+        return [inner(n) for n in numbers]
     if text.startswith("bool") or hint is bool:
         if not isinstance(value, bool):
             raise MetakitError(f"config key {name} must be true or false, got {value!r}.")
         return value
     if hint is int or text.startswith("int"):
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        number = _number(name, value, "integer")
+        if number is None or not math.isfinite(number) or not float(number).is_integer():
             raise MetakitError(f"config key {name} must be an integer, got {value!r}.")
-        return int(value)
+        return int(number)
     if hint is float or text.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _number(name, value, "number")
+        if number is None:
             raise MetakitError(f"config key {name} must be a number, got {value!r}.")
-        return float(value)
+        if not math.isfinite(number):
+            raise MetakitError(f"config key {name} must be a finite number, got {value!r}.")
+        return float(number)
     if hint is str or text.startswith("str"):
         if not isinstance(value, str):
             raise MetakitError(f"config key {name} must be a string, got {value!r}.")
@@ -241,11 +314,13 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             raise MetakitError(f"override {item!r} must look like key=value, e.g. train.steps=100.")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = yaml_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
         node = nested
         parts = key.strip().split(".")
+        if not all(parts):
+            raise MetakitError(f"override {item!r} needs a dotted key such as train.steps before the '='.")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -265,28 +340,58 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: What ``train.device`` may say; whether that device exists is checked when training starts.
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def check_threads(key: str, threads: int | None) -> None:
+    """Fail with one line unless ``threads`` is ``None`` (torch's default) or a count >= 1."""
+    if threads is not None and threads < 1:
+        raise MetakitError(
+            f"{key} must be >= 1, or null (leave it out) for torch's default of one thread per physical core; "
+            f"got {threads}."
+        )
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Validate plain data (parsed YAML) into a :class:`Config`."""
-    return _build(Config, dict(data), "")
+    config = _build(Config, dict(data), "")
+    check_threads("train.threads", config.train.threads)
+    if not DEVICE_PATTERN.fullmatch(config.train.device):
+        raise MetakitError(f"unknown train.device {config.train.device!r}; use cpu, cuda, cuda:N, mps or auto.")
+    return config
 
 
 def read_yaml_mapping(path: str | Path, example: str = "configs/quickstart.yaml") -> dict[str, Any]:
-    """A YAML config file's top-level mapping; a missing file, bad syntax or a non-mapping is one clear line.
+    """A YAML config file's top-level mapping; a missing, unreadable, binary, empty or malformed file is one clear line.
 
-    ``example`` names a config of the right kind for the "not found" message (NAS, RL, recsys and
-    tune configs share this reader but have schemas of their own).
+    ``example`` names a config of the right kind for the messages (NAS, RL, recsys and tune
+    configs share this reader but have schemas of their own).
     """
     path = Path(path)
     if not path.is_file():
-        raise MetakitError(f"config file {path} not found; pass a YAML file such as {example}.")
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise MetakitError(f"config file {path} {what}; pass a YAML file such as {example}.")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MetakitError(f"cannot read config file {path} ({exc.strerror or exc}); check its permissions.") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MetakitError(
+            f"config file {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            f"pass a YAML file such as {example}."
+        ) from None
+    try:
+        loaded = yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise MetakitError(f"malformed YAML in {path}{where}; fix the syntax.") from None
     if loaded is None:
-        return {}
+        # An empty file is almost always a mistake (wrong file, failed copy), not "all defaults".
+        raise MetakitError(f"config file {path} is empty; start from an example such as {example}.")
     if not isinstance(loaded, dict):
         raise MetakitError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}.")
     return loaded

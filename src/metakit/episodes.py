@@ -2,13 +2,15 @@
 
 An :class:`EpisodeSampler` draws classification episodes from a :class:`ClassDataset` split;
 anything with ``task_type`` and ``sample(generator)`` (a :class:`TaskSource`, e.g. the sinusoid
-task distribution) is used the same way. Meta-batches stack episodes as ``[tasks, N*K, ...]``
+task distribution) is used the same way; a :class:`MetaDatasetSampler` draws Meta-Dataset's
+variable-way variable-shot episodes. Meta-batches stack episodes as ``[tasks, N*K, ...]``
 tensors (Torchmeta's layout). :class:`FixedEpisodes` are the validation/test episodes: each is
 drawn from its own seed, so the same seed gives the same episodes for every learner and run.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
@@ -28,7 +30,8 @@ class Episode:
     """One task, or a meta-batch of tasks when the tensors have a leading ``[tasks]`` dimension.
 
     Support and query items are ordered class by class; classification labels are remapped to
-    ``0..ways-1``. ``classes`` holds each label's class index within the split (``None`` for
+    ``0..ways-1``. ``shots`` is 0 when classes have different numbers of support items
+    (:class:`MetaDatasetSampler`). ``classes`` holds each label's class index within the split (``None`` for
     regression), which pretraining-style learners use as global labels.
     """
 
@@ -150,9 +153,14 @@ class EpisodeSampler:
         sizes = dataset.class_sizes()
         smallest = min(sizes)
         if shots + queries > smallest:
+            # Name the classes: with your own data the fix is often to add items to a few of them.
+            short = sorted((c for c, n in enumerate(sizes) if n < shots + queries), key=lambda c: (sizes[c], c))
+            named = ", ".join(f"{dataset.class_names[c]!r} ({sizes[c]})" for c in short[:5])
+            more = f" and {len(short) - 5} more" if len(short) > 5 else ""
             raise MetakitError(
                 f"impossible episode spec: shots + queries = {shots} + {queries} = {shots + queries} "
-                f"but the smallest class of {dataset.name!r} has {smallest} items; lower shots or queries."
+                f"but the smallest class of {dataset.name!r} has {smallest} items; {len(short)} class(es) have fewer: "
+                f"{named}{more}; lower shots or queries, or give those classes more items (or remove them)."
             )
         self.dataset = dataset
         self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)
@@ -189,6 +197,129 @@ class EpisodeSampler:
 def _as_float(items: torch.Tensor) -> torch.Tensor:
     # uint8 images become [0, 1]; feature vectors (e.g. sentence embeddings) keep their values.
     return items.float().div_(255) if items.dtype == torch.uint8 else items.float()
+
+
+class MetaDatasetSampler:
+    """Variable-way, variable-shot episodes: the Meta-Dataset sampler (Triantafillou et al., ICLR 2020, Sec. 3.2).
+
+    Each episode draws, using only the generator:
+
+    * ways ``N`` uniform in ``min_ways..min(max_ways, classes in the split)`` (5..50), classes at
+      random (the paper's flat sampling; its ImageNet and Omniglot hierarchies are not used);
+    * queries per class ``q = min(max_queries, min_c floor(|c| / 2))`` (10 unless a class is small),
+      the same for every class;
+    * a support budget ``|S| = min(max_support, sum_c ceil(beta * min(max_support_per_class, |c| - q)))``
+      with ``beta ~ U(0, 1]`` (at most 500 support images in all);
+    * shots per class ``k_c = min(floor(R_c * (|S| - N)) + 1, |c| - q)`` with
+      ``R_c ∝ exp(alpha_c) * |c|`` and ``alpha_c ~ U[log 0.5, log 2]``: imbalanced, at least one each.
+
+    Episodes keep metakit's layout (support and query items class by class, labels ``0..N-1``);
+    ``ways`` is the episode's own N, ``shots`` is 0 (it differs by class) and ``queries`` is ``q``.
+    The sampler's own ``ways`` attribute is the most ways it can draw. Episodes of different
+    sizes do not stack into one tensor, so the trainer runs a meta-batch of them task by task
+    (:func:`meta_step_each`).
+
+    Args:
+        dataset: the split's classes.
+        transform: optional augmentation applied to support and query images.
+        min_ways, max_ways, max_support, max_queries, max_support_per_class: the paper's
+            constants (5, 50, 500, 10, 100).
+    """
+
+    task_type = "classification"
+    #: Episodes differ in ways and shots (evaluation and training treat them one by one).
+    variable = True
+
+    def __init__(
+        self,
+        dataset: ClassDataset,
+        transform: Transform | None = None,
+        min_ways: int = 5,
+        max_ways: int = 50,
+        max_support: int = 500,
+        max_queries: int = 10,
+        max_support_per_class: int = 100,
+    ) -> None:
+        if dataset.num_classes < min_ways:
+            raise MetakitError(
+                f"the metadataset sampler draws at least {min_ways} classes but split {dataset.name!r} has only "
+                f"{dataset.num_classes}; use episodes.sampler: standard or a larger split."
+            )
+        sizes = dataset.class_sizes()
+        short = [c for c, n in enumerate(sizes) if n < 2]
+        if short:
+            named = ", ".join(repr(dataset.class_names[c]) for c in short[:5])
+            raise MetakitError(
+                f"the metadataset sampler needs at least 2 items per class (one support, one query) but "
+                f"{len(short)} class(es) of {dataset.name!r} have 1: {named}; give them more items or remove them."
+            )
+        self.dataset, self.transform = dataset, transform
+        self.min_ways, self.max_support = int(min_ways), int(max_support)
+        self.max_queries, self.max_support_per_class = int(max_queries), int(max_support_per_class)
+        self.ways = min(int(max_ways), dataset.num_classes)
+        self.shots, self.queries = 0, int(max_queries)
+        self._sizes = torch.tensor(sizes, dtype=torch.float64)
+
+    def sample(self, generator: torch.Generator) -> Episode:
+        """Draw one episode; the result depends only on ``generator``'s state."""
+        n = int(torch.randint(self.min_ways, self.ways + 1, (1,), generator=generator))
+        classes = torch.randperm(self.dataset.num_classes, generator=generator)[:n]
+        size = self._sizes[classes]
+        q = int(min(self.max_queries, int(torch.floor(size.min() / 2))))
+        beta = 1.0 - float(torch.rand((), generator=generator, dtype=torch.float64))  # U(0, 1]
+        budget = int(min(self.max_support, torch.ceil(beta * torch.clamp(size - q, max=self.max_support_per_class)).sum()))
+        alpha = torch.empty(n, dtype=torch.float64).uniform_(math.log(0.5), math.log(2.0), generator=generator)
+        share = alpha.exp() * size
+        share = share / share.sum()
+        shots = torch.minimum(torch.floor(share * (budget - n)) + 1, size - q).long()
+        support, query = [], []
+        for c, k in zip(classes.tolist(), shots.tolist()):
+            items = self.dataset.items_of(c)
+            pick = items[torch.randperm(len(items), generator=generator)[: k + q]]
+            support.append(pick[:k])
+            query.append(pick[k:])
+        support_x = _as_float(self.dataset.images[torch.cat(support)])
+        query_x = _as_float(self.dataset.images[torch.cat(query)])
+        if self.transform is not None:
+            support_x = self.transform(support_x, generator)
+            query_x = self.transform(query_x, generator)
+        labels = torch.arange(n)
+        return Episode(
+            support_x=support_x,
+            support_y=labels.repeat_interleave(shots),
+            query_x=query_x,
+            query_y=labels.repeat_interleave(q),
+            ways=n,
+            shots=0,
+            queries=q,
+            classes=classes,
+        )
+
+
+def meta_step_each(
+    step: Callable[[Episode], dict[str, float]], episodes: Sequence[Episode], params: Sequence[torch.nn.Parameter]
+) -> dict[str, float]:
+    """One meta-step over tasks that cannot be stacked (different ways or shots), one task at a time.
+
+    ``step`` (a learner's ``meta_step``) runs on each task as a meta-batch of one; the ``.grad``
+    each writes is collected and the mean over tasks is left in ``.grad``, which is what one
+    step on the stacked meta-batch would write (every built-in meta-loss is a mean over tasks).
+    Metrics are averaged over tasks.
+    """
+    if not episodes:
+        raise MetakitError("a meta-batch needs at least one task.")
+    totals: list[torch.Tensor | None] = [None] * len(params)
+    metrics = []
+    for episode in episodes:
+        for p in params:
+            p.grad = None  # a learner may assign .grad rather than accumulate into it (Reptile)
+        metrics.append(step(as_batch(episode)))
+        for i, p in enumerate(params):
+            if p.grad is not None:
+                totals[i] = p.grad.detach().clone() if totals[i] is None else totals[i].add_(p.grad)
+    for p, total in zip(params, totals):
+        p.grad = None if total is None else total / len(episodes)
+    return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
 
 
 def sample_batch(source: TaskSource, tasks: int, generator: torch.Generator) -> Episode:

@@ -19,7 +19,7 @@ import torch
 from rich.progress import Progress
 
 from metakit.calibration import Calibration
-from metakit.episodes import Episode, EpisodeSampler, FixedEpisodes, TaskSource
+from metakit.episodes import Episode, FixedEpisodes, TaskSource
 from metakit.errors import MetakitError
 from metakit.learners import Learner
 
@@ -47,11 +47,14 @@ class EvalResult:
         return asdict(self)
 
     def describe(self) -> str:
-        """E.g. ``accuracy 0.9512 ± 0.0031 (5-way 1-shot, 15 queries, 1000 episodes)``."""
-        return (
-            f"{self.metric} {self.mean:.4f} ± {self.ci95:.4f} ({self.ways}-way {self.shots}-shot, "
-            f"{self.queries} queries/class, {self.episodes} episodes)"
-        )
+        """E.g. ``accuracy 0.9512 ± 0.0031 (5-way 1-shot, 15 queries, 1000 episodes)``.
+
+        ``ways`` / ``shots`` of 0 mean they varied between episodes (Meta-Dataset episodes).
+        """
+        ways = f"{self.ways}-way" if self.ways else "variable-way"
+        shots = f"{self.shots}-shot" if self.shots else "variable-shot"
+        queries = f"{self.queries} queries/class" if self.ways else "up to 10 queries/class"
+        return f"{self.metric} {self.mean:.4f} ± {self.ci95:.4f} ({ways} {shots}, {queries}, {self.episodes} episodes)"
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
@@ -78,15 +81,23 @@ def evaluate_learner(
     scores, times = [], []
     task = progress.add_task(description, total=len(episodes)) if progress is not None else None
     first: Episode | None = None
+    shapes: set[tuple[int, int, int]] = set()
     calibration = Calibration() if learner.task.task_type == "classification" else None
     with torch.no_grad():
         for episode in episodes:
             episode = episode.to(device)
             first = first or episode
+            shapes.add((episode.ways, episode.shots, episode.queries))
             start = time.perf_counter()
             predict = learner.adapt(episode.support_x, episode.support_y, episode.ways)
             times.append(time.perf_counter() - start)
             outputs = predict(episode.query_x)
+            if not torch.isfinite(outputs).all():
+                # Diverged weights (e.g. a huge train.lr) give NaN scores and break calibration.
+                raise MetakitError(
+                    "the learner's predictions are NaN or infinite: its weights diverged; lower train.lr "
+                    "or set train.grad_clip, and train again."
+                )
             scores.append(learner.score(outputs, episode.query_y))
             if calibration is not None:
                 calibration.update(learner.probabilities(outputs).cpu(), episode.query_y.cpu())
@@ -100,9 +111,10 @@ def evaluate_learner(
         ci95=ci,
         std=std,
         episodes=len(scores),
-        ways=first.ways if first else 0,
-        shots=first.shots if first else 0,
-        queries=first.queries if first else 0,
+        # Variable-way / variable-shot episodes (Meta-Dataset) are recorded as 0.
+        ways=first.ways if first and len({s[0] for s in shapes}) == 1 else 0,
+        shots=first.shots if first and len({s[1] for s in shapes}) == 1 else 0,
+        queries=first.queries if first and len({s[2] for s in shapes}) == 1 else 0,
         median_adapt_seconds=statistics.median(times),
         calibration=calibration.to_dict() if calibration is not None else None,
     )
@@ -146,13 +158,13 @@ def test_source(exp: Experiment, ways: int, shots: int, queries: int, split: str
 
     d = dataset_from_dict(dict(dataset))
     splits = load_splits(d.name, split=d.split, seed=d.split_seed, fractions=tuple(d.fractions), rotations=d.rotations, **d.options)
-    target = splits[split]
+    target = exp.featurize(splits[split])  # a frozen pretrained backbone: its cached vectors, any image size
     if target.image_shape != tuple(exp.task.input_shape):
         raise MetakitError(
             f"dataset {d.name!r} has images {list(target.image_shape)} but the learner was trained on "
             f"{list(exp.task.input_shape)}; set the dataset's image_size to match."
         )
-    return EpisodeSampler(target, ways, shots, queries)
+    return exp.sampler_for(target, ways, shots, queries)
 
 
 def evaluate_experiment(
@@ -168,11 +180,13 @@ def evaluate_experiment(
 ) -> list[EvalResult]:
     """Evaluate ``exp.learner`` on fixed episodes for every ways x shots setting."""
     results = []
+    # Meta-Dataset episodes draw their own ways and shots: one evaluation, whatever ways x shots ask.
+    settings = [(0, 0)] if exp.config.episodes.sampler == "metadataset" else [(n, k) for n in ways for k in shots]
     with Progress(transient=True, disable=not progress) as bar:
-        for n in ways:
-            for k in shots:
-                fixed = FixedEpisodes(test_source(exp, n, k, queries, split, dataset), episodes, seed)
-                results.append(evaluate_learner(exp.learner, fixed, progress=bar, description=f"{n}-way {k}-shot"))
+        for n, k in settings:
+            fixed = FixedEpisodes(test_source(exp, n, k, queries, split, dataset), episodes, seed)
+            what = f"{n}-way {k}-shot" if n else "variable-way variable-shot"
+            results.append(evaluate_learner(exp.learner, fixed, progress=bar, description=what))
     return results
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from metakit.runs import RunPaths, load_run_config, read_json
-from metakit.utils import atomic_path, write_text
+from metakit.utils import atomic_path, read_jsonl, write_text
 
 
 def _matplotlib():
@@ -26,11 +26,23 @@ def _matplotlib():
     return plt
 
 
+def _metric_records(path: Path, metric: str) -> list[dict[str, Any]]:
+    """The meta-training records of ``metrics.jsonl``; lines of any other shape are left out of the plot.
+
+    A line cut short by a killed process, or written by another kind of run sharing the folder,
+    must not turn the report into a traceback.
+    """
+    return [
+        r for r in read_jsonl(path)
+        if r.get("split") in ("train", "val") and "step" in r and metric in r and (r["split"] == "val" or "loss" in r)
+    ]
+
+
 def learning_curve(metrics_path: Path, out_png: Path, metric: str) -> None:
     """Plot training loss, training ``metric`` and validation ``metric`` against steps."""
     if not metrics_path.is_file():
         return
-    records = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = _metric_records(metrics_path, metric)
     train = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"]
     plt = _matplotlib()

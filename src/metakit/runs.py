@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
-from metakit.config import Config, config_from_dict
+from metakit.config import Config, config_from_dict, yaml_load
 from metakit.errors import MetakitError
+from metakit.utils import load_checkpoint
 
 
 @dataclass
@@ -82,9 +82,15 @@ def load_run_config(run_dir: str | Path) -> Config:
     if not path.is_file():
         raise MetakitError(f"{run_dir} is not a metakit run directory (no config.yaml); pass the --out of a train run.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
+        data = yaml_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
         raise MetakitError(f"{path} is not valid YAML; restore it or re-run training.") from None
+    if not isinstance(data, dict):
+        raise MetakitError(f"{path} does not hold a run config; restore it or re-run training.")
+    train = data.get("train")
+    if isinstance(train, dict) and train.get("threads") == 0:
+        # Runs saved before threads=0 was rejected meant torch's default by it.
+        train["threads"] = None
     return config_from_dict(data)
 
 
@@ -96,10 +102,7 @@ def load_weights(run_dir: str | Path, which: str = "best") -> dict[str, Any]:
         raise MetakitError(f"checkpoint must be 'best' or 'last', got {which!r}.")
     if not path.is_file():
         raise MetakitError(f"{path} not found; train the run first (metakit train CONFIG --out {run_dir}).")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)["learner"]
-    except Exception as exc:  # a truncated or foreign file: say so in one line
-        raise MetakitError(f"checkpoint {path} is corrupt or not a metakit checkpoint ({type(exc).__name__}); re-run training.") from None
+    return load_checkpoint(path, "re-run training", keys=("learner",))["learner"]
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

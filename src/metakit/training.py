@@ -20,13 +20,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from metakit import distributed as dist
-from metakit.config import Config
-from metakit.episodes import FixedEpisodes, sample_batch
+from metakit.config import Config, check_threads
+from metakit.episodes import FixedEpisodes, meta_step_each, sample_batch
 from metakit.errors import MetakitError
 from metakit.evaluation import evaluate_learner
 from metakit.experiment import Experiment, build_experiment
 from metakit.runs import RunPaths, load_run_config
-from metakit.utils import rng_state, seed_everything, set_rng_state, set_threads, torch_save, write_text
+from metakit.utils import (
+    keep_jsonl, resolve_device, rng_state, seed_everything, set_rng_state, set_threads, torch_save, write_text,
+)
 
 def _make_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     t = cfg.train
@@ -86,7 +88,8 @@ class Trainer:
         if t.steps < 1 or t.val_every < 1:
             raise MetakitError(f"train.steps and train.val_every must be >= 1, got {t.steps} and {t.val_every}.")
         self.checkpoint_every = t.checkpoint_every or t.val_every
-        self.device = torch.device("cuda" if t.device == "auto" and torch.cuda.is_available() else "cpu" if t.device == "auto" else t.device)
+        check_threads("train.threads", t.threads)
+        self.device = resolve_device(t.device, "train.device")
 
     # -- run directory ------------------------------------------------------------------------
 
@@ -101,15 +104,15 @@ class Trainer:
             saved["train"]["steps"] = mine["train"]["steps"]  # extending a run is allowed
             if saved != mine:
                 raise MetakitError(f"the config differs from the one {p.root} was started with; resume with the same config.")
-            try:
-                return torch.load(p.last, map_location="cpu", weights_only=False)
-            except Exception as exc:  # truncated or foreign file: one line, not a traceback
-                raise MetakitError(
-                    f"checkpoint {p.last} is corrupt ({type(exc).__name__}); delete it to start over."
-                ) from None
+            from metakit.utils import load_checkpoint
+
+            return load_checkpoint(p.last, f"delete {p.last} to start over", keys=("learner", "state"))
         if dist.is_main():
             p.root.mkdir(parents=True, exist_ok=True)
             write_text(p.config, self.cfg.to_yaml())
+            # A fresh start owns the log: lines an earlier run left in this folder (another
+            # domain's run, or one whose checkpoint was deleted) broke the learning curve (KeyError).
+            write_text(p.metrics, "")
         return None
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -124,13 +127,8 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop records after ``step`` so a resumed run's log has no duplicates."""
-        if not self.paths.metrics.exists() or not dist.is_main():
-            return
-        kept = [
-            line for line in self.paths.metrics.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
-        write_text(self.paths.metrics, "".join(line + "\n" for line in kept))
+        if dist.is_main():
+            keep_jsonl(self.paths.metrics, lambda r: r.get("step", step + 1) <= step)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -185,13 +183,21 @@ class Trainer:
         stopped_early = False
         with Progress(*columns, console=self.console, disable=not show, transient=False) as bar:
             task = bar.add_task("train", total=total, completed=state["step"], info="")
-            window: list[dict[str, float]] = []
+            # The steps since the last train record live in the checkpointed state, so the first
+            # record after a resume averages the same steps as an uninterrupted run's would.
+            window: list[dict[str, float]] = state.setdefault("window", [])
             t_start = time.perf_counter() - state["train_seconds"]
             for step in range(state["step"] + 1, total + 1):
                 learner.train()
                 optimizer.zero_grad(set_to_none=True)
-                batch = dist.shard(sample_batch(train_source, cfg.episodes.meta_batch, generator)).to(self.device)
-                stats = learner.meta_step(batch)
+                if getattr(train_source, "variable", False):
+                    # Meta-Dataset episodes differ in size and do not stack: one task at a time, gradients averaged.
+                    tasks = [train_source.sample(generator) for _ in range(cfg.episodes.meta_batch)]
+                    tasks = [t.to(self.device) for t in tasks[dist.rank() :: dist.world_size()]]
+                    stats = meta_step_each(learner.meta_step, tasks, params)
+                else:
+                    batch = dist.shard(sample_batch(train_source, cfg.episodes.meta_batch, generator)).to(self.device)
+                    stats = learner.meta_step(batch)
                 dist.average_gradients(params)
                 if cfg.train.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
@@ -204,7 +210,7 @@ class Trainer:
                 if step % max(1, cfg.train.val_every // 10) == 0 or step == total:
                     mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                     self._log({"split": "train", "step": step, **mean, "lr": schedule.get_last_lr()[0], "seconds": round(state["train_seconds"], 3)})
-                    window = []
+                    window.clear()
                 if step % cfg.train.val_every == 0 or step == total:
                     result = evaluate_learner(learner, val_episodes, device=self.device)
                     self._log({"split": "val", "step": step, metric: result.mean, "ci95": result.ci95})
@@ -230,6 +236,7 @@ class Trainer:
                     break
         if self.writer is not None:
             self.writer.close()
+        chosen = self._after_training(learner, show)
         summary = {
             "steps": state["step"],
             "stopped_early": stopped_early,
@@ -241,6 +248,7 @@ class Trainer:
             "device": str(self.device),
             "world_size": dist.world_size(),
             "parameters": sum(p.numel() for p in params),
+            **chosen,
         }
         if dist.is_main():
             from metakit.reporting import learning_curve, write_report
@@ -251,6 +259,31 @@ class Trainer:
             learning_curve(self.paths.metrics, self.paths.curve, metric)
             write_report(self.paths.root)
         return summary
+
+    def _after_training(self, learner: torch.nn.Module, show: bool) -> dict[str, Any]:
+        """Let a learner make its post-training choices on the best weights (P>M>F's fine-tuning lr).
+
+        A learner with an ``after_training(experiment, progress)`` method gets the best checkpoint's
+        weights, returns what it chose (recorded in ``training.json``) and may change its buffers;
+        the changed entries are written into ``best.pt`` and ``last.pt``, so every later
+        evaluation uses them.
+        """
+        hook = getattr(learner, "after_training", None)
+        if hook is None or not dist.is_main() or not self.paths.best.is_file():
+            return {}
+        from metakit.utils import load_checkpoint
+
+        best = load_checkpoint(self.paths.best, "delete the run and train again", keys=("learner",))
+        learner.load_state_dict(best["learner"])
+        before = {k: v.clone() for k, v in learner.state_dict().items()}
+        chosen = hook(self.exp, progress=show)
+        after = learner.state_dict()
+        changed = {k: v for k, v in after.items() if not torch.equal(v, before[k])}
+        torch_save({**best, "learner": after}, self.paths.best)
+        if changed and self.paths.last.is_file():
+            last = load_checkpoint(self.paths.last, "delete the run and train again", keys=("learner",))
+            torch_save({**last, "learner": {**last["learner"], **changed}}, self.paths.last)
+        return dict(chosen)
 
     def _fit_without_parameters(self, threads: int) -> dict[str, Any]:
         """A learner with nothing to train (a no-meta-training baseline): validate once, write the run.

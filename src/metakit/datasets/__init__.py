@@ -46,6 +46,10 @@ class DatasetSpec:
         splitter: optional ``"module:function"`` ``(dataset, split, seed, fractions) -> dict``
             for dataset-specific named splits; ``group`` and ``class`` always work.
         splits: the split names the dataset supports (shown in errors and ``metakit datasets``).
+        image_options: for datasets made from image files, ``"module:function"`` mapping the
+            loader's options (defaults filled in) to the
+            :class:`~metakit.datasets.folder.ImageOptions` that turn an image file into one of its
+            tensors; see :func:`metakit.datasets.folder.image_options_for`.
     """
 
     name: str
@@ -57,6 +61,7 @@ class DatasetSpec:
     status: str
     splitter: str | None = None
     splits: tuple[str, ...] = ("group", "class")
+    image_options: str | None = None
 
     def resolve(self, attr: str) -> Callable[..., Any]:
         """Import and return the function named by ``attr`` (``loader``, ``status``, ``splitter``)."""
@@ -91,7 +96,9 @@ def load_splits(
     """Load a classification dataset and split its classes into ``train``/``val``/``test``.
 
     ``rotations`` adds each class rotated by 90/180/270 degrees as new classes *after* the split,
-    so a class and its rotations always fall in the same split.
+    so a class and its rotations always fall in the same split. ``split: auto`` picks the
+    dataset's published split when it records one (your own ``train/val/test`` folders), else
+    ``group`` when its classes have groups, else ``class``.
     """
     spec = get_dataset(name)
     if spec.task_type == "recommendation":
@@ -102,6 +109,9 @@ def load_splits(
     if spec.task_type != "classification":
         raise MetakitError(f"dataset {name!r} is a {spec.task_type} task distribution, not a class dataset.")
     dataset = call_with_options(spec.resolve("loader"), options, f"dataset {name!r}")
+    if split == "auto":
+        has_published = bool(getattr(dataset, "class_splits", None)) and "published" in spec.splits
+        split = "published" if has_published else "group" if dataset.class_groups else "class"
     if split == "group":
         parts = group_split(dataset, fractions, seed)
     elif split == "class":
@@ -109,7 +119,7 @@ def load_splits(
     elif spec.splitter and split in spec.splits:
         parts = spec.resolve("splitter")(dataset, split, seed, fractions)
     else:
-        raise unknown_name(f"split for dataset {name!r}", split, spec.splits)
+        raise unknown_name(f"split for dataset {name!r}", split, ("auto", *spec.splits))
     if rotations:
         parts = {k: rotate_classes(v) for k, v in parts.items()}
     return parts
@@ -124,6 +134,7 @@ register_dataset(
         task_type="classification",
         loader="metakit.datasets.glyphs:load_glyphs",
         status="metakit.datasets.glyphs:glyphs_status",
+        image_options="metakit.datasets.folder:ink_image_options",
     )
 )
 register_dataset(
@@ -137,6 +148,7 @@ register_dataset(
         status="metakit.datasets.omniglot:omniglot_status",
         splitter="metakit.datasets.omniglot:omniglot_splits",
         splits=("group", "class", "vinyals", "lake"),
+        image_options="metakit.datasets.folder:ink_image_options",
     )
 )
 register_dataset(
@@ -155,6 +167,7 @@ register_dataset(
 # records its published class split, so load_splits(name, split="published") returns exactly the
 # published train/val/test classes.
 _PUBLISHED = "metakit.datasets.imagesets:published_splits"
+_PHOTO = "metakit.datasets.folder:photo_image_options"
 _CIFAR100 = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (downloaded, sha256-verified)"
 register_dataset(
     DatasetSpec(
@@ -169,6 +182,7 @@ register_dataset(
         status="metakit.datasets.miniimagenet:miniimagenet_status",
         splitter=_PUBLISHED,
         splits=("published", "class"),
+        image_options=_PHOTO,
     )
 )
 register_dataset(
@@ -184,6 +198,7 @@ register_dataset(
         status="metakit.datasets.tieredimagenet:tieredimagenet_status",
         splitter=_PUBLISHED,
         splits=("published", "group", "class"),
+        image_options=_PHOTO,
     )
 )
 register_dataset(
@@ -198,6 +213,7 @@ register_dataset(
         status="metakit.datasets.cifarfs:cifarfs_status",
         splitter=_PUBLISHED,
         splits=("published", "group", "class"),
+        image_options=_PHOTO,
     )
 )
 register_dataset(
@@ -211,6 +227,7 @@ register_dataset(
         status="metakit.datasets.fc100:fc100_status",
         splitter=_PUBLISHED,
         splits=("published", "group", "class"),
+        image_options=_PHOTO,
     )
 )
 register_dataset(
@@ -225,6 +242,7 @@ register_dataset(
         status="metakit.datasets.cub:cub_status",
         splitter=_PUBLISHED,
         splits=("published", "class"),
+        image_options=_PHOTO,
     )
 )
 
@@ -273,6 +291,50 @@ register_dataset(
         status=f"{_TEXT}:clinc150_status",
         splitter=f"{_TEXT}:domain_splits",
         splits=("domain", "group", "class"),
+    )
+)
+
+# Your own data: a folder of images, a CSV/JSONL of labelled texts, or arrays in an .npz
+# (README "Your own data"). Class names come from your folder names / labels.
+_YOURS = "your own files"
+register_dataset(
+    DatasetSpec(
+        name="folder",
+        summary="Your images, one folder per class: ROOT/<class>/<image>, optionally ROOT/{train,val,test}/... "
+        "(split: published) or a group level (groups: true, split: group); any format Pillow reads.",
+        source=_YOURS + " (dataset.root)",
+        license="yours",
+        task_type="classification",
+        loader="metakit.datasets.folder:load_folder",
+        status="metakit.datasets.folder:folder_status",
+        splitter="metakit.datasets.folder:folder_splits",
+        splits=("published", "group", "class"),
+        image_options="metakit.datasets.folder:folder_image_options",
+    )
+)
+for _kind in ("csv", "jsonl"):
+    register_dataset(
+        DatasetSpec(
+            name=_kind,
+            summary=f"Your labelled texts in a .{_kind} (text_column, label_column, optional group_column), "
+            "as frozen all-MiniLM-L6-v2 embeddings (needs metakit[text]).",
+            source=_YOURS + " (dataset.path)",
+            license="yours",
+            task_type="classification",
+            loader=f"{_TEXT}:load_{_kind}",
+            status=f"{_TEXT}:table_status",
+        )
+    )
+register_dataset(
+    DatasetSpec(
+        name="arrays",
+        summary="Your arrays in an .npz: x (float features, or uint8 images [N,C,H,W] / [N,H,W]), y (labels), "
+        "optional groups and class_names.",
+        source=_YOURS + " (dataset.path)",
+        license="yours",
+        task_type="classification",
+        loader="metakit.datasets.arrays:load_arrays",
+        status="metakit.datasets.arrays:arrays_status",
     )
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +56,101 @@ class ClassDataset:
         order = torch.argsort(self.labels, stable=True)
         counts = torch.bincount(self.labels, minlength=self.num_classes).tolist()
         self._index = list(torch.split(order, counts))
+
+    @classmethod
+    def from_tensors(
+        cls,
+        x: Any,
+        y: Any,
+        class_names: Sequence[str] | None = None,
+        groups: Sequence[Any] | None = None,
+        name: str = "tensors",
+    ) -> ClassDataset:
+        """A class dataset from items ``x`` and labels ``y`` (arrays, tensors or lists).
+
+        Args:
+            x: ``N`` items. uint8 ``[N, C, H, W]`` or ``[N, H, W]`` are images (channels-last
+                ``[N, H, W, C]`` with ``C`` 1 or 3 is transposed); anything else numeric becomes
+                float32 feature vectors ``[N, ...]`` used as they are (finite values only).
+            y: ``N`` labels of any kind (strings, integers, ...). Without ``class_names`` the
+                classes are the distinct labels in sorted order, named ``str(label)``.
+            class_names: the class names in index order. Integer labels ``0..len-1`` index it;
+                other labels must be among the names. Every name needs at least one item.
+            groups: optional per-item group (e.g. domain or alphabet), constant within a class,
+                for ``split: group``.
+            name: dataset name shown in errors and reports.
+
+        Raises:
+            MetakitError: shapes, labels or groups that do not fit, in one line.
+        """
+        items = _as_items(x, name)
+        labels = np.asarray(y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y)
+        if labels.ndim != 1 or len(labels) != len(items):
+            raise MetakitError(
+                f"dataset {name!r}: y must hold one label per item ({len(items)}), got shape {list(labels.shape)}."
+            )
+        if labels.dtype.kind == "S":
+            labels = labels.astype(str)
+        if labels.dtype.kind == "f" and not np.all(np.isfinite(labels) & (labels == np.round(labels))):
+            raise MetakitError(
+                f"dataset {name!r}: y holds non-integer numbers (e.g. {labels[~(labels == np.round(labels))][:1].tolist()}), "
+                f"which look like regression targets; few-shot classification needs class labels."
+            )
+        if labels.dtype.kind == "f":
+            labels = labels.astype(np.int64)  # whole numbers stored as floats (e.g. from a CSV)
+        elif labels.dtype.kind not in "biuU":
+            labels = labels.astype(str)  # mixed Python objects: classes by their text
+        if class_names is None:
+            uniq, index = np.unique(labels, return_inverse=True)
+            names = [str(v) for v in uniq.tolist()]
+        else:
+            names = [str(n) for n in class_names]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise MetakitError(f"dataset {name!r}: class_names repeats {repeated[:3]}; give each class one name.")
+            if labels.dtype.kind in "iub":
+                index = labels.astype(np.int64)
+                out = (index < 0) | (index >= len(names))
+                if out.any():
+                    raise MetakitError(
+                        f"dataset {name!r}: label {int(index[out][0])} has no class name (class_names has {len(names)}, "
+                        f"so labels must be 0..{len(names) - 1}); fix y or class_names."
+                    )
+            else:
+                lookup = {n: i for i, n in enumerate(names)}
+                text = [str(v) for v in labels.tolist()]
+                unknown = sorted({t for t in text if t not in lookup})
+                if unknown:
+                    raise MetakitError(
+                        f"dataset {name!r}: label(s) {unknown[:3]} are not in class_names; add them or fix y."
+                    )
+                index = np.fromiter((lookup[t] for t in text), dtype=np.int64, count=len(text))
+            empty = [names[c] for c in sorted(set(range(len(names))) - set(np.unique(index).tolist()))]
+            if empty:
+                raise MetakitError(
+                    f"dataset {name!r}: class(es) {empty[:3]} of class_names have no items; remove them from class_names."
+                )
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        class_groups = None
+        if groups is not None:
+            per_item = [str(g) for g in (groups.tolist() if hasattr(groups, "tolist") else groups)]
+            if len(per_item) != len(items):
+                raise MetakitError(
+                    f"dataset {name!r}: groups must hold one group per item ({len(items)}), got {len(per_item)}."
+                )
+            class_groups = [""] * len(names)
+            seen = [False] * len(names)
+            for c, g in zip(index.tolist(), per_item):
+                if not seen[c]:
+                    class_groups[c], seen[c] = g, True
+                elif class_groups[c] != g:
+                    raise MetakitError(
+                        f"dataset {name!r}: class {names[c]!r} has items in groups {class_groups[c]!r} and {g!r}; "
+                        f"a class must belong to one group."
+                    )
+        return cls(
+            name=name, images=items, labels=torch.from_numpy(index), class_names=names, class_groups=class_groups
+        )
 
     @property
     def num_classes(self) -> int:
@@ -104,6 +200,39 @@ class ClassDataset:
         )
 
 
+def _as_items(x: Any, name: str) -> torch.Tensor:
+    """``x`` as a uint8 image tensor ``[N, C, H, W]`` or a float32 feature tensor ``[N, ...]``."""
+    if isinstance(x, torch.Tensor):
+        items = x.detach().cpu()
+    else:
+        arr = np.ascontiguousarray(np.asarray(x))
+        if arr.dtype.kind not in "biuf":
+            raise MetakitError(f"dataset {name!r}: x must be numeric, got NumPy dtype {arr.dtype}.")
+        items = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    if items.dim() < 2:
+        raise MetakitError(
+            f"dataset {name!r}: x must hold one row per item ([N, features] or images), got shape {list(items.shape)}."
+        )
+    if items.dtype == torch.uint8 and items.dim() in (3, 4):
+        if items.dim() == 3:
+            return items.unsqueeze(1).contiguous()
+        if items.shape[1] not in (1, 3) and items.shape[3] in (1, 3):
+            return items.permute(0, 3, 1, 2).contiguous()  # channels-last, as PIL and NumPy images come
+        return items.contiguous()
+    if items.is_complex() or not (items.is_floating_point() or items.dtype in _NUMERIC):
+        raise MetakitError(f"dataset {name!r}: x must be numeric, got {items.dtype}.")
+    items = items.to(torch.float32)
+    bad = int((~torch.isfinite(items)).sum())
+    if bad:
+        raise MetakitError(f"dataset {name!r}: x holds {bad} NaN or infinite value(s); fill or drop those items.")
+    return items.contiguous()
+
+
+_NUMERIC = (
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32, torch.uint64,
+)
+
+
 def _check_fractions(fractions: Sequence[float]) -> None:
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise MetakitError(
@@ -141,8 +270,10 @@ def group_split(
     groups are shuffled with ``seed`` and cut by ``fractions`` of the number of groups.
     """
     if not dataset.class_groups:
+        published = " or split: published (its train/val/test folders)" if getattr(dataset, "class_splits", None) else ""
         raise MetakitError(
-            f"dataset {dataset.name!r} has no groups; use split: class instead of split: group."
+            f"dataset {dataset.name!r} has no groups; use split: class{published} instead of split: group "
+            f"(split: auto picks one)."
         )
     all_groups = dataset.groups
     if groups is None:

@@ -31,6 +31,7 @@ import io
 import os
 import pickle
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -450,7 +451,23 @@ class Decoded:
     groups: list[str] | None = None
 
 
-_CACHE_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+_CACHE_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _consistent(dec: Decoded, image_size: int) -> bool:
+    """Whether a cached :class:`Decoded` is whole: a damaged or foreign npz must be rebuilt, not used."""
+    n = len(dec.names)
+    return (
+        n > 0
+        and dec.images.dtype == np.uint8
+        and dec.images.ndim == 4
+        and dec.images.shape[2:] == (image_size, image_size)
+        and dec.labels.shape == (len(dec.images),)
+        and len(dec.splits) == n
+        and set(dec.splits) <= set(SPLITS)
+        and (dec.groups is None or len(dec.groups) == n)
+        and 0 <= int(dec.labels.min()) <= int(dec.labels.max()) < n
+    )
 
 
 def _load_cached(path: Path, display: str, image_size: int, max_memory_gb: float | None) -> Decoded | None:
@@ -459,7 +476,8 @@ def _load_cached(path: Path, display: str, image_size: int, max_memory_gb: float
             n = int(z["labels"].shape[0])
             check_memory(display, n, image_size, max_memory_gb)
             groups = z["groups"].tolist() if bool(z["has_groups"]) else None
-            return Decoded(z["images"], z["labels"], z["names"].tolist(), z["splits"].tolist(), groups)
+            dec = Decoded(z["images"], z["labels"], z["names"].tolist(), z["splits"].tolist(), groups)
+        return dec if _consistent(dec, image_size) else None
     except _CACHE_ERRORS:
         return None  # an unreadable cache entry is rebuilt, never an error for the user
 

@@ -18,7 +18,9 @@ import hashlib
 import io
 import os
 import re
+import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,23 +330,46 @@ def _decoded_path(source: _Source, image_size: int, set_name: str) -> Path:
     return cache_dir("omniglot", "decoded") / f"{set_name}-{image_size}px-{key}.npz"
 
 
+# Everything a damaged decoded-cache file can raise while being read (truncated, emptied, random
+# bytes, another program's npz, a folder in its place); any of them means "decode again".
+_CACHE_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _read_decoded(path: Path, image_size: int) -> _Decoded:
+    with np.load(path, allow_pickle=False) as z:
+        dec = _Decoded(z["images"], z["labels"], z["names"].tolist(), z["groups"].tolist(), z["ids"].tolist())
+    n = len(dec.names)
+    if (
+        dec.images.dtype != np.uint8
+        or dec.images.shape[1:] != (image_size, image_size)
+        or dec.labels.shape != (len(dec.images),)
+        or not n
+        or len(dec.groups) != n
+        or len(dec.ids) != n
+        or not 0 <= int(dec.labels.min()) <= int(dec.labels.max()) < n
+    ):
+        raise ValueError(f"inconsistent arrays in {path}")
+    return dec
+
+
 def _load_set(source: _Source, image_size: int, set_name: str) -> _Decoded:
     path = _decoded_path(source, image_size, set_name)
     if path.exists():
         try:
-            with np.load(path, allow_pickle=False) as z:
-                return _Decoded(
-                    z["images"], z["labels"], z["names"].tolist(), z["groups"].tolist(), z["ids"].tolist()
-                )
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            pass  # an unreadable cache entry is rebuilt below, never an error for the user
+            return _read_decoded(path, image_size)
+        except _CACHE_ERRORS:
+            pass  # a damaged cache entry is rebuilt below, never an error for the user
     dec = _decode(source, image_size, set_name)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        # A file object, because np.savez would append ".npz" to the temporary name.
-        np.savez(
-            f, images=dec.images, labels=dec.labels, names=np.array(dec.names),
-            groups=np.array(dec.groups), ids=np.array(dec.ids, dtype=np.int64),
-        )
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            # A file object, because np.savez would append ".npz" to the temporary name.
+            np.savez(
+                f, images=dec.images, labels=dec.labels, names=np.array(dec.names),
+                groups=np.array(dec.groups), ids=np.array(dec.ids, dtype=np.int64),
+            )
+    except OSError as exc:
+        # The decoded data are in memory; a cache that cannot be written only costs the next run time.
+        warnings.warn(f"omniglot: could not cache the decoded set at {path}: {exc}", stacklevel=2)
     return dec
 
 

@@ -148,6 +148,15 @@ def _number(name: str, key: str, value: Any) -> float:
     return value
 
 
+def _count(value: Any) -> int | None:
+    """``value`` as an integer (``20``, ``2e1``), or ``None`` if it is not a whole number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return int(value)
+
+
 def parse_param(name: str, spec: Any) -> Param:
     """Parse one ``tune.space`` entry; a list is shorthand for ``{choices: [...]}``."""
     if not isinstance(name, str) or not name or any(not part for part in name.split(".")):
@@ -245,10 +254,14 @@ def parse_tune(data: Mapping[str, Any], source: str = "<dict>") -> TuneSpec:
     pruner = str(tune.get("pruner", "median")).lower()
     check_sampler(sampler)
     check_pruner(pruner)
-    trials = tune.get("trials", 20)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise MetakitError(f"tune.trials must be a positive integer, got {trials!r}.")
+    trials = _count(tune.get("trials", 20))
+    if trials is None or trials < 1:
+        raise MetakitError(f"tune.trials must be a positive integer, got {tune.get('trials')!r}.")
     seed = tune.get("seed")
+    if seed is not None:
+        seed = _count(seed)
+        if seed is None or seed < 0:
+            raise MetakitError(f"tune.seed must be a non-negative integer, got {tune.get('seed')!r}.")
     spec = TuneSpec(data, params, sampler, pruner, trials, seed, source)
     validate_keys(spec)
     return spec

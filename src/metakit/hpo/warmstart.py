@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from metakit.config import yaml_load
 from metakit.errors import MetakitError, unknown_name
 from metakit.hpo.metafeatures import metafeature_distances
 from metakit.utils import write_text
@@ -407,8 +408,8 @@ def load_portfolio(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, An
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        data = yaml_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise MetakitError(f"cannot read portfolio {path}: {type(exc).__name__}; give a file written by metakit.") from None
     if not isinstance(data, dict) or data.get("kind") != PORTFOLIO_KIND or not isinstance(data.get("configs"), list):
         raise MetakitError(f"{path} is not a metakit portfolio file (kind: {PORTFOLIO_KIND}, configs: [...]).")

@@ -40,5 +40,7 @@ def build_learner(name: str, backbone: nn.Module, task: TaskInfo, **options: Any
 from metakit.learners import anil, cavia, finetune, maml, mamlpp, metasgd, protonet, reptile  # noqa: E402,F401
 from metakit.learners import matching, metabaseline, r2d2, relation  # noqa: E402,F401
 from metakit.learners import centroid, logreg  # noqa: E402,F401  (no-meta-training baselines)
+from metakit.learners import pmf  # noqa: E402,F401  (P>M>F: ProtoNet on a pretrained backbone + test-time fine-tuning)
+from metakit.learners import setfit_style  # noqa: E402,F401  (fine-tunes the sentence encoder per task)
 
 __all__ = ["LEARNERS", "Learner", "NonFiniteLoss", "Predictor", "TaskInfo", "build_learner", "register_learner"]

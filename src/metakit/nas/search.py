@@ -43,10 +43,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from rich.console import Console
 
-from metakit.config import Config, call_with_options, config_from_dict, merge, parse_overrides, read_yaml_mapping
+from metakit.config import (
+    Config, _coerce, call_with_options, config_from_dict, merge, parse_overrides, read_yaml_mapping, yaml_dump,
+)
 from metakit.errors import MetakitError, unknown_name
 from metakit.nas.genotype import Genotype, check_discretization, discretize, draw, input_label, random_genotype
 from metakit.nas.space import SearchSpace, edge_index
@@ -90,7 +91,9 @@ def _settings(data: Any) -> NasSettings:
             close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise MetakitError(f"unknown config key nas.{key}.{hint} Valid keys in nas: {', '.join(sorted(valid))}.")
-    s = NasSettings(**data)
+    # The same number parsing as every other config key: 5e1 steps, "1e-1" tolerance.
+    hints = {**dict.fromkeys(_INTS, int), "param_tolerance": float}
+    s = NasSettings(**{k: _coerce("nas", k, v, hints[k]) if k in hints else v for k, v in data.items()})
     if s.method not in METHODS:
         raise unknown_name("nas.method", s.method, METHODS)
     for key in _INTS:
@@ -223,7 +226,7 @@ def search(spec: NasSpec, out: str | Path, resume: bool = False, progress: bool 
 
     exp = build_experiment(spec.config())  # every config problem fails here, before the run directory exists
     out.mkdir(parents=True, exist_ok=True)
-    write_text(saved_path, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    write_text(saved_path, yaml_dump(spec.to_dict()))
     s, space = spec.settings, spec.space()
     if progress:
         console.print(f"[bold]metakit nas search[/]: {s.method} over {space.cells} cells of {space.nodes} nodes, "

@@ -12,9 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from metakit.config import _build, merge, parse_overrides, read_yaml_mapping
+from metakit.config import _build, check_threads, merge, parse_overrides, read_yaml_mapping, yaml_dump
 from metakit.errors import MetakitError, unknown_name
 from metakit.recsys.tasks import SCENARIOS, TaskRules, check_scenarios
 
@@ -110,12 +108,13 @@ class RecsysConfig:
 
     def to_yaml(self) -> str:
         """The resolved config as YAML."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml_dump(self.to_dict())
 
     def check(self) -> RecsysConfig:
         """Raise a one-line error for values no run can use; return ``self``."""
         if self.data.source not in SOURCES:
             raise unknown_name("data source", self.data.source, SOURCES)
+        check_threads("threads", self.threads)
         if self.data.format not in ("ml-1m", "ml-100k"):
             raise MetakitError(f"data.format must be ml-1m or ml-100k, got {self.data.format!r}.")
         if not isinstance(self.data.synthetic, dict):

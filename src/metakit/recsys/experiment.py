@@ -39,7 +39,7 @@ from metakit.recsys.movielens import RatingsData, load_movielens
 from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
 from metakit.recsys.tasks import SCENARIOS, Split, UserTask, build_split, training_task
 from metakit.runs import RunPaths
-from metakit.utils import seed_everything, set_threads, torch_save, write_json, write_text
+from metakit.utils import load_checkpoint, seed_everything, set_threads, torch_save, write_json, write_text
 
 console = Console(stderr=True)
 Predictor = Callable[[Sequence[UserTask]], list[np.ndarray]]
@@ -57,6 +57,23 @@ DISPLAY = {
 def models_path(run_dir: str | Path) -> Path:
     """Where a run keeps its fitted methods."""
     return Path(run_dir) / "checkpoints" / "models.pt"
+
+
+def _loadable(obj: Any) -> Any:
+    """``obj`` with NumPy arrays as tensors and NumPy scalars as Python numbers.
+
+    ``torch.load(weights_only=True)`` refuses NumPy objects; the baselines rebuild their arrays
+    with ``np.asarray``, which takes the tensors back unchanged.
+    """
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _loadable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_loadable(v) for v in obj)
+    return obj
 
 
 def load_ratings(config: RecsysConfig) -> RatingsData:
@@ -152,7 +169,7 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
             else:
                 states[key], info = _fit_melu(config, key, features, split, mu, seed, epochs)
             methods[key] = {**info, "fit_seconds": time.perf_counter() - t0}
-    torch_save(states, models_path(out))
+    torch_save(_loadable(states), models_path(out))
     summary = {
         "data": data.describe(),
         "fingerprint": states["fingerprint"],
@@ -252,10 +269,7 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
     path = models_path(run_dir)
     if not path.is_file():
         raise MetakitError(f"{path} not found; train the run first (metakit recsys train CONFIG --out {run_dir}).")
-    try:
-        states = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file: one line
-        raise MetakitError(f"{path} is corrupt or not a recsys checkpoint ({type(exc).__name__}); train again.") from None
+    states = load_checkpoint(path, f"train again (metakit recsys train CONFIG --out {run_dir})", keys=("fingerprint",))
     threads = set_threads(config.threads)
     data = load_ratings(config)
     if fingerprint(data) != states.get("fingerprint"):

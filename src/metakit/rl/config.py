@@ -13,9 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from metakit.config import _build, merge, parse_overrides, read_yaml_mapping
+from metakit.config import _build, merge, parse_overrides, read_yaml_mapping, yaml_dump
 from metakit.errors import MetakitError
 
 ALGORITHMS = ("maml-rl", "rl2", "pearl")
@@ -138,7 +136,7 @@ class RLConfig:
 
     def to_yaml(self) -> str:
         """The resolved config as YAML."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml_dump(self.to_dict())
 
     def validate(self) -> RLConfig:
         """Check values that the types alone do not; returns ``self``."""

@@ -32,7 +32,7 @@ from metakit.rl.config import RLConfig, rl_config_from_dict
 from metakit.rl.maml_rl import MamlRL
 from metakit.rl.tasks import make_env, task_env
 from metakit.rl.training import build
-from metakit.utils import atomic_path, set_threads, write_json, write_text
+from metakit.utils import atomic_path, load_checkpoint, read_jsonl, set_threads, write_json, write_text
 
 
 def load_rl_run(run_dir: str | Path) -> RLConfig:
@@ -50,10 +50,10 @@ def _load_policy_state(run_dir: Path, phase: str) -> dict[str, Any] | None:
     path = run_dir / "checkpoints" / f"{phase}.pt"
     if not path.is_file():
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)["algorithm"]["policy"]
-    except Exception as exc:  # a truncated or foreign file: one line
-        raise MetakitError(f"checkpoint {path} is corrupt or not a metakit rl checkpoint ({type(exc).__name__}); re-run training.") from None
+    saved = load_checkpoint(path, "re-run training", keys=("algorithm",))
+    if not isinstance(saved["algorithm"], dict) or "policy" not in saved["algorithm"]:
+        raise MetakitError(f"checkpoint {path} is not a metakit rl checkpoint (no policy weights); re-run training.")
+    return saved["algorithm"]["policy"]
 
 
 def _summarise(per_task: np.ndarray) -> list[dict[str, float]]:
@@ -165,7 +165,10 @@ def learning_curves(run_dir: Path) -> None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # Lines cut by a kill, or written by another kind of run in the same folder, stay out of the plot.
+    records = [r for r in read_jsonl(path) if "phase" in r and "iteration" in r]
+    if not records:
+        return
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for phase in dict.fromkeys(r["phase"] for r in records):

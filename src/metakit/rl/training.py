@@ -37,7 +37,7 @@ from metakit.rl.policies import MLPPolicy, RecurrentPolicy, space_sizes
 from metakit.rl.rl2 import RL2, TrialRunner
 from metakit.rl.rollout import make_vector_env
 from metakit.rl.tasks import TaskEnv, make_env, task_env
-from metakit.utils import set_threads, torch_save, write_json, write_text
+from metakit.utils import keep_jsonl, load_checkpoint, set_threads, torch_save, write_json, write_text
 
 PHASES = ("meta", "pretrained")
 
@@ -159,6 +159,7 @@ class RLTrainer:
         else:
             self.root.mkdir(parents=True, exist_ok=True)
             write_text(config_path, self.config.to_yaml())
+            write_text(self.root / "metrics.jsonl", "")  # a fresh run never appends to an older run's log
 
     def fit(self) -> dict[str, Any]:
         """Train every phase; returns the summary also written to ``training.json``."""
@@ -185,10 +186,8 @@ class RLTrainer:
         start, seconds, env_steps = 0, 0.0, 0.0
         path = self.checkpoint(phase)
         if path.exists():
-            try:
-                saved = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as exc:  # truncated or foreign file: one line
-                raise MetakitError(f"checkpoint {path} is corrupt ({type(exc).__name__}); delete it to start over.") from None
+            saved = load_checkpoint(path, f"delete {path} to start over",
+                                    keys=("algorithm", "iteration", "train_seconds", "env_steps"))
             algo.load_state_dict(saved["algorithm"])
             start, seconds, env_steps = saved["iteration"], saved["train_seconds"], saved["env_steps"]
         self._truncate_metrics(phase, start)
@@ -225,12 +224,8 @@ class RLTrainer:
 
     def _truncate_metrics(self, phase: str, iteration: int) -> None:
         """Drop a phase's records after ``iteration`` so a resumed run's log has no duplicates."""
-        path = self.root / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and (json.loads(line)["phase"] != phase or json.loads(line)["iteration"] <= iteration)]
-        write_text(path, "".join(line + "\n" for line in kept))
+        keep_jsonl(self.root / "metrics.jsonl",
+                   lambda r: r.get("phase") != phase or r.get("iteration", iteration + 1) <= iteration)
 
 
 def train_rl(config: RLConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:

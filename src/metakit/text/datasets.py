@@ -12,6 +12,8 @@ every learner, ``metakit train/evaluate/compare`` and the class or domain splits
 * **HWU64** (Liu et al. 2019): 64 intents in 18 scenarios; fold 1 of the authors' 10-fold
   cross-validation (``KFold_1/trainset`` and ``testset``, 11,036 utterances, pooled), text from the
   ``answer_from_anno`` column; split by scenario (``split: domain``).
+* **Your own texts** (``csv``, ``jsonl``): a CSV/TSV file or JSON Lines of labelled sentences;
+  the labels are the classes, an optional group column gives their groups (``split: group``).
 * **CLINC150** (Larson et al. 2019): 150 intents in 10 domains; the in-scope ``train``, ``val`` and
   ``test`` parts of ``data_full.json`` pooled (150 per intent; the out-of-scope queries are not an
   intent and are left out), domains from ``domains.json``; split by domain (``split: domain``).
@@ -32,7 +34,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,10 +57,14 @@ __all__ = [
     "intent_dataset",
     "load_banking77",
     "load_clinc150",
+    "load_csv",
     "load_hwu64",
+    "load_jsonl",
     "read_banking77",
     "read_clinc150",
     "read_hwu64",
+    "read_table",
+    "table_status",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -163,18 +169,39 @@ def _check_intents(data: IntentData, expected: Sequence[str] | None) -> None:
             raise MetakitError(f"{data.name}: intent(s) {missing[:3]} have no domain in {data.source}.")
 
 
+INPUTS = ("embeddings", "tokens")
+
+
 def intent_dataset(
-    data: IntentData, encoder: str | Encoder = DEFAULT_ENCODER, batch_size: int = 64, progress: bool = True
+    data: IntentData,
+    encoder: str | Encoder = DEFAULT_ENCODER,
+    batch_size: int = 64,
+    progress: bool = True,
+    inputs: str = "embeddings",
+    max_length: int = 128,
 ) -> ClassDataset:
     """Embed ``data``'s sentences (cached) and return them as a class dataset.
 
     Classes are the intents in sorted order; groups are their domains when ``data`` has them.
+    ``inputs: tokens`` stores each sentence's token ids instead (float32 ``[n, L]``, at most
+    ``max_length`` ids, padded with 0) for a backbone that runs the encoder itself
+    (``backbone: transformer``, :mod:`metakit.text.encoder`); items and their order are the
+    same either way, so the same seed draws the same episodes from both.
     """
+    if inputs not in INPUTS:
+        raise unknown_name("dataset inputs", inputs, INPUTS)
     data = data.deduplicated()
     _check_intents(data, None)
     names = sorted(set(data.intents))
     index = {n: i for i, n in enumerate(names)}
-    features = embed_texts(data.texts, encoder, what=data.name, batch_size=batch_size, progress=progress)
+    if inputs == "tokens":
+        if not isinstance(encoder, str):
+            raise MetakitError("inputs: tokens needs encoder to name a registered text model, not an Encoder object.")
+        from metakit.text.encoder import tokenize_texts
+
+        features = tokenize_texts(data.texts, encoder, max_length)
+    else:
+        features = embed_texts(data.texts, encoder, what=data.name, batch_size=batch_size, progress=progress)
     return ClassDataset(
         name=data.name,
         images=features,
@@ -448,7 +475,12 @@ def clinc150_status() -> str:
 
 
 def load_banking77(
-    root: str | os.PathLike | None = None, encoder: str = DEFAULT_ENCODER, batch_size: int = 64, download: bool = True
+    root: str | os.PathLike | None = None,
+    encoder: str = DEFAULT_ENCODER,
+    batch_size: int = 64,
+    download: bool = True,
+    inputs: str = "embeddings",
+    max_length: int = 128,
 ) -> ClassDataset:
     """Banking77 as embeddings: 77 intents (classes), no groups; use ``split: class``.
 
@@ -458,30 +490,218 @@ def load_banking77(
         encoder: registered sentence encoder (default all-MiniLM-L6-v2, needs ``metakit[text]``).
         batch_size: sentences per encoder forward pass (only used when the cache misses).
         download: fetch missing official files; ``False`` makes a missing file an error.
+        inputs: ``embeddings`` (frozen sentence embeddings) or ``tokens`` (token ids for
+            ``backbone: transformer``, which fine-tunes the encoder; see :func:`intent_dataset`).
+        max_length: most token ids kept per sentence with ``inputs: tokens``.
     """
-    return intent_dataset(read_banking77(locate("banking77", root, download)), encoder, batch_size)
+    return intent_dataset(read_banking77(locate("banking77", root, download)), encoder, batch_size, inputs=inputs, max_length=max_length)
 
 
 def load_hwu64(
-    root: str | os.PathLike | None = None, encoder: str = DEFAULT_ENCODER, batch_size: int = 64, download: bool = True
+    root: str | os.PathLike | None = None,
+    encoder: str = DEFAULT_ENCODER,
+    batch_size: int = 64,
+    download: bool = True,
+    inputs: str = "embeddings",
+    max_length: int = 128,
 ) -> ClassDataset:
     """HWU64 fold 1 as embeddings: 64 intents (classes) in 18 scenarios (groups); use ``split: domain``.
 
     ``root`` is the folder holding ``KFold_1/`` (or ``KFold_1`` itself); other arguments as
     :func:`load_banking77`.
     """
-    return intent_dataset(read_hwu64(locate("hwu64", root, download)), encoder, batch_size)
+    return intent_dataset(read_hwu64(locate("hwu64", root, download)), encoder, batch_size, inputs=inputs, max_length=max_length)
 
 
 def load_clinc150(
-    root: str | os.PathLike | None = None, encoder: str = DEFAULT_ENCODER, batch_size: int = 64, download: bool = True
+    root: str | os.PathLike | None = None,
+    encoder: str = DEFAULT_ENCODER,
+    batch_size: int = 64,
+    download: bool = True,
+    inputs: str = "embeddings",
+    max_length: int = 128,
 ) -> ClassDataset:
     """CLINC150 as embeddings: 150 intents (classes) in 10 domains (groups); use ``split: domain``.
 
     ``root`` is the folder holding ``data_full.json`` and ``domains.json``; other arguments as
     :func:`load_banking77`.
     """
-    return intent_dataset(read_clinc150(locate("clinc150", root, download)), encoder, batch_size)
+    return intent_dataset(read_clinc150(locate("clinc150", root, download)), encoder, batch_size, inputs=inputs, max_length=max_length)
+
+
+# --------------------------------------------------------------------------------------------
+# Your own texts: CSV / TSV / JSON Lines
+
+_TABLE_HINT = {"csv": "a .csv with a header row (e.g. text,label)", "jsonl": 'a .jsonl of {"text": ..., "label": ...} lines'}
+
+
+def _cell(value: object, kind: str, file: Path, line: int, column: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (bool, int, float)):
+        return str(value)
+    raise MetakitError(
+        f"{kind}: {file} line {line}: {column!r} holds {type(value).__name__} {json.dumps(value)[:40]}, not text; "
+        f"make it a string."
+    )
+
+
+def _csv_rows(file: Path, kind: str, delimiter: str, wanted: Sequence[tuple[str, str]]) -> Iterator[tuple[int, dict]]:
+    with open(file, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: spreadsheets write a byte-order mark
+        reader = csv.DictReader(f, delimiter=delimiter)
+        header = [h for h in (reader.fieldnames or []) if h is not None]
+        if not header:
+            raise MetakitError(f"{kind}: {file} is empty; it needs {_TABLE_HINT[kind]} and one row per text.")
+        for option, column in wanted:
+            if column not in header:
+                raise MetakitError(
+                    f"{kind}: {file} has no column {column!r} (its columns: {', '.join(header)}); set dataset.{option} "
+                    f"to one of them."
+                )
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _jsonl_rows(file: Path, kind: str, wanted: Sequence[tuple[str, str]]) -> Iterator[tuple[int, dict]]:
+    with open(file, encoding="utf-8-sig") as f:
+        for line, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise MetakitError(
+                    f"{kind}: {file} line {line} is not valid JSON ({exc.msg}); fix or delete that line."
+                ) from None
+            if not isinstance(obj, dict):
+                raise MetakitError(
+                    f"{kind}: {file} line {line} is not a JSON object; each line must look like "
+                    f'{{"text": "...", "label": "..."}}.'
+                )
+            for option, column in wanted:
+                if column not in obj:
+                    raise MetakitError(
+                        f"{kind}: {file} line {line} has no {column!r} (its keys: {', '.join(map(str, obj)) or 'none'}); "
+                        f"set dataset.{option} to one of them."
+                    )
+            yield line, obj
+
+
+def read_table(
+    path: str | os.PathLike | None,
+    text_column: str = "text",
+    label_column: str = "label",
+    group_column: str | None = None,
+    kind: str | None = None,
+    delimiter: str | None = None,
+) -> IntentData:
+    """Labelled sentences from your CSV/TSV file or JSON Lines file.
+
+    Args:
+        path: the file. ``kind`` ``None`` picks JSON Lines for ``.jsonl``/``.ndjson``, else CSV.
+        text_column: the column (JSON key) holding the sentence.
+        label_column: the column holding its class label; labels are the class names.
+        group_column: optional column holding the label's group (domain); a label must have
+            one group throughout.
+        kind: ``"csv"`` or ``"jsonl"``.
+        delimiter: the CSV field separator (default: tab for ``.tsv``, else comma).
+
+    Raises:
+        MetakitError: a missing file or column (naming the columns there are), invalid JSON, an
+            empty text or label, or a label in two groups; one line naming the file and line.
+    """
+    kind = kind or ("jsonl" if str(path).lower().endswith((".jsonl", ".ndjson")) else "csv")
+    if path is None:
+        raise MetakitError(f"dataset {kind} needs path: set dataset.path to {_TABLE_HINT[kind]}.")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise MetakitError(f"{kind} file {file} does not exist; set dataset.path to {_TABLE_HINT[kind]}.")
+    wanted = [("text_column", text_column), ("label_column", label_column)]
+    if group_column is not None:
+        wanted.append(("group_column", group_column))
+    for option, column in wanted:
+        if not isinstance(column, str) or not column:
+            raise MetakitError(f"{kind}: {option} must be a column name, got {column!r}.")
+    if delimiter is None:
+        delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        raise MetakitError(f"{kind}: delimiter must be one character (e.g. ',' or '\\t'), got {delimiter!r}.")
+    texts, labels, domains, first_line = [], [], {}, {}
+    try:
+        rows = _jsonl_rows(file, kind, wanted) if kind == "jsonl" else _csv_rows(file, kind, delimiter, wanted)
+        for line, row in rows:
+            values = [_cell(row.get(column), kind, file, line, column) for _, column in wanted]
+            if not any(values):
+                continue  # a blank row, as spreadsheets leave at the end
+            for (_, column), value in zip(wanted, values):
+                if not value:
+                    raise MetakitError(f"{kind}: {file} line {line} has an empty {column!r}; fill it in or delete the row.")
+            text, label = values[0], values[1]
+            if group_column is not None:
+                group = values[2]
+                known = domains.setdefault(label, group)
+                if known != group:
+                    raise MetakitError(
+                        f"{kind}: {file}: label {label!r} is in group {known!r} (line {first_line[label]}) and {group!r} "
+                        f"(line {line}); a label must belong to one group, fix {group_column!r}."
+                    )
+                first_line.setdefault(label, line)
+            texts.append(text)
+            labels.append(label)
+    except UnicodeDecodeError:
+        raise MetakitError(f"{kind}: {file} is not UTF-8 text; save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet).") from None
+    except csv.Error as exc:
+        raise MetakitError(f"{kind}: {file} is not valid CSV ({exc}); fix the quoting on that line.") from None
+    if not texts:
+        raise MetakitError(f"{kind}: {file} has no rows; it needs {_TABLE_HINT[kind]} and one row per text.")
+    return IntentData(kind, texts, labels, domains if group_column is not None else None, str(file))
+
+
+def load_csv(
+    path: str | os.PathLike | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    group_column: str | None = None,
+    delimiter: str | None = None,
+    encoder: str = DEFAULT_ENCODER,
+    batch_size: int = 64,
+    inputs: str = "embeddings",
+    max_length: int = 128,
+) -> ClassDataset:
+    """Your labelled texts from a CSV/TSV file, as frozen sentence embeddings (see :func:`read_table`).
+
+    Classes are the labels (sorted), groups the ``group_column`` values; exact duplicate
+    (text, label) rows are dropped. Embeddings are cached by the texts' hash, so a second load
+    (or another run on the same file) does not run the encoder. ``inputs: tokens`` gives token
+    ids for ``backbone: transformer`` instead (as :func:`load_banking77`).
+    """
+    data = read_table(path, text_column, label_column, group_column, kind="csv", delimiter=delimiter)
+    return intent_dataset(data, encoder, batch_size, inputs=inputs, max_length=max_length)
+
+
+def load_jsonl(
+    path: str | os.PathLike | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    group_column: str | None = None,
+    encoder: str = DEFAULT_ENCODER,
+    batch_size: int = 64,
+    inputs: str = "embeddings",
+    max_length: int = 128,
+) -> ClassDataset:
+    """Your labelled texts from a JSON Lines file (one object per line); otherwise as :func:`load_csv`."""
+    data = read_table(path, text_column, label_column, group_column, kind="jsonl")
+    return intent_dataset(data, encoder, batch_size, inputs=inputs, max_length=max_length)
+
+
+def table_status() -> str:
+    """One line for ``metakit datasets``: how to point it at your file, and where embeddings are cached."""
+    return (
+        f"your texts: set dataset.path (text_column, label_column); embeddings cached in "
+        f"{cache_dir() / 'text-embeddings'}"
+    )
 
 
 # --------------------------------------------------------------------------------------------

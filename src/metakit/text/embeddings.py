@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -161,8 +162,11 @@ def embedding_cache_path(encoder: Encoder, texts: Sequence[str], what: str = "te
 def _read_cache(path: Path, rows: int) -> np.ndarray | None:
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None  # unreadable entry: encode again and overwrite it
+    if not isinstance(arr, np.ndarray):  # an npz archive under the .npy name: not ours
+        arr.close()
+        return None
     if arr.ndim != 2 or arr.shape[0] != rows or arr.dtype != np.float32 or not np.isfinite(arr).all():
         return None
     return arr
