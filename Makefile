@@ -19,7 +19,7 @@ $(VENV)/bin/python:
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
 	$(PIP) install -q -c $(CONSTRAINTS) --upgrade pip
 	$(PIP) install -q -c $(CONSTRAINTS) $(TORCH)
-	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[serve]"  # the demo ends with `metakit serve`
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
