@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # torch goes in first and pinned: letting pip pick torch freely pulls a multi-GB CUDA build.
-TORCH := torch==2.13.0
+TORCH := torch==2.14.1 torchvision==0.29.1
 # Every install is pinned by constraints.txt, the exact versions the suite last passed with, so a
 # fresh clone gets what CI tested, not whatever the registries serve today (`make lock` refreshes it).
 CONSTRAINTS := constraints.txt

@@ -7,7 +7,9 @@ reuses the frozen-feature heads (nearest centroid, logistic regression, a meta-t
 head) and Conv-4 ProtoNet trained from scratch (``configs/omniglot-protonet.yaml`` /
 ``configs/quickstart.yaml`` with ``--scratch-steps``), and scores all of them on the same fixed test
 episodes: 5-way 1-shot, 5-way 5-shot, 20-way 1-shot and 20-way 5-shot. This is a cross-domain test:
-ImageNet photographs -> handwritten or rendered characters.
+ImageNet photographs -> handwritten or rendered characters. Glyphs is subsampled to the characters
+that at least ``--glyphs-min-fonts`` fonts draw (15: 549 classes, 10,980 images, instead of 3,527
+classes and 70,540 images), which every run of its table uses.
 
 Part ``pmf`` (Omniglot): trains ``configs/omniglot-pmf.yaml`` (P>M>F: the pretrained encoder's last
 2 blocks meta-trained as a cosine ProtoNet, test-time fine-tuning with the lr chosen on validation
@@ -15,10 +17,16 @@ episodes) and plain ProtoNet on the same backbone and budget, then scores on the
 episodes: P (frozen features, nearest centroid, same input size), plain ProtoNet, P>M (the P>M>F run
 without fine-tuning, ``learner.finetune_lr=0``) and P>M>F.
 
+Part ``metadataset``: Meta-Dataset's protocol (Triantafillou et al. 2020) with ``metakit cross-domain``:
+frozen-feature centroid and logistic regression, and Conv-4 ProtoNet meta-trained on Omniglot with
+Meta-Dataset episodes, each tested on variable-way variable-shot episodes of Omniglot and Glyphs;
+per-dataset accuracy ± CI, then the average rank.
+
 Part ``rate``: the embedding rate at the model's native 224 px on ``--rate-images`` Omniglot images.
 
     python benchmarks/pretrained_backbones.py --threads 1 --episodes 1000 --part heads
     python benchmarks/pretrained_backbones.py --threads 1 --part pmf --pmf-episodes 100
+    python benchmarks/pretrained_backbones.py --threads 1 --part metadataset --md-episodes 300
     python benchmarks/pretrained_backbones.py --threads 1 --part rate
 
 Results go to ``--out`` (``results-<part>.json`` beside the compare folders) and print as tables.
@@ -59,8 +67,11 @@ def _cell(result: dict[str, Any]) -> str:
     return f"{100 * result['mean']:.2f} ± {100 * result['ci95']:.2f}"
 
 
-def _dataset_overrides(dataset: str, root: str) -> list[str]:
-    return [f"dataset.root={root}"] if dataset == "omniglot" and root else []
+def _dataset_overrides(dataset: str, args: argparse.Namespace) -> list[str]:
+    if dataset == "omniglot":
+        return [f"dataset.root={args.root}"] if args.root else []
+    # Glyphs' characters that at least N fonts draw: 3 (its default) keeps 3,527 classes, 15 keeps 549.
+    return [f"dataset.min_fonts={args.glyphs_min_fonts}"] if args.glyphs_min_fonts != 3 else []
 
 
 def cold_embedding(config_name: str, overrides: list[str], cold: bool) -> dict[str, Any]:
@@ -83,7 +94,7 @@ def heads(args: argparse.Namespace) -> dict[str, Any]:
     for dataset in args.datasets:
         common = [
             f"train.threads={args.threads}", f"train.steps={args.scratch_steps}", f"train.val_every={args.scratch_steps // 2}",
-            "eval.val_episodes=100", f"backbone.image_size={args.image_size}", *_dataset_overrides(dataset, args.root),
+            "eval.val_episodes=100", f"backbone.image_size={args.image_size}", *_dataset_overrides(dataset, args),
         ]
         # backbone.image_size only exists for the pretrained configs; Conv-4's config gets the rest.
         pretrained = common
@@ -119,7 +130,7 @@ def heads(args: argparse.Namespace) -> dict[str, Any]:
 def pmf(args: argparse.Namespace) -> dict[str, Any]:
     """P>M>F vs its own ProtoNet (no fine-tuning), plain ProtoNet and frozen features on the same test episodes."""
     folder = Path(args.out) / "pmf"
-    base = [f"train.threads={args.threads}", *_dataset_overrides("omniglot", args.root)]
+    base = [f"train.threads={args.threads}", *_dataset_overrides("omniglot", args)]
     runs: dict[str, Path] = {}
     plans = {
         "P>M>F": ("omniglot-pmf", [], None),
@@ -171,6 +182,44 @@ def pmf(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "summaries": summaries}
 
 
+def metadataset(args: argparse.Namespace) -> dict[str, Any]:
+    """Meta-Dataset's table: learners on variable-way variable-shot episodes of every dataset, then average rank."""
+    from metakit.compare import cross_domain
+
+    folder = Path(args.out) / "metadataset"
+    glyphs = _dataset_overrides("glyphs", args)
+    plans = {
+        # Frozen EfficientNet-Lite0 features, no training: nearest centroid and logistic regression.
+        "lite0-centroid": ("glyphs-pretrained-metadataset", [*glyphs, f"backbone.image_size={args.image_size}"], None),
+        "lite0-logreg": ("glyphs-pretrained-metadataset", [*glyphs, f"backbone.image_size={args.image_size}"],
+                         {"name": "logreg", "C": 10.0, "normalize": True}),
+        # Conv-4 ProtoNet meta-trained from scratch on Omniglot's alphabets with Meta-Dataset episodes.
+        "conv4-protonet-omniglot": ("omniglot-protonet", [*_dataset_overrides("omniglot", args), "episodes.sampler=metadataset",
+                                    f"train.steps={args.md_steps}", f"train.val_every={args.md_steps}", "eval.val_episodes=50"], None),
+    }
+    runs = []
+    for name, (base, overrides, learner) in plans.items():
+        data = read_yaml_mapping(CONFIGS / f"{base}.yaml")
+        if learner is not None:
+            data["learner"] = learner
+        config = config_from_dict(merge(data, parse_overrides([f"name={name}", f"train.threads={args.threads}", *overrides])))
+        run = folder / name
+        if not (run / "training.json").is_file():
+            train(config, run, resume=(run / "checkpoints" / "last.pt").is_file(), progress=False)
+        runs.append(str(run))
+    targets = [f"omniglot:root={args.root},split=group,fractions=[0.66667,0.16667,0.16666],image_size=28",
+               f"glyphs:split=group,image_size=28,min_fonts={args.glyphs_min_fonts}"]
+    report = cross_domain(runs, targets, folder / "cross-domain", episodes=args.md_episodes, progress=False)
+    table = Table(title=f"Meta-Dataset episodes (5-50 ways, <= 500 support), {args.md_episodes} per dataset, "
+                        f"{args.threads} thread(s)")
+    for col in ("learner (trained on)", *report["datasets"], "avg rank"):
+        table.add_column(col, justify="right")
+    for row in report["rows"]:
+        table.add_row(f"{row['name']} ({row['trained_on']})", *[_cell(c) for c in row["cells"]], f"{row['avg_rank']:.2f}")
+    console.print(table)
+    return report
+
+
 def rate(args: argparse.Namespace) -> dict[str, Any]:
     """Embedding rate of the shipped EfficientNet-Lite0 at 224 px and at --image-size, on the same Omniglot images."""
     from metakit.backbones import build_backbone
@@ -195,9 +244,11 @@ def rate(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["heads", "pmf", "rate", "all"], default="all")
+    parser.add_argument("--part", choices=["heads", "pmf", "metadataset", "rate", "all"], default="all")
     parser.add_argument("--datasets", nargs="+", default=["omniglot", "glyphs"], choices=list(HEADS))
     parser.add_argument("--root", default=str(OMNIGLOT_ZIP), help="Omniglot images_background.zip")
+    parser.add_argument("--glyphs-min-fonts", type=int, default=15,
+                        help="Glyphs subset: characters drawn by at least this many fonts (15: 549 classes, 10,980 images)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--episodes", type=int, default=1000, help="test episodes per setting (heads)")
     parser.add_argument("--image-size", type=int, default=128, help="input size of the frozen encoder (heads)")
@@ -207,14 +258,16 @@ def main() -> None:
     parser.add_argument("--pmf-episodes", type=int, default=100)
     parser.add_argument("--pmf-shots", type=int, nargs="+", default=[1])
     parser.add_argument("--rate-images", type=int, default=256)
+    parser.add_argument("--md-episodes", type=int, default=300, help="Meta-Dataset episodes per dataset")
+    parser.add_argument("--md-steps", type=int, default=200, help="meta-training steps of Conv-4 on Meta-Dataset episodes")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-pretrained"))
     args = parser.parse_args()
     set_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    parts = ["heads", "pmf", "rate"] if args.part == "all" else [args.part]
+    parts = ["heads", "pmf", "metadataset", "rate"] if args.part == "all" else [args.part]
     for part in parts:
         start = time.perf_counter()
-        result = {"heads": heads, "pmf": pmf, "rate": rate}[part](args)
+        result = {"heads": heads, "pmf": pmf, "metadataset": metadataset, "rate": rate}[part](args)
         result.update(date=time.strftime("%Y-%m-%d"), threads=args.threads, torch=torch.__version__,
                       wall_seconds=round(time.perf_counter() - start, 1), args=vars(args))
         write_json(Path(args.out) / f"results-{part}.json", result)

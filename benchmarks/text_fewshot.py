@@ -15,9 +15,10 @@ on the same fixed episodes (same seed: the same intents, support sets and querie
   support sets) on the first ``--peer-episodes``. Rows, all from one meta-trained run per dataset
   plus the pretrained encoder:
 
-  - ``protonet-lora``: the meta-trained encoder (episodic cosine ProtoNet on LoRA adapters of
-    the top 2 layers) with its prototypes; nothing runs per task but the forward pass;
-  - ``setfit_style``: that encoder fine-tuned per task on the support pairs, logistic regression head;
+  - ``protonet-lora``: the run as configured, the meta-trained encoder (episodic cosine ProtoNet
+    on LoRA adapters of the top 2 layers) with its prototypes; per task only a forward pass;
+  - ``setfit_style``: that encoder fine-tuned per task on the support pairs (:data:`FINE_TUNE`),
+    logistic regression head;
   - ``setfit_style (pretrained)``: the same per-task fine-tuning from the pretrained encoder
     (``learner.meta_train=false``: nothing meta-trained).
 
@@ -64,11 +65,13 @@ DATASETS = ("banking77", "hwu64")
 BASELINES = ("centroid", "logreg")
 LEARNERS = ("protonet", "matching", "r2d2", "anil", "maml", "finetune", *BASELINES)
 SETTINGS = ((5, 1), (5, 5), (10, 1), (10, 5))
-#: Encoder rows: name -> (evaluation overrides of the setfit_style run, meta-trained?).
+#: Per-task SetFit-style fine-tuning, as chosen on the validation intents (docs/benchmarks.md).
+FINE_TUNE = ("learner.steps=10", "learner.lr=0.0003", "learner.head=logreg")
+#: Encoder rows: name -> (evaluation overrides of the setfit_style config's run, meta-trained?).
 ENCODER_ROWS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "protonet-lora": (("learner.steps=0", "learner.head=prototype"), True),
-    "setfit_style": ((), True),
-    "setfit_style (pretrained)": (("learner.meta_train=false",), False),
+    "protonet-lora": ((), True),
+    "setfit_style": (FINE_TUNE, True),
+    "setfit_style (pretrained)": (("learner.meta_train=false", *FINE_TUNE), False),
 }
 
 
@@ -321,30 +324,35 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
         if not (torch.equal(tokens[d].labels, frozen[d].labels) and tokens[d].class_names == frozen[d].class_names):
             raise RuntimeError(f"{d}: the token and embedding test splits differ; the episodes would not be paired")
         console.print(f"{tokens[d].describe()} (held-out intents)")
-    count = max(args.encoder_episodes, *(args.peer_counts.values() if args.peers else ()))
+    count = max([args.encoder_episodes, *(args.peer_counts.values() if args.peers else ())])
     token_eps = {(d, n, k): FixedEpisodes(EpisodeSampler(tokens[d], n, k, queries), count, seed)
                  for d in DATASETS for n, k in SETTINGS}
     frozen_eps = {(d, n, k): FixedEpisodes(EpisodeSampler(frozen[d], n, k, queries), count, seed)
                   for d in DATASETS for n, k in SETTINGS}
 
-    # Runs: the meta-trained setfit_style of each dataset, and the pretrained encoder's (nothing trained).
-    runs = {d: trained_run(configs[d], base_over[d], out / f"text-{d}-setfit_style", not args.no_progress) for d in DATASETS}
-    pretrained = {d: trained_run(configs[d], [*base_over[d], "learner.meta_train=false"],
-                                 out / f"text-{d}-setfit_style-pretrained", not args.no_progress) for d in DATASETS}
+    def want(name: str) -> bool:
+        return args.rows is None or name in args.rows
 
-    def loader(run: Path, overrides: Sequence[str]) -> Callable[[], Any]:
-        return lambda: load_trained(run, overrides=list(overrides)).learner
+    def run_of(name: str, d: str) -> Path:
+        """The meta-trained run of ``d`` (trained when first needed), or the pretrained encoder's (nothing trained)."""
+        if ENCODER_ROWS[name][1]:
+            return trained_run(configs[d], base_over[d], out / f"text-{d}-setfit_style", not args.no_progress)
+        return trained_run(configs[d], [*base_over[d], *ENCODER_ROWS[name][0]], out / f"text-{d}-setfit_style-pretrained",
+                           not args.no_progress)
+
+    def loader(name: str, d: str) -> Callable[[], Any]:
+        return lambda: load_trained(run_of(name, d), overrides=list(ENCODER_ROWS[name][0])).learner
 
     # Validation (5-way 1-shot on the training set's validation intents) of every encoder row, to choose among them.
     validation: dict[tuple[str, str], float] = {}
-    for d in DATASETS:
+    for d in args.trained_on:
         val_eps = FixedEpisodes(EpisodeSampler(test_split(configs[d], base_over[d], "val"), 5, 1, queries),
                                 args.val_episodes, seed + 1)
-        for name, (overrides, meta) in ENCODER_ROWS.items():
-            run = runs[d] if meta else pretrained[d]
-            got = store.scores((f"val {name}", d if meta else "-", d, "5w1s"), loader(run, overrides), val_eps,
-                               args.val_episodes, console)
-            validation[(name, d)] = statistics.fmean(a for a, _ in got)
+        for name, (_, meta) in ENCODER_ROWS.items():
+            if want(name):
+                got = store.scores((f"val {name}", d if meta else "-", d, "5w1s"), loader(name, d), val_eps,
+                                   args.val_episodes, console)
+                validation[(name, d)] = statistics.fmean(a for a, _ in got)
 
     rows: list[dict[str, Any]] = []
     scores: dict[tuple[str, str, str], dict[tuple[int, int], list[tuple[float, float]]]] = {}
@@ -365,18 +373,22 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
                                     "seconds_median": statistics.median(s for _, s in got)}
         rows.append({"learner": name, "trained_on": trained_on, "tested_on": test_on, "results": results})
 
+    def baseline(base: str, d: str) -> Callable[[], Any]:
+        run = REPO / "configs" / f"text-{d}-{base}.yaml"
+        return lambda: load_trained(trained_run(run, base_over[d], out / f"text-{d}-{base}", not args.no_progress)).learner
+
     for test_on in DATASETS:
         for base in BASELINES:
-            add_row(base, "-", test_on, loader(trained_run(
-                REPO / "configs" / f"text-{test_on}-{base}.yaml", base_over[test_on],
-                out / f"text-{test_on}-{base}", not args.no_progress), ()), frozen_eps, lambda _: args.encoder_episodes)
-        add_row("setfit_style (pretrained)", "-", test_on, loader(pretrained[test_on], ENCODER_ROWS["setfit_style (pretrained)"][0]),
-                token_eps, lambda _: args.encoder_episodes)
-        for train_on in DATASETS:
+            if want(base):
+                add_row(base, "-", test_on, baseline(base, test_on), frozen_eps, lambda _: args.encoder_episodes)
+        if want("setfit_style (pretrained)"):
+            add_row("setfit_style (pretrained)", "-", test_on, loader("setfit_style (pretrained)", test_on), token_eps,
+                    lambda _: args.encoder_episodes)
+        for train_on in args.trained_on:
             for name in ("protonet-lora", "setfit_style"):
-                add_row(name, train_on, test_on, loader(runs[train_on], ENCODER_ROWS[name][0]), token_eps,
-                        lambda _: args.encoder_episodes)
-        if "setfit" in args.peers:
+                if want(name):
+                    add_row(name, train_on, test_on, loader(name, train_on), token_eps, lambda _: args.encoder_episodes)
+        if "setfit" in args.peers and want("SetFit"):
             lookup = TextLookup()
             reader = read_banking77 if test_on == "banking77" else read_hwu64
             lookup.add(reader(locate(test_on, roots[test_on], download=False)).deduplicated().texts)
@@ -446,6 +458,10 @@ def main() -> None:
                         help="encoder part: episodes for the peers, one number or one per setting (5w1s 5w5s 10w1s 10w5s)")
     parser.add_argument("--val-episodes", type=int, default=100, help="encoder part: validation episodes per row")
     parser.add_argument("--settings", nargs="+", default=[f"{n}w{k}s" for n, k in SETTINGS], help="encoder part: e.g. 5w1s 10w1s")
+    parser.add_argument("--rows", nargs="+", choices=[*BASELINES, *ENCODER_ROWS, "SetFit"],
+                        help="encoder part: compute only these rows (default all; stored scores of others are not shown)")
+    parser.add_argument("--trained-on", nargs="+", choices=DATASETS, default=list(DATASETS),
+                        help="encoder part: the meta-trained runs to score (default both)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared", default=str(REPO.parent / "shared" / "data"), help="folder holding banking77/ and hwu64/")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-text-fewshot"))

@@ -71,16 +71,58 @@ def _unknown_key(section: str, key: str, valid: Sequence[str]) -> MetakitError:
     )
 
 
+def _option_names(params: Sequence[inspect.Parameter]) -> list[str]:
+    return [p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
+def _function_options(fn: Callable[..., Any], skip: int) -> list[str] | None:
+    """The options ``fn`` takes after ``skip`` positional arguments; ``None`` when it takes ``**kwargs``."""
+    params = list(inspect.signature(fn).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return _option_names(params[skip:])
+
+
+def _class_options(cls: type, skip: int) -> list[str] | None:
+    """The options class ``cls`` takes after ``skip`` positional arguments, from its whole hierarchy.
+
+    Walks the ``__init__`` of each class in the MRO for as long as they take ``**kwargs`` (which
+    they pass on to their parent, with the positional arguments in place), collecting keyword
+    parameters, subclasses' first. A parent option that a class in between sets itself is listed
+    in that class's ``fixed_options`` and left out. ``None`` (no check) when the chain ends in
+    ``**kwargs`` that go nowhere checkable.
+    """
+    valid: list[str] = []
+    fixed: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            if klass is object:
+                return None
+            try:
+                params = list(inspect.signature(init).parameters.values())[1 + skip:]  # after self
+            except (TypeError, ValueError):  # a builtin's __init__: nothing to read
+                return None
+            valid += [n for n in _option_names(params) if n not in fixed and n not in valid]
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+                return valid
+        fixed.update(klass.__dict__.get("fixed_options", ()))
+    return None
+
+
 def call_with_options(fn: Callable[..., Any], options: dict[str, Any], what: str, *args: Any) -> Any:
     """Call ``fn(*args, **options)`` after checking every option names one of ``fn``'s parameters.
 
     Datasets, backbones and learners are configured through their own signatures this way; an
-    unknown option fails with one line naming it and the closest valid options.
+    unknown option fails with one line naming it and the closest valid options. A class is checked
+    against its whole hierarchy (:func:`_class_options`), so a subclass that takes ``**options``
+    and passes them to its parent accepts the parent's options without declaring them again.
     """
-    params = list(inspect.signature(fn).parameters.values())
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+    valid = _function_options(fn, len(args))
+    if valid is None and inspect.isclass(fn):
+        valid = _class_options(fn, len(args))
+    if valid is None:
         return fn(*args, **options)
-    valid = [p.name for p in params[len(args):] if p.kind is not inspect.Parameter.VAR_POSITIONAL]
     for key in options:
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)

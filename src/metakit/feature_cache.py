@@ -30,7 +30,9 @@ its own bytes, shape and dtype, so a vector is reused by any split, dataset or r
 the same image (another split seed, a cross-domain target). Each embedding pass writes one new
 shard file per 4,096 images (``keys`` and ``vectors`` arrays, NumPy ``.npz``, no pickle) to a
 temporary name and renames it, so an interrupted pass leaves nothing half-written and keeps the
-shards it finished; an unreadable shard is ignored and its images embedded again.
+shards it finished; an unreadable shard is ignored and its images embedded again. Only the shards'
+small key arrays are read up front; a shard's vectors are read when one of its images is needed,
+so a run on one dataset does not load the vectors of another that shares the encoder.
 """
 
 from __future__ import annotations
@@ -121,31 +123,44 @@ class FeatureCache:
         self.stats = EmbedStats()
         #: The image shape of the data this cache was built for (what ``metakit predict`` decodes to).
         self.image_shape: tuple[int, ...] | None = None
-        self._index: dict[bytes, np.ndarray] | None = None
+        self._index: dict[bytes, tuple[Path, int]] | None = None
+        self._rows: dict[Path, int] = {}
+        self._loaded: dict[Path, np.ndarray | None] = {}
 
     # -- the store --------------------------------------------------------------------------
 
-    def _shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for path in sorted(self.folder.glob("shard-*.npz")):
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    keys, vectors = data["keys"], data["vectors"]
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-                continue  # unreadable shard: its images are embedded again
-            ok = (
-                keys.ndim == 2 and keys.shape[1] == _KEY_BYTES and keys.dtype == np.uint8 and vectors.dtype == np.float32
-                and vectors.shape == (len(keys), self.dim) and np.isfinite(vectors).all()
-            )
-            if ok:
-                yield keys, vectors
+    @staticmethod
+    def _read(path: Path, name: str) -> np.ndarray | None:
+        """One array of a shard (an ``.npz`` reads members on demand), or ``None`` if unreadable."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return data[name]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None
 
-    def _lookup(self) -> dict[bytes, np.ndarray]:
+    def _keys_index(self) -> dict[bytes, tuple[Path, int]]:
+        """Where each cached image's vector is: ``key -> (shard, row)``, from the shards' small key arrays only."""
         if self._index is None:
-            self._index = {}
-            for keys, vectors in self._shards():
-                for k, v in zip(keys, vectors):
-                    self._index[k.tobytes()] = v
+            self._index, self._rows = {}, {}
+            for path in sorted(self.folder.glob("shard-*.npz")):
+                keys = self._read(path, "keys")
+                if keys is None or keys.ndim != 2 or keys.shape[1] != _KEY_BYTES or keys.dtype != np.uint8:
+                    continue  # unreadable shard: its images are embedded again
+                self._rows[path] = len(keys)
+                for row, k in enumerate(keys):
+                    self._index[k.tobytes()] = (path, row)
         return self._index
+
+    def _vectors(self, path: Path) -> np.ndarray | None:
+        """A shard's vectors, read once and only when one of its images is asked for (``None`` if bad)."""
+        if path not in self._loaded:
+            vectors = self._read(path, "vectors")
+            ok = (
+                vectors is not None and vectors.dtype == np.float32 and vectors.shape == (self._rows.get(path), self.dim)
+                and bool(np.isfinite(vectors).all())
+            )
+            self._loaded[path] = vectors if ok else None
+        return self._loaded[path]
 
     def _write_shard(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
         name = hashlib.sha256(keys.tobytes()).hexdigest()[:20]
@@ -201,21 +216,32 @@ class FeatureCache:
         if images.dim() != 4:
             raise MetakitError(f"{what}: the feature cache embeds images [n, C, H, W], got shape {list(images.shape)}.")
         keys = image_keys(images)
-        index = self._lookup()
+        index = self._keys_index()
+        found: dict[bytes, np.ndarray] = {}
         missing: dict[bytes, int] = {}
         for i, k in enumerate(keys):
             kb = k.tobytes()
-            if kb not in index and kb not in missing:
+            if kb in found or kb in missing:
+                continue
+            where = index.get(kb)
+            vectors = None if where is None else self._vectors(where[0])
+            if vectors is None:
                 missing[kb] = i
+            else:
+                found[kb] = vectors[where[1]]
         if missing:
             rows = list(missing.values())
             new_keys = list(missing)
             for start, vectors in self._encode(images[torch.as_tensor(rows, dtype=torch.long)], what):
-                self._write_shard(keys[rows[start : start + len(vectors)]], vectors)
-                for kb, v in zip(new_keys[start : start + len(vectors)], vectors):
-                    index[kb] = v
+                chunk = new_keys[start : start + len(vectors)]
+                path = self._write_shard(keys[rows[start : start + len(vectors)]], vectors)
+                self._rows[path], self._loaded[path] = len(vectors), vectors
+                for row, (kb, v) in enumerate(zip(chunk, vectors)):
+                    found[kb], index[kb] = v, (path, row)
         self.stats.images += len(images)
-        return torch.from_numpy(np.stack([index[k.tobytes()] for k in keys]) if len(keys) else np.zeros((0, self.dim), np.float32))
+        if not len(keys):
+            return torch.zeros((0, self.dim), dtype=torch.float32)
+        return torch.from_numpy(np.stack([found[k.tobytes()] for k in keys]))
 
     def featurize(self, dataset: ClassDataset) -> ClassDataset:
         """``dataset`` with each image replaced by its feature vector (classes, labels, groups unchanged)."""

@@ -67,6 +67,13 @@ def learning_curve(metrics_path: Path, out_png: Path, metric: str) -> None:
     plt.close(fig)
 
 
+def setting(r: dict[str, Any]) -> str:
+    """``5-way 1-shot``; ways and shots of 0 mean Meta-Dataset's variable-way variable-shot episodes."""
+    if r["metric"] != "accuracy":
+        return f"{r['shots']}-shot"
+    return f"{r['ways']}-way {r['shots']}-shot" if r["ways"] else "variable-way variable-shot"
+
+
 def results_table(results: Sequence[dict[str, Any]], title: str = "evaluation") -> Table:
     """A rich table of evaluation results (one row per ways x shots setting)."""
     table = Table(title=title)
@@ -75,7 +82,7 @@ def results_table(results: Sequence[dict[str, Any]], title: str = "evaluation") 
     for r in results:
         cal = r.get("calibration") or {}
         table.add_row(
-            f"{r['ways']}-way {r['shots']}-shot" if r["metric"] == "accuracy" else f"{r['shots']}-shot",
+            setting(r),
             r["metric"],
             _fmt(r),
             str(r["episodes"]),
@@ -105,8 +112,12 @@ def write_report(run_dir: Path) -> Path:
         f"- learner: **{config.learner.name}** {config.learner.options or ''}",
         f"- backbone: {config.backbone.name} {config.backbone.options or ''}",
         f"- dataset: {d.name} (split: {d.split}, rotations: {d.rotations}) {d.options or ''}",
-        f"- training episodes: {config.episodes.ways}-way {config.episodes.shots}-shot, "
-        f"{config.episodes.queries} queries/class, meta-batch {config.episodes.meta_batch}",
+        (
+            f"- training episodes: {config.episodes.ways}-way {config.episodes.shots}-shot, "
+            f"{config.episodes.queries} queries/class, meta-batch {config.episodes.meta_batch}"
+            if config.episodes.sampler != "metadataset" else
+            f"- training episodes: Meta-Dataset's variable-way variable-shot, meta-batch {config.episodes.meta_batch}"
+        ),
         f"- seed: {config.seed}; resolved config: `config.yaml`",
         "",
     ]
@@ -137,7 +148,7 @@ def write_report(run_dir: Path) -> Path:
             ece = f"{100 * cal['ece']:.2f}%" if cal else "-"
             nll = f"{cal['nll']:.3f}" if cal else "-"
             lines.append(
-                f"| {r['ways']}-way {r['shots']}-shot, {r['queries']} queries | {r['metric']} | {_fmt(r)} "
+                f"| {setting(r)}, {r['queries'] or 'up to 10'} queries | {r['metric']} | {_fmt(r)} "
                 f"| {r['episodes']} | {1000 * r['median_adapt_seconds']:.2f} | {ece} | {nll} |"
             )
         curves = {f"{r['ways']}w{r['shots']}s": r["calibration"] for r in evaluation["results"] if r.get("calibration")}

@@ -8,6 +8,8 @@ than MAML with the same outer meta-gradient structure.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -20,27 +22,15 @@ from metakit.learners.gradient import GradientLearner
 class ANIL(GradientLearner):
     """ANIL: adapt the linear head on backbone features; the backbone is shared across tasks."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        task: TaskInfo,
-        inner_lr: float = 0.4,
-        inner_steps: int = 1,
-        eval_inner_steps: int | None = None,
-        first_order: bool = False,
-    ) -> None:
-        super().__init__(backbone, task, inner_lr, inner_steps, eval_inner_steps, first_order, adapt=["head"])
+    fixed_options = ("adapt",)
+
+    def __init__(self, backbone: nn.Module, task: TaskInfo, **options: Any) -> None:
+        super().__init__(backbone, task, adapt=["head"], **options)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> Predictor:
         """Inner loop on the head over support features computed once."""
-        steps = self.inner_steps if self.training else self.eval_inner_steps
-        create_graph = self.training and not self.first_order
         features = self.backbone(support_x)
-        params = self.parameters_dict()
-        with torch.enable_grad():
-            for step in range(steps):
-                loss = self.loss(self.head_forward(params, features, ways), support_y)
-                params = self.inner_update(params, loss, step, create_graph)
-        if not self.training:
-            params = {k: v.detach() for k, v in params.items()}
+        params = self.run_inner(
+            self.parameters_dict(), lambda head, _step: self.loss(self.head_forward(head, features, ways), support_y)
+        )
         return lambda query_x: self.head_forward(params, self.backbone(query_x), ways)

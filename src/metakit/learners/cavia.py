@@ -17,6 +17,8 @@ hundreds of steps (see ``configs/omniglot-cavia.yaml`` for the measured alternat
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -38,20 +40,14 @@ class CAVIA(GradientLearner):
             FiLMs the output features.
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        task: TaskInfo,
-        num_context: int = 100,
-        inner_lr: float = 1.0,
-        inner_steps: int = 1,
-        eval_inner_steps: int | None = None,
-        first_order: bool = False,
-        film_at: int | None = None,
-    ) -> None:
+    #: Only the context adapts, and it is not a parameter of the network.
+    fixed_options = ("adapt",)
+
+    def __init__(self, backbone: nn.Module, task: TaskInfo, num_context: int = 100, inner_lr: float = 1.0,
+                 film_at: int | None = None, **options: Any) -> None:
         if num_context < 1:
             raise MetakitError(f"num_context must be >= 1, got {num_context}.")
-        super().__init__(backbone, task, inner_lr, inner_steps, eval_inner_steps, first_order, adapt=[])
+        super().__init__(backbone, task, inner_lr=inner_lr, adapt=[], **options)
         # The two halves share the backbone's modules; kept in a tuple so that they are not
         # registered again (the state dict keeps its ``backbone.*`` names).
         if film_at is None:
@@ -81,15 +77,9 @@ class CAVIA(GradientLearner):
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> Predictor:
         """Gradient steps on the zero-initialised context; the layers below the FiLM point run once."""
-        steps = self.inner_steps if self.training else self.eval_inner_steps
-        create_graph = self.training and not self.first_order
         hidden = self.split[0](support_x)
-        context = torch.zeros(self.num_context, device=hidden.device, dtype=hidden.dtype, requires_grad=True)
-        with torch.enable_grad():
-            for _ in range(steps):
-                loss = self.loss(self.conditioned(hidden, context, ways), support_y)
-                (grad,) = torch.autograd.grad(loss, context, create_graph=create_graph)
-                context = context - self.inner_lr * (grad if create_graph else grad.detach())
-        if not self.training:
-            context = context.detach()
+        start = {"context": torch.zeros(self.num_context, device=hidden.device, dtype=hidden.dtype, requires_grad=True)}
+        context = self.run_inner(
+            start, lambda p, _step: self.loss(self.conditioned(hidden, p["context"], ways), support_y)
+        )["context"]
         return lambda query_x: self.conditioned(self.split[0](query_x), context, ways)

@@ -1,11 +1,12 @@
 """Shared pieces of the gradient-based learners (MAML and its family).
 
 Parameters are handled functionally, as in TorchOpt/optax: the network is called on a dict of
-tensors, and an inner step returns a *new* dict. No layer is rewritten and no ``.fast`` attribute
-is attached, so any ``nn.Module`` backbone works unmodified and ``torch.distributed`` sees
-ordinary parameters. A backbone that is an ``nn.Sequential`` of standard layers (Conv-4, the MLP)
-runs through :func:`metakit.learners.fastpath.forward`, any other through
-``torch.func.functional_call``; both compute the module's own function.
+tensors, and the inner loop (:mod:`metakit.inner`, shared with MeLU and MAML-RL) returns a *new*
+dict. No layer is rewritten and no ``.fast`` attribute is attached, so any ``nn.Module`` backbone
+works unmodified and ``torch.distributed`` sees ordinary parameters. A backbone that is an
+``nn.Sequential`` of standard layers (Conv-4, the MLP) runs through
+:func:`metakit.learners.fastpath.forward`, any other through ``torch.func.functional_call``; both
+compute the module's own function.
 
 BatchNorm follows MAML's transductive convention: every forward pass normalises with the batch's
 own statistics (support batch in the inner loop, query batch when predicting), in training and at
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from metakit import inner
 from metakit.episodes import Episode
 from metakit.errors import MetakitError
 from metakit.learners import fastpath
@@ -76,9 +78,17 @@ class GradientLearner(Learner):
         eval_inner_steps: inner-loop steps at evaluation (default: ``inner_steps``).
         first_order: drop second-order terms (first-order MAML).
         adapt: parameter-name prefixes adapted in the inner loop (default: all), e.g. ``["head"]``.
+
+    Subclasses take ``**options`` and pass them on here, so these options are every learner's of
+    the family without being declared again; :func:`metakit.config.call_with_options` checks
+    options against the whole chain of constructors.
     """
 
     task_types = ("classification", "regression")
+    #: Options of a parent constructor that a subclass passes itself (FOMAML's ``first_order``):
+    #: :func:`metakit.config.call_with_options` does not offer them, so setting one is an unknown
+    #: option rather than a clash of keyword arguments.
+    fixed_options: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -136,44 +146,41 @@ class GradientLearner(Learner):
 
     # -- the inner loop -----------------------------------------------------------------------
 
-    def step_sizes(self, step: int) -> dict[str, torch.Tensor | float]:
-        """Per-parameter inner learning rates for inner step ``step`` (MAML: one scalar)."""
-        return dict.fromkeys(self.adapted, self.inner_lr)
+    def step_sizes(self, step: int) -> inner.StepSize:
+        """The inner learning rate(s) of inner step ``step`` (MAML: one scalar for every parameter)."""
+        return self.inner_lr
 
     def inner_update(self, params: Params, loss: torch.Tensor, step: int, create_graph: bool) -> Params:
-        """One gradient step on ``loss``; keeps the graph for second-order meta-gradients."""
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
-        lrs = self.step_sizes(step)
-        new = {}
-        for (name, p), g in zip(params.items(), grads):
-            if g is None:
-                new[name] = p
-                continue
-            if not create_graph:
-                g = g.detach()
-            new[name] = p - lrs[name] * g
-        return new
+        """One inner step on ``loss`` for callers that drive their own loop (continual evaluation).
+
+        ``create_graph`` keeps it differentiable (second order).
+        """
+        return inner.step(params, loss, self.step_sizes(step), first_order=not create_graph)
+
+    def support_loss(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> inner.LossFn:
+        """The inner loss on the support set, as a function of the adapted parameters."""
+        return lambda params, _step: self.loss(self.forward_with(params, support_x, ways), support_y)
 
     def inner_loop(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int, steps: int) -> list[Params]:
         """Adapt from the meta-parameters; returns the parameters after each step (index 0 = start)."""
-        create_graph = self.training and not self.first_order
-        params = self.parameters_dict()
-        history = [params]
-        with torch.enable_grad():
-            for step in range(steps):
-                loss = self.loss(self.forward_with(params, support_x, ways), support_y)
-                params = self.inner_update(params, loss, step, create_graph)
-                history.append(params)
-        return history
+        return inner.trajectory(self.parameters_dict(), self.support_loss(support_x, support_y, ways), steps,
+                                self.step_sizes, first_order=not self.training or self.first_order)
+
+    def run_inner(self, params: Params, loss_fn: inner.LossFn) -> Params:
+        """:func:`metakit.inner.adapt` with this learner's settings.
+
+        Training: ``inner_steps`` steps, second order unless ``first_order``. Evaluation:
+        ``eval_inner_steps`` first-order steps, the result detached (no meta-gradient is taken).
+        """
+        if not self.training:
+            adapted = inner.adapt(params, loss_fn, self.eval_inner_steps, self.step_sizes, first_order=True)
+            return {k: v.detach() for k, v in adapted.items()}
+        return inner.adapt(params, loss_fn, self.inner_steps, self.step_sizes, first_order=self.first_order)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> Predictor:
         """Run the inner loop on the support set; predict with the adapted parameters."""
-        steps = self.inner_steps if self.training else self.eval_inner_steps
-        params = self.inner_loop(support_x, support_y, ways, steps)[-1]
-        if not self.training:
-            params = {k: v.detach() for k, v in params.items()}
+        params = self.run_inner(self.parameters_dict(), self.support_loss(support_x, support_y, ways))
         return lambda query_x: self.forward_with(params, query_x, ways)
-
 
     # -- meta-training --------------------------------------------------------------------------
 
@@ -257,12 +264,9 @@ class GradientLearner(Learner):
             part = slice(start, min(start + chunk, total))
             sx, sy, qx, qy = batch.support_x[part], batch.support_y[part], batch.query_x[part], batch.query_y[part]
             tasks = sx.shape[0]
-            create_graph = not self.first_order
-            params = {n: p.expand(tasks, *p.shape) for n, p in self.parameters_dict().items()}
-            for step in range(self.inner_steps):
-                out = self._grouped_forward(params, sx, batch.ways)
-                inner = self.loss(out.flatten(0, 1), sy.flatten(0, 1)) * tasks  # the sum of per-task means
-                params = self.inner_update(params, inner, step, create_graph)
+            start = {n: p.expand(tasks, *p.shape) for n, p in self.parameters_dict().items()}
+            params = inner.adapt(start, self._grouped_support_loss(sx, sy, batch.ways), self.inner_steps,
+                                 self.step_sizes, first_order=self.first_order)
             out = self._grouped_forward(params, qx, batch.ways).flatten(0, 1)
             loss = self.loss(out, qy.flatten(0, 1))  # equal-sized tasks: the mean of per-task means
             check_finite(loss)
@@ -270,6 +274,11 @@ class GradientLearner(Learner):
             losses.append(loss.detach() * tasks)
             scores.append(self.score(out.detach(), qy.flatten(0, 1)) * tasks)
         return {"loss": (torch.stack(losses).sum() / total).item(), self.metric: sum(scores) / total}
+
+    def _grouped_support_loss(self, sx: torch.Tensor, sy: torch.Tensor, ways: int) -> inner.LossFn:
+        """The sum of the tasks' mean support losses: its gradient gives every task its own inner gradient."""
+        tasks = sx.shape[0]
+        return lambda params, _step: self.loss(self._grouped_forward(params, sx, ways).flatten(0, 1), sy.flatten(0, 1)) * tasks
 
     def _grouped_forward(self, params: Params, x: torch.Tensor, ways: int) -> torch.Tensor:
         """Every task's outputs ``[T, n, out]`` with per-task ``params`` (``[T, ...]`` each)."""
@@ -287,7 +296,8 @@ class GradientLearner(Learner):
         cls = type(self)
         return all(
             getattr(cls, name) is getattr(GradientLearner, name)
-            for name in ("adapt", "inner_loop", "inner_update", "forward_with", "head_forward", "loss", "score")
+            for name in ("adapt", "run_inner", "support_loss", "inner_loop", "inner_update", "forward_with", "head_forward",
+                         "loss", "score")
         )
 
     def _layers(self) -> list[fastpath.Layer] | None:

@@ -8,7 +8,7 @@ parameters. All the machinery is in :mod:`metakit.learners.gradient`: this file 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -26,14 +26,7 @@ class MAML(GradientLearner):
 class FOMAML(GradientLearner):
     """First-order MAML: the same inner loop, no second-order terms in the meta-gradient."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        task: TaskInfo,
-        inner_lr: float = 0.4,
-        inner_steps: int = 1,
-        eval_inner_steps: int | None = None,
-        adapt: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__(backbone, task, inner_lr, inner_steps, eval_inner_steps, adapt=adapt)
-        self.first_order = True
+    fixed_options = ("first_order",)
+
+    def __init__(self, backbone: nn.Module, task: TaskInfo, **options: Any) -> None:
+        super().__init__(backbone, task, first_order=True, **options)

@@ -19,13 +19,16 @@ The meta-step counter is a buffer, saved in checkpoints, so annealing resumes ex
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from metakit import inner
 from metakit.episodes import Episode
 from metakit.errors import MetakitError
 from metakit.learners import register_learner
-from metakit.learners.base import Predictor, TaskInfo, check_finite
+from metakit.learners.base import Predictor, TaskInfo
 from metakit.learners.gradient import GradientLearner, Params
 
 
@@ -38,23 +41,20 @@ class MAMLPlusPlus(GradientLearner):
     """MAML++ with MSL, LSLR, per-step BatchNorm weights and derivative-order annealing.
 
     Args:
+        inner_lr: initial value of every learned inner learning rate.
         inner_steps: inner steps (the paper uses 5); the same number is used at evaluation.
         msl_steps: meta-steps over which the multi-step loss anneals to the last step (0 = off).
         first_order_until: meta-steps trained first-order before switching to second order.
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        task: TaskInfo,
-        inner_lr: float = 0.1,
-        inner_steps: int = 5,
-        msl_steps: int = 1000,
-        first_order_until: int = 0,
-    ) -> None:
+    #: One step count (the per-step weights exist for these steps only); the order is annealed.
+    fixed_options = ("eval_inner_steps", "first_order")
+
+    def __init__(self, backbone: nn.Module, task: TaskInfo, inner_lr: float = 0.1, inner_steps: int = 5,
+                 msl_steps: int = 1000, first_order_until: int = 0, **options: Any) -> None:
         if inner_steps < 1:
             raise MetakitError(f"mamlpp needs inner_steps >= 1, got {inner_steps}.")
-        super().__init__(backbone, task, inner_lr, inner_steps)
+        super().__init__(backbone, task, inner_lr=inner_lr, inner_steps=inner_steps, **options)
         self.msl_steps, self.first_order_until = msl_steps, first_order_until
         norms = [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
         self.bn_names = [
@@ -76,7 +76,7 @@ class MAMLPlusPlus(GradientLearner):
         )
         self.register_buffer("meta_steps", torch.zeros((), dtype=torch.long))
 
-    def step_sizes(self, step: int) -> dict[str, torch.Tensor | float]:
+    def step_sizes(self, step: int) -> inner.StepSize:
         """The learned rate of each parameter tensor at inner step ``step``."""
         return {n: self.inner_lrs[_key(n)][step] for n in self.adapted}
 
@@ -102,16 +102,13 @@ class MAMLPlusPlus(GradientLearner):
         return self.training and int(self.meta_steps) >= self.first_order_until
 
     def trajectory(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> list[Params]:
-        """Adapted parameters after each inner step (BatchNorm weights of the step that used them)."""
-        create_graph = self.second_order()
-        params = self.parameters_dict()
-        history = []
-        with torch.enable_grad():
-            for step in range(self.inner_steps):
-                loss = self.loss(self.forward_with(self.with_step_norms(params, step), support_x, ways), support_y)
-                params = self.inner_update(params, loss, step, create_graph)
-                history.append(self.with_step_norms(params, step + 1))
-        return history
+        """Adapted parameters after each inner step, with their step's BatchNorm weights (``bn_per_step[s]`` after ``s`` steps)."""
+        support_loss = self.support_loss(support_x, support_y, ways)
+        history = inner.trajectory(
+            self.parameters_dict(), lambda params, step: support_loss(self.with_step_norms(params, step), step),
+            self.inner_steps, self.step_sizes, first_order=not self.second_order(),
+        )
+        return [self.with_step_norms(params, step) for step, params in enumerate(history) if step > 0]
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> Predictor:
         """All inner steps; predict with the final parameters."""
@@ -133,9 +130,7 @@ class MAMLPlusPlus(GradientLearner):
         return loss, {"loss": loss.item(), self.metric: sum(scores) / len(scores)}
 
     def meta_step(self, batch: Episode) -> dict[str, float]:
-        """The MSL meta-gradient; advances the annealing counter."""
-        loss, metrics = self.meta_loss(batch)
-        check_finite(loss)
-        loss.backward()
+        """The MSL meta-gradient (one backward through :meth:`meta_loss`); advances the annealing counter."""
+        metrics = super().meta_step(batch)
         self.meta_steps += 1
         return metrics

@@ -6,11 +6,12 @@ the parameter's shape), so the inner step learns both a direction and a size per
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from metakit import inner
 from metakit.learners import register_learner
 from metakit.learners.base import TaskInfo
 from metakit.learners.gradient import GradientLearner
@@ -24,22 +25,13 @@ def _key(name: str) -> str:
 class MetaSGD(GradientLearner):
     """Meta-SGD: per-parameter learned inner learning rates, initialised at ``inner_lr``."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        task: TaskInfo,
-        inner_lr: float = 0.4,
-        inner_steps: int = 1,
-        eval_inner_steps: int | None = None,
-        first_order: bool = False,
-        adapt: Sequence[str] | None = None,
-    ) -> None:
-        super().__init__(backbone, task, inner_lr, inner_steps, eval_inner_steps, first_order, adapt)
+    def __init__(self, backbone: nn.Module, task: TaskInfo, **options: Any) -> None:
+        super().__init__(backbone, task, **options)
         own = dict(self.named_parameters())
         self.inner_lrs = nn.ParameterDict(
             {_key(n): nn.Parameter(torch.full_like(own[n], self.inner_lr)) for n in self.adapted}
         )
 
-    def step_sizes(self, step: int) -> dict[str, torch.Tensor | float]:
+    def step_sizes(self, step: int) -> inner.StepSize:
         """The learned per-entry rates (the same at every step)."""
         return {n: self.inner_lrs[_key(n)] for n in self.adapted}

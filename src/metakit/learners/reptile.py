@@ -9,6 +9,8 @@ exactly the Reptile update; Adam on the same pseudo-gradient is the common varia
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -22,15 +24,12 @@ from metakit.learners.gradient import GradientLearner
 class Reptile(GradientLearner):
     """Reptile with an SGD inner loop of ``inner_steps`` full-batch steps on the support set."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        task: TaskInfo,
-        inner_lr: float = 0.1,
-        inner_steps: int = 5,
-        eval_inner_steps: int | None = None,
-    ) -> None:
-        super().__init__(backbone, task, inner_lr, inner_steps, eval_inner_steps, first_order=True)
+    #: The meta-update uses the adapted weights only, never gradients through the inner loop.
+    fixed_options = ("first_order",)
+
+    def __init__(self, backbone: nn.Module, task: TaskInfo, inner_lr: float = 0.1, inner_steps: int = 5,
+                 **options: Any) -> None:
+        super().__init__(backbone, task, inner_lr=inner_lr, inner_steps=inner_steps, first_order=True, **options)
 
     def meta_step(self, batch: Episode) -> dict[str, float]:
         """Pseudo-gradient ``θ − mean_i φ_i`` into ``.grad``; metrics are the adapted query scores."""

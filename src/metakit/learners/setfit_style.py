@@ -82,7 +82,7 @@ class SetFitStyle(Learner):
         backbone: nn.Module,
         task: TaskInfo,
         steps: int = 10,
-        lr: float = 1e-3,
+        lr: float = 3e-4,
         weight_decay: float = 0.01,
         head: str = "logreg",
         C: float = 10.0,

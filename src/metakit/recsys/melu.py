@@ -11,12 +11,12 @@ kinds:
   user, ``local_steps`` gradient steps on the user's support ratings start from their meta-learned
   values (MeLU-1 and MeLU-5 take 1 and 5 steps); the outer loop also learns that starting point.
 
-Parameters are handled functionally, as in :mod:`metakit.learners.gradient`: :func:`adapt` returns
-a *new* dict of local tensors and never touches the module, so the global embeddings cannot move
-in the inner loop. Tasks are batched: every local tensor gets a leading task dimension (the shared
-values expanded), ragged support/query sets are padded with a mask, and the gradient of the sum of
-per-task losses gives each task its own inner gradient, so a meta-batch of users is one forward
-pass. Second-order meta-gradients by default (``first_order=False``), as in the paper.
+Parameters are handled functionally, by the MAML family's inner loop (:mod:`metakit.inner`):
+:func:`adapt` returns a *new* dict of local tensors and never touches the module, so the global
+embeddings cannot move in the inner loop. Tasks are batched: every local tensor gets a leading
+task dimension (the shared values expanded), ragged support/query sets are padded with a mask,
+and the gradient of the sum of per-task losses gives each task its own inner gradient, so a
+meta-batch of users is one forward pass. Second-order meta-gradients by default (``first_order=False``), as in the paper.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from metakit import inner
 from metakit.errors import MetakitError
 from metakit.recsys.movielens import RatingsData
 from metakit.recsys.tasks import UserTask
@@ -196,39 +197,27 @@ LocalLR = float | Params
 
 def adapt(net: RatingNet, x: torch.Tensor, rating: torch.Tensor, mask: torch.Tensor, steps: int, lr: LocalLR,
           create_graph: bool) -> Params:
-    """``steps`` gradient steps of the local parameters on each task's support rows.
+    """``steps`` gradient steps of the local parameters on each task's support rows (:func:`metakit.inner.adapt`).
 
     ``lr`` is one step size, or (Meta-SGD) a tensor per local parameter, element-wise step sizes
     shaped like it. Returns per-task local parameters (leading dimension ``T``); the module's
     parameters, global and local, are left untouched. ``create_graph`` keeps the inner gradients'
-    graph (second-order meta-gradients, also through learned step sizes); without it the result
-    is detached from the inner gradients.
+    graph (second-order meta-gradients, also through learned step sizes); without it the inner
+    gradients are constants, and the result's derivative with respect to the starting point is
+    the identity (first-order MAML).
     """
     T = x.shape[0]
-    params = {n: p.expand(T, *p.shape) for n, p in net.local_parameters().items()}
-    if steps == 0:
-        return params
-    if not create_graph:  # evaluation or first order: the inner loop needs its own leaves
-        params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = masked_mse(net.decide(x, params), rating, mask).sum()  # the sum: per-task gradients
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-            params = {n: p - (lr[n] if isinstance(lr, dict) else lr) * (g if create_graph else g.detach())
-                      for (n, p), g in zip(params.items(), grads)}
-            if not create_graph:
-                params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-    return params
+    start = {n: p.expand(T, *p.shape) for n, p in net.local_parameters().items()}
+
+    def support_loss(params: Params, _step: int) -> torch.Tensor:
+        return masked_mse(net.decide(x, params), rating, mask).sum()  # the sum: every task gets its own gradient
+
+    return inner.adapt(start, support_loss, steps, lr, first_order=not create_graph)
 
 
 def meta_loss(net: RatingNet, support: Batch, query: Batch, steps: int, lr: LocalLR, first_order: bool) -> torch.Tensor:
     """MeLU's outer objective on a meta-batch: mean query MSE after adapting to each support set."""
-    x_s = net.embed(support)
-    params = adapt(net, x_s, support.rating, support.mask, steps, lr, create_graph=not first_order)
-    if first_order:
-        # First-order MAML: the adapted values, with the meta-gradient taken as if they were the start.
-        start = net.local_parameters()
-        params = {n: start[n] + (p - start[n]).detach() for n, p in params.items()}
+    params = adapt(net, net.embed(support), support.rating, support.mask, steps, lr, create_graph=not first_order)
     return masked_mse(net.decide(net.embed(query), params), query.rating, query.mask).mean()
 
 

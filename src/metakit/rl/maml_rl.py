@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from metakit import inner
 from metakit.rl.advantages import linear_baseline_advantages
 from metakit.rl.policies import MLPPolicy, Params
 from metakit.rl.rollout import Episodes, collect, set_tasks
@@ -109,11 +110,10 @@ class MamlRL:
         logp = self.policy.log_prob(ep.obs, ep.actions, params)
         return masked_mean(torch.exp(logp - logp.detach()) * data.advantages, ep.mask)
 
-    def adapt(self, params: Params, data: TaskData, create_graph: bool) -> Params:
-        """One inner policy-gradient ascent step."""
-        objective = self.inner_objective(params, data)
-        grads = torch.autograd.grad(objective, list(params.values()), create_graph=create_graph)
-        return {name: p + self.inner_lr * g for (name, p), g in zip(params.items(), grads)}
+    def adapt(self, params: Params, data: list[TaskData], first_order: bool) -> Params:
+        """Inner policy-gradient ascent steps from ``params``, one per entry of ``data`` (each step's episodes)."""
+        return inner.adapt(params, lambda p, step: self.inner_objective(p, data[step]), len(data), self.inner_lr,
+                           first_order=first_order, maximize=True)
 
     def adapted_rollouts(self, tasks: list[Task], steps: int, seed: int, generator: torch.Generator,
                          params: Params | None = None) -> tuple[list[list[TaskData]], list[Params]]:
@@ -131,10 +131,8 @@ class MamlRL:
             data = [self.advantages(ep) for ep in batch]
             history.append(data)
             if step < steps:
-                current = [
-                    {k: v.detach() for k, v in self.adapt({k: v.requires_grad_() for k, v in p.items()}, d, False).items()}
-                    for p, d in zip(current, data)
-                ]
+                adapted = [self.adapt(p, [d], first_order=True) for p, d in zip(current, data)]
+                current = [{k: v.detach() for k, v in p.items()} for p in adapted]
         return history, current
 
     # -- one meta-iteration -----------------------------------------------------------------------
@@ -150,12 +148,9 @@ class MamlRL:
         for _ in range(self.outer_steps):
             losses, kls = [], []
             for j in range(len(tasks)):
-                params = self.policy.params()
-                kl = torch.zeros(())
-                for s in range(self.inner_steps):
-                    if s == 0:
-                        kl = self._kl(old_pre[j], params, pre[0][j].episodes)
-                    params = self.adapt(params, pre[s][j], create_graph=not self.first_order)
+                start = self.policy.params()
+                kl = self._kl(old_pre[j], start, pre[0][j].episodes) if self.inner_steps else torch.zeros(())
+                params = self.adapt(start, [step[j] for step in pre], self.first_order)
                 ep, adv = post[j].episodes, post[j].advantages
                 ratio = torch.exp(self.policy.log_prob(ep.obs, ep.actions, params) - old_logp[j])
                 surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)

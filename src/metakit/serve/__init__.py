@@ -207,8 +207,10 @@ def serve(
         try:
             uvicorn.Server(config).run(sockets=[sock])
         except KeyboardInterrupt:
-            # Uvicorn shuts down gracefully on Ctrl+C, then re-raises it: stopping is this command's normal end.
-            announce("metakit serve: stopped")
+            # Uvicorn re-raises a Ctrl+C that arrives before or after its own handler is in place.
+            pass
+        # Ctrl+C during serving ends uvicorn's run normally: either way, stopping is the normal end.
+        announce("metakit serve: stopped")
     finally:
         sock.close()
     return 0
