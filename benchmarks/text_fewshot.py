@@ -17,6 +17,7 @@ on the same fixed episodes (same seed: the same intents, support sets and querie
 
   - ``protonet-lora``: the run as configured, the meta-trained encoder (episodic cosine ProtoNet
     on LoRA adapters of the top 2 layers) with its prototypes; per task only a forward pass;
+  - ``protonet-lora + logreg``: the same encoder, logistic regression on the support embeddings;
   - ``setfit_style``: that encoder fine-tuned per task on the support pairs (:data:`FINE_TUNE`),
     logistic regression head;
   - ``setfit_style (pretrained)``: the same per-task fine-tuning from the pretrained encoder
@@ -24,8 +25,8 @@ on the same fixed episodes (same seed: the same intents, support sets and querie
 
   Each cell is accuracy ± 95% CI and the mean wall seconds per episode (adaptation, head, queries).
   Paired differences (same episodes) compare every encoder row with logistic regression on the
-  frozen embeddings and with SetFit. Validation accuracy (5-way 1-shot, validation intents of the
-  training set) is printed for each row, so the best row is chosen without the test episodes.
+  frozen embeddings and with SetFit. Validation accuracy (5-way 1- and 5-shot, validation intents
+  of the training set) is printed for each row, so the best row is chosen without the test episodes.
 
     python benchmarks/text_fewshot.py --threads 2 --episodes 600                 # frozen part
     python benchmarks/text_fewshot.py --part encoder --threads 1 --encoder-episodes 100 \\
@@ -70,8 +71,12 @@ FINE_TUNE = ("learner.steps=10", "learner.lr=0.0003", "learner.head=logreg")
 #: Encoder rows: name -> (evaluation overrides of the setfit_style config's run, meta-trained?).
 ENCODER_ROWS: dict[str, tuple[tuple[str, ...], bool]] = {
     "protonet-lora": ((), True),
+    "protonet-lora + logreg": (("learner.head=logreg",), True),
     "setfit_style": (FINE_TUNE, True),
     "setfit_style (pretrained)": (("learner.meta_train=false", *FINE_TUNE), False),
+    # The same model as protonet-lora without the backbone's caches: what a fresh task costs when
+    # none of its sentences were embedded before (same accuracy, on --cold-episodes episodes).
+    "protonet-lora (no cache)": (("backbone.cache_rows=0",), True),
 }
 
 
@@ -333,6 +338,10 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
     def want(name: str) -> bool:
         return args.rows is None or name in args.rows
 
+    def episodes_of(name: str, default: int) -> int:
+        """Per-task fine-tuning costs seconds per episode: those rows may use fewer (--ft-episodes)."""
+        return min(default, args.ft_episodes) if name.startswith("setfit_style") and args.ft_episodes else default
+
     def run_of(name: str, d: str) -> Path:
         """The meta-trained run of ``d`` (trained when first needed), or the pretrained encoder's (nothing trained)."""
         if ENCODER_ROWS[name][1]:
@@ -343,16 +352,17 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
     def loader(name: str, d: str) -> Callable[[], Any]:
         return lambda: load_trained(run_of(name, d), overrides=list(ENCODER_ROWS[name][0])).learner
 
-    # Validation (5-way 1-shot on the training set's validation intents) of every encoder row, to choose among them.
-    validation: dict[tuple[str, str], float] = {}
+    # Validation (5-way, validation intents of the training set) of every encoder row, to choose among them.
+    validation: dict[tuple[str, str, int], float] = {}
     for d in args.trained_on:
-        val_eps = FixedEpisodes(EpisodeSampler(test_split(configs[d], base_over[d], "val"), 5, 1, queries),
-                                args.val_episodes, seed + 1)
-        for name, (_, meta) in ENCODER_ROWS.items():
-            if want(name):
-                got = store.scores((f"val {name}", d if meta else "-", d, "5w1s"), loader(name, d), val_eps,
-                                   args.val_episodes, console)
-                validation[(name, d)] = statistics.fmean(a for a, _ in got)
+        val_split = test_split(configs[d], base_over[d], "val")
+        for shots in args.val_shots:
+            val_eps = FixedEpisodes(EpisodeSampler(val_split, 5, shots, queries), args.val_episodes, seed + 1)
+            for name, (_, meta) in ENCODER_ROWS.items():
+                if want(name) and name != "protonet-lora (no cache)":
+                    got = store.scores((f"val {name}", d if meta else "-", d, f"5w{shots}s"), loader(name, d), val_eps,
+                                       episodes_of(name, args.val_episodes), console)
+                    validation[(name, d, shots)] = statistics.fmean(a for a, _ in got)
 
     rows: list[dict[str, Any]] = []
     scores: dict[tuple[str, str, str], dict[tuple[int, int], list[tuple[float, float]]]] = {}
@@ -383,11 +393,15 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
                 add_row(base, "-", test_on, baseline(base, test_on), frozen_eps, lambda _: args.encoder_episodes)
         if want("setfit_style (pretrained)"):
             add_row("setfit_style (pretrained)", "-", test_on, loader("setfit_style (pretrained)", test_on), token_eps,
-                    lambda _: args.encoder_episodes)
+                    lambda _: episodes_of("setfit_style", args.encoder_episodes))
         for train_on in args.trained_on:
-            for name in ("protonet-lora", "setfit_style"):
-                if want(name):
-                    add_row(name, train_on, test_on, loader(name, train_on), token_eps, lambda _: args.encoder_episodes)
+            for name in ("protonet-lora", "protonet-lora + logreg", "setfit_style"):
+                if want(name) and (train_on == test_on or not name.startswith("setfit_style") or args.ft_cross):
+                    add_row(name, train_on, test_on, loader(name, train_on), token_eps,
+                            lambda _, name=name: episodes_of(name, args.encoder_episodes))
+            if train_on == test_on and want("protonet-lora (no cache)"):
+                add_row("protonet-lora (no cache)", train_on, test_on, loader("protonet-lora (no cache)", train_on),
+                        token_eps, lambda _: args.cold_episodes)
         if "setfit" in args.peers and want("SetFit"):
             lookup = TextLookup()
             reader = read_banking77 if test_on == "banking77" else read_hwu64
@@ -398,7 +412,7 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
     # Paired differences on the shared episodes (the first min(n_a, n_b) of each setting).
     paired = []
     for (name, trained_on, test_on), per in scores.items():
-        if name in BASELINES or name.startswith("SetFit"):
+        if name in BASELINES or name.startswith("SetFit") or name.endswith("(no cache)"):
             continue
         for base_key in ((b, "-", test_on) for b in ("logreg", "SetFit 1.2 (peer)")):
             if base_key not in scores:
@@ -430,8 +444,8 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
                 fewer = f" n={x['episodes']}" if x and x["episodes"] != args.encoder_episodes else ""
                 cells.append(f"{100 * x['mean']:.2f} ± {100 * x['ci95']:.2f} [{x['seconds_mean']:.2f}]{fewer}" if x else "-")
             lines.append(f"| {r['learner']} | {r['trained_on']} | {test_on} | " + " | ".join(cells) + " |")
-    lines += ["", "Validation accuracy (5-way 1-shot, validation intents of the training set, "
-              f"{args.val_episodes} episodes): " + "; ".join(f"{n} ({d}) {100 * v:.2f}" for (n, d), v in validation.items()),
+    lines += ["", f"Validation accuracy (5-way, validation intents of the training set, {args.val_episodes} episodes): "
+              + "; ".join(f"{n} ({d}, {k}-shot) {100 * v:.2f}" for (n, d, k), v in validation.items()),
               "", "Paired differences (accuracy points, same episodes): row minus baseline.", "",
               "| learner (trained on) | tested on | baseline | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
     for p in paired:
@@ -440,7 +454,7 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
     table = "\n".join(lines) + "\n"
     write_text(out / "text_encoder.md", table)
     write_json(out / "text_encoder.json", {
-        "rows": rows, "paired": paired, "validation": {f"{n} ({d})": v for (n, d), v in validation.items()},
+        "rows": rows, "paired": paired, "validation": {f"{n} ({d}, {k}-shot)": v for (n, d, k), v in validation.items()},
         "encoder_episodes": args.encoder_episodes, "peer_episodes": args.peer_episodes, "threads": args.threads,
         "date": time.strftime("%Y-%m-%d"), "total_seconds": round(time.perf_counter() - t0, 1),
     })
@@ -457,6 +471,11 @@ def main() -> None:
     parser.add_argument("--peer-episodes", type=int, nargs="+", default=[50],
                         help="encoder part: episodes for the peers, one number or one per setting (5w1s 5w5s 10w1s 10w5s)")
     parser.add_argument("--val-episodes", type=int, default=100, help="encoder part: validation episodes per row")
+    parser.add_argument("--ft-episodes", type=int, help="encoder part: fewer episodes (test and validation) for the "
+                        "rows with per-task fine-tuning")
+    parser.add_argument("--ft-cross", action="store_true", help="encoder part: also score fine-tuning rows across datasets")
+    parser.add_argument("--val-shots", type=int, nargs="+", default=[1, 5], help="encoder part: validation shots (5-way)")
+    parser.add_argument("--cold-episodes", type=int, default=10, help="encoder part: episodes timed with no cache")
     parser.add_argument("--settings", nargs="+", default=[f"{n}w{k}s" for n, k in SETTINGS], help="encoder part: e.g. 5w1s 10w1s")
     parser.add_argument("--rows", nargs="+", choices=[*BASELINES, *ENCODER_ROWS, "SetFit"],
                         help="encoder part: compute only these rows (default all; stored scores of others are not shown)")

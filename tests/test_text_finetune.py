@@ -227,6 +227,30 @@ def test_lora_trains_only_adapters_and_starts_as_the_pretrained_encoder() -> Non
         assert torch.allclose(lora.eval()(x), encoder(train_layers=0).eval()(x), atol=1e-6)  # LoRA's B starts at 0
 
 
+@pytest.mark.skipif(not HAS_PEFT, reason="LoRA needs peft (metakit[text])")
+def test_adapter_scale_interpolates_towards_the_pretrained_encoder() -> None:
+    x = token_rows(sentences("intent4", 5))
+    trained = encoder(train_layers=2, lora_r=4).eval()  # eval: no LoRA dropout
+    with torch.no_grad():
+        for n, p in trained.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(n)))  # as if meta-trained
+    state = trained.state_dict()
+    scaled = {a: encoder(train_layers=2, lora_r=4, adapter_scale=a).eval() for a in (0.0, 0.5)}
+    for net in scaled.values():
+        net.load_state_dict(state)
+    h = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(0))
+    query = [net.upper.layers[0].attention.self.query for net in (trained, scaled[0.5], scaled[0.0])]
+    with torch.no_grad():
+        full, half, none = (q(h) for q in query)
+        pretrained = query[2].base_layer(h)
+        assert torch.allclose(half - pretrained, 0.5 * (full - pretrained), atol=1e-5)  # WiSE-FT: half the update
+        assert torch.allclose(none, pretrained) and not torch.allclose(full, pretrained)
+        assert torch.allclose(scaled[0.0](x), encoder(train_layers=0).eval()(x), atol=1e-6)
+    with pytest.raises(MetakitError, match="adapter_scale scales LoRA adapters"):
+        encoder(train_layers=1, lora_r=0, adapter_scale=0.5)
+
+
 def test_token_ids_are_checked(tmp_path: Path) -> None:
     net = encoder(train_layers=0)
     for bad in (torch.rand(3, 12), torch.full((2, 12), float(VOCAB)), torch.zeros(2, 3, 4)):

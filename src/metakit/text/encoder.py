@@ -207,6 +207,10 @@ class SentenceEncoder(nn.Module):
         normalize: L2-normalise the pooled embedding (``None``: as the model does).
         cache_rows: sentences each cache keeps (oldest dropped first); 0 turns caching off.
         chunk_rows: sentences per forward pass; a batch is sorted by length and cut into chunks.
+        adapter_scale: multiplies the LoRA update (1: as trained, 0: the pretrained encoder). Values
+            between interpolate the trained and the pretrained weights (WiSE-FT, Wortsman et al.
+            2022), which trades some of the gain on the training domain for robustness on others;
+            an evaluation-time setting (it is not part of the state dict).
     """
 
     def __init__(
@@ -219,6 +223,7 @@ class SentenceEncoder(nn.Module):
         normalize: bool | None = None,
         cache_rows: int = 100_000,
         chunk_rows: int = 32,
+        adapter_scale: float = 1.0,
     ) -> None:
         super().__init__()
         bert = spec.load()
@@ -227,6 +232,8 @@ class SentenceEncoder(nn.Module):
             raise MetakitError(f"backbone transformer: train_layers must be 0..{len(layers)}, got {train_layers!r}.")
         if not isinstance(lora_r, int) or lora_r < 0:
             raise MetakitError(f"backbone transformer: lora_r must be an integer >= 0 (0: no LoRA), got {lora_r!r}.")
+        if not 0 <= adapter_scale <= 1:
+            raise MetakitError(f"backbone transformer: adapter_scale must be within [0, 1], got {adapter_scale}.")
         if not 0 <= lora_dropout < 1 or lora_alpha <= 0:
             raise MetakitError(
                 f"backbone transformer needs lora_alpha > 0 and 0 <= lora_dropout < 1, got {lora_alpha} and {lora_dropout}."
@@ -252,7 +259,12 @@ class SentenceEncoder(nn.Module):
             inject_adapter_in_model(config, self.upper)
             for name, p in self.upper.named_parameters():
                 p.requires_grad_("lora_" in name)
+            for module in self.upper.modules():
+                if isinstance(getattr(module, "scaling", None), dict):  # peft's LoRA layers: update = B A x * scaling
+                    module.scaling = {k: v * adapter_scale for k, v in module.scaling.items()}
         else:
+            if adapter_scale != 1.0:
+                raise MetakitError("backbone transformer: adapter_scale scales LoRA adapters; it needs lora_r > 0 and train_layers > 0.")
             self.upper.requires_grad_(True)
         #: Names (relative to this module) of the parameters this backbone trains; learners that
         #: adapt per task copy exactly these, whatever ``requires_grad`` says later.
@@ -415,6 +427,7 @@ def transformer(
     normalize: bool | None = None,
     cache_rows: int = 100_000,
     chunk_rows: int = 32,
+    adapter_scale: float = 1.0,
 ) -> nn.Module:
     """A pretrained sentence encoder (default all-MiniLM-L6-v2) over token ids (``dataset.inputs: tokens``).
 
@@ -426,6 +439,7 @@ def transformer(
             f"backbone transformer needs token-id items [length] (dataset.inputs: tokens), got shape {list(input_shape)}."
         )
     return SentenceEncoder(
-        get_text_model(model), train_layers, lora_r, lora_alpha, lora_dropout, normalize, cache_rows, chunk_rows
+        get_text_model(model), train_layers, lora_r, lora_alpha, lora_dropout, normalize, cache_rows, chunk_rows,
+        adapter_scale,
     )
 
