@@ -18,6 +18,8 @@ on the same fixed episodes (same seed: the same intents, support sets and querie
   - ``protonet-lora``: the run as configured, the meta-trained encoder (episodic cosine ProtoNet
     on LoRA adapters of the top 2 layers) with its prototypes; per task only a forward pass;
   - ``protonet-lora + logreg``: the same encoder, logistic regression on the support embeddings;
+  - ``protonet-lora + logreg, adapters x0.5``: with half the meta-trained LoRA update (WiSE-FT's
+    weight-space mix of trained and pretrained weights, ``backbone.adapter_scale=0.5``);
   - ``setfit_style``: that encoder fine-tuned per task on the support pairs (:data:`FINE_TUNE`),
     logistic regression head;
   - ``setfit_style (pretrained)``: the same per-task fine-tuning from the pretrained encoder
@@ -72,6 +74,8 @@ FINE_TUNE = ("learner.steps=10", "learner.lr=0.0003", "learner.head=logreg")
 ENCODER_ROWS: dict[str, tuple[tuple[str, ...], bool]] = {
     "protonet-lora": ((), True),
     "protonet-lora + logreg": (("learner.head=logreg",), True),
+    # WiSE-FT (Wortsman et al. 2022): half of the meta-trained LoRA update, the paper's default mix.
+    "protonet-lora + logreg, adapters x0.5": (("learner.head=logreg", "backbone.adapter_scale=0.5"), True),
     "setfit_style": (FINE_TUNE, True),
     "setfit_style (pretrained)": (("learner.meta_train=false", *FINE_TUNE), False),
     # The same model as protonet-lora without the backbone's caches: what a fresh task costs when
@@ -387,7 +391,7 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
         run = REPO / "configs" / f"text-{d}-{base}.yaml"
         return lambda: load_trained(trained_run(run, base_over[d], out / f"text-{d}-{base}", not args.no_progress)).learner
 
-    for test_on in DATASETS:
+    for test_on in args.tested_on:
         for base in BASELINES:
             if want(base):
                 add_row(base, "-", test_on, baseline(base, test_on), frozen_eps, lambda _: args.encoder_episodes)
@@ -395,7 +399,7 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
             add_row("setfit_style (pretrained)", "-", test_on, loader("setfit_style (pretrained)", test_on), token_eps,
                     lambda _: episodes_of("setfit_style", args.encoder_episodes))
         for train_on in args.trained_on:
-            for name in ("protonet-lora", "protonet-lora + logreg", "setfit_style"):
+            for name in ("protonet-lora", "protonet-lora + logreg", "protonet-lora + logreg, adapters x0.5", "setfit_style"):
                 if want(name) and (train_on == test_on or not name.startswith("setfit_style") or args.ft_cross):
                     add_row(name, train_on, test_on, loader(name, train_on), token_eps,
                             lambda _, name=name: episodes_of(name, args.encoder_episodes))
@@ -436,7 +440,7 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
         "| learner | trained on | tested on | " + " | ".join(cols) + " |",
         "|---|---|---|" + "---|" * len(cols),
     ]
-    for test_on in DATASETS:
+    for test_on in args.tested_on:
         for r in (r for r in rows if r["tested_on"] == test_on):
             cells = []
             for c in cols:
@@ -481,6 +485,8 @@ def main() -> None:
                         help="encoder part: compute only these rows (default all; stored scores of others are not shown)")
     parser.add_argument("--trained-on", nargs="+", choices=DATASETS, default=list(DATASETS),
                         help="encoder part: the meta-trained runs to score (default both)")
+    parser.add_argument("--tested-on", nargs="+", choices=DATASETS, default=list(DATASETS),
+                        help="encoder part: the test sets to score (default both)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared", default=str(REPO.parent / "shared" / "data"), help="folder holding banking77/ and hwu64/")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-text-fewshot"))

@@ -31,6 +31,6 @@ class ANIL(GradientLearner):
         """Inner loop on the head over support features computed once."""
         features = self.backbone(support_x)
         params = self.run_inner(
-            self.parameters_dict(), lambda head, _step: self.loss(self.head_forward(head, features, ways), support_y)
+            self.start_params(support_x, support_y, ways, features), lambda head, _step: self.loss(self.head_forward(head, features, ways), support_y)
         )
         return lambda query_x: self.head_forward(params, self.backbone(query_x), ways)

@@ -40,8 +40,8 @@ class CAVIA(GradientLearner):
             FiLMs the output features.
     """
 
-    #: Only the context adapts, and it is not a parameter of the network.
-    fixed_options = ("adapt",)
+    #: Only the context adapts (it is not a parameter of the network); the head never does.
+    fixed_options = ("adapt", "head_init")
 
     def __init__(self, backbone: nn.Module, task: TaskInfo, num_context: int = 100, inner_lr: float = 1.0,
                  film_at: int | None = None, **options: Any) -> None:

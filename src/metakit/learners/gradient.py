@@ -35,6 +35,8 @@ from metakit.learners import fastpath
 from metakit.learners.base import Learner, Predictor, TaskInfo, check_finite
 
 Params = dict[str, torch.Tensor]
+#: The choices of :class:`GradientLearner`'s ``head_init``.
+HEAD_INITS = ("learned", "zero", "prototypes")
 
 
 def use_batch_statistics(module: nn.Module) -> None:
@@ -78,6 +80,18 @@ class GradientLearner(Learner):
         eval_inner_steps: inner-loop steps at evaluation (default: ``inner_steps``).
         first_order: drop second-order terms (first-order MAML).
         adapt: parameter-name prefixes adapted in the inner loop (default: all), e.g. ``["head"]``.
+        head_init: where each task's linear head starts its inner loop (classification):
+
+            - ``"learned"`` (MAML): the meta-learned head. Class ``i`` of a new task lands on
+              whichever output row ``i`` was trained for, which carries no meaning across tasks,
+              so the learned initialisation can only be a compromise over label permutations
+              (Ye & Chao, ICLR 2022).
+            - ``"zero"``: a zero head for every task, the same for every class ("zeroing trick",
+              Kao et al., ICLR 2022): every label permutation starts alike.
+            - ``"prototypes"`` (Proto-MAML, Triantafillou et al., ICLR 2020): row ``c`` is ``2 p_c``
+              and its bias ``-|p_c|^2``, with ``p_c`` the mean support feature of class ``c``, so
+              the inner loop starts from the ProtoNet classifier (squared Euclidean distance) and
+              the meta-gradient flows through the prototypes into the backbone.
 
     Subclasses take ``**options`` and pass them on here, so these options are every learner's of
     the family without being declared again; :func:`metakit.config.call_with_options` checks
@@ -99,6 +113,7 @@ class GradientLearner(Learner):
         eval_inner_steps: int | None = None,
         first_order: bool = False,
         adapt: Sequence[str] | None = None,
+        head_init: str = "learned",
     ) -> None:
         super().__init__(backbone, task)
         if not isinstance(inner_lr, (int, float)) or inner_lr <= 0:
@@ -114,6 +129,15 @@ class GradientLearner(Learner):
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.first_order = first_order
         self.adapted = select_parameters(self, adapt)
+        if head_init not in HEAD_INITS:
+            raise MetakitError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {head_init!r}.")
+        if head_init != "learned":
+            if task.task_type != "classification":
+                raise MetakitError(f"head_init={head_init} is for classification; regression keeps head_init=learned.")
+            if not {"head.weight", "head.bias"} <= set(self.adapted):
+                raise MetakitError(f"head_init={head_init} starts the head per task, so the head must adapt: "
+                                   "add 'head' to the learner's adapt list.")
+        self.head_init = head_init
 
     # -- functional forward -------------------------------------------------------------------
 
@@ -124,15 +148,44 @@ class GradientLearner(Learner):
 
     def forward_with(self, params: Params, x: torch.Tensor, ways: int | None = None) -> torch.Tensor:
         """Outputs of the network with ``params`` replacing the parameters of the same name."""
+        return self.head_forward(params, self.features_with(params, x), ways)
+
+    def features_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features of ``x`` with the ``backbone.*`` entries of ``params`` in place."""
         backbone = {k[len("backbone."):]: v for k, v in params.items() if k.startswith("backbone.")}
         layers = self._layers()
         if layers is not None:  # thread-safe, and faster on CPU; the same function
-            features = fastpath.forward(layers, {**dict(self.backbone.named_parameters()), **backbone}, x)
-        elif backbone:
-            features = functional_call(self.backbone, backbone, (x,), strict=False)
+            return fastpath.forward(layers, {**dict(self.backbone.named_parameters()), **backbone}, x)
+        if backbone:
+            return functional_call(self.backbone, backbone, (x,), strict=False)
+        return self.backbone(x)
+
+    def start_params(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int,
+                     features: torch.Tensor | None = None) -> Params:
+        """Where a task's inner loop starts: the meta-parameters, with the head set by ``head_init``.
+
+        ``features`` are the support features when the caller has them (ANIL computes them once).
+        """
+        params = self.parameters_dict()
+        if self.head_init == "learned":
+            return params
+        weight, bias = self.head.weight, self.head.bias
+        rows, dim = weight.shape
+        if self.head_init == "zero":
+            head_w = weight.new_zeros(rows, dim, requires_grad=True)
+            head_b = bias.new_zeros(rows, requires_grad=True)
         else:
-            features = self.backbone(x)
-        return self.head_forward(params, features, ways)
+            feats = self.features_with(params, support_x) if features is None else features
+            feats = feats.flatten(1)
+            onehot = nn.functional.one_hot(support_y, ways).to(feats.dtype)
+            protos = onehot.T @ feats / onehot.sum(0).clamp_min(1).unsqueeze(1)
+            # Rows past this task's ways are never read (head_forward keeps the first ``ways``);
+            # zeros keep the head's full shape, which per-parameter step sizes (Meta-SGD) index.
+            head_w = torch.cat([2 * protos, weight.new_zeros(rows - ways, dim)])
+            head_b = torch.cat([-(protos * protos).sum(1), bias.new_zeros(rows - ways)])
+            if not head_w.requires_grad:  # a frozen backbone: the head still needs an inner gradient
+                head_w, head_b = head_w.detach().requires_grad_(), head_b.detach().requires_grad_()
+        return {**params, "head.weight": head_w, "head.bias": head_b}
 
     def head_forward(self, params: Params, features: torch.Tensor, ways: int | None) -> torch.Tensor:
         """The linear head with (possibly adapted) ``params``, restricted to the first ``ways`` classes."""
@@ -163,7 +216,7 @@ class GradientLearner(Learner):
 
     def inner_loop(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int, steps: int) -> list[Params]:
         """Adapt from the meta-parameters; returns the parameters after each step (index 0 = start)."""
-        return inner.trajectory(self.parameters_dict(), self.support_loss(support_x, support_y, ways), steps,
+        return inner.trajectory(self.start_params(support_x, support_y, ways), self.support_loss(support_x, support_y, ways), steps,
                                 self.step_sizes, first_order=not self.training or self.first_order)
 
     def run_inner(self, params: Params, loss_fn: inner.LossFn) -> Params:
@@ -179,7 +232,7 @@ class GradientLearner(Learner):
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> Predictor:
         """Run the inner loop on the support set; predict with the adapted parameters."""
-        params = self.run_inner(self.parameters_dict(), self.support_loss(support_x, support_y, ways))
+        params = self.run_inner(self.start_params(support_x, support_y, ways), self.support_loss(support_x, support_y, ways))
         return lambda query_x: self.forward_with(params, query_x, ways)
 
     # -- meta-training --------------------------------------------------------------------------
@@ -242,9 +295,12 @@ class GradientLearner(Learner):
         fast = self._own_task_code() and self._layers() is not None
         if not fast or self.task_batching == "loop":
             return "loop"
+        # The grouped path expands the meta-learned head over tasks; a per-task head start is not
+        # written for it, so those learners run task by task.
+        groupable = batch.batched and self.head_init == "learned"
         if self.task_batching == "auto":
-            return "threads" if batch.support_x.device.type == "cpu" else ("grouped" if batch.batched else "loop")
-        if self.task_batching == "grouped" and not batch.batched:
+            return "threads" if batch.support_x.device.type == "cpu" else ("grouped" if groupable else "loop")
+        if self.task_batching == "grouped" and not groupable:
             return "loop"
         return self.task_batching
 
@@ -297,6 +353,7 @@ class GradientLearner(Learner):
         return all(
             getattr(cls, name) is getattr(GradientLearner, name)
             for name in ("adapt", "run_inner", "support_loss", "inner_loop", "inner_update", "forward_with", "head_forward",
+                         "start_params", "features_with",
                          "loss", "score")
         )
 

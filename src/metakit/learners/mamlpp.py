@@ -105,7 +105,7 @@ class MAMLPlusPlus(GradientLearner):
         """Adapted parameters after each inner step, with their step's BatchNorm weights (``bn_per_step[s]`` after ``s`` steps)."""
         support_loss = self.support_loss(support_x, support_y, ways)
         history = inner.trajectory(
-            self.parameters_dict(), lambda params, step: support_loss(self.with_step_norms(params, step), step),
+            self.start_params(support_x, support_y, ways), lambda params, step: support_loss(self.with_step_norms(params, step), step),
             self.inner_steps, self.step_sizes, first_order=not self.second_order(),
         )
         return [self.with_step_norms(params, step) for step, params in enumerate(history) if step > 0]

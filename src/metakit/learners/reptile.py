@@ -24,8 +24,9 @@ from metakit.learners.gradient import GradientLearner
 class Reptile(GradientLearner):
     """Reptile with an SGD inner loop of ``inner_steps`` full-batch steps on the support set."""
 
-    #: The meta-update uses the adapted weights only, never gradients through the inner loop.
-    fixed_options = ("first_order",)
+    #: The meta-update uses the adapted weights only, never gradients through the inner loop, and
+    #: moves the meta-parameters toward them, so the head must start at the meta-learned one.
+    fixed_options = ("first_order", "head_init")
 
     def __init__(self, backbone: nn.Module, task: TaskInfo, inner_lr: float = 0.1, inner_steps: int = 5,
                  **options: Any) -> None:

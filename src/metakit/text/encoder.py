@@ -226,10 +226,6 @@ class SentenceEncoder(nn.Module):
         adapter_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        bert = spec.load()
-        layers = list(bert.encoder.layer)
-        if not isinstance(train_layers, int) or not 0 <= train_layers <= len(layers):
-            raise MetakitError(f"backbone transformer: train_layers must be 0..{len(layers)}, got {train_layers!r}.")
         if not isinstance(lora_r, int) or lora_r < 0:
             raise MetakitError(f"backbone transformer: lora_r must be an integer >= 0 (0: no LoRA), got {lora_r!r}.")
         if not 0 <= adapter_scale <= 1:
@@ -238,11 +234,15 @@ class SentenceEncoder(nn.Module):
             raise MetakitError(
                 f"backbone transformer needs lora_alpha > 0 and 0 <= lora_dropout < 1, got {lora_alpha} and {lora_dropout}."
             )
+        if not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise MetakitError(f"backbone transformer: chunk_rows must be an integer >= 1, got {chunk_rows!r}.")
+        bert = spec.load()
+        layers = list(bert.encoder.layer)
+        if not isinstance(train_layers, int) or not 0 <= train_layers <= len(layers):
+            raise MetakitError(f"backbone transformer: train_layers must be 0..{len(layers)}, got {train_layers!r}.")
         self.spec = spec
         self.vocab_size = int(bert.config.vocab_size)
         self.normalize = spec.normalize if normalize is None else bool(normalize)
-        if not isinstance(chunk_rows, int) or chunk_rows < 1:
-            raise MetakitError(f"backbone transformer: chunk_rows must be an integer >= 1, got {chunk_rows!r}.")
         self.cache_rows, self.chunk_rows = int(cache_rows), chunk_rows
         self.embeddings = bert.embeddings
         self.lower = _Stack(layers[: len(layers) - train_layers])
@@ -269,7 +269,8 @@ class SentenceEncoder(nn.Module):
         #: Names (relative to this module) of the parameters this backbone trains; learners that
         #: adapt per task copy exactly these, whatever ``requires_grad`` says later.
         self.adaptable = [n for n, p in self.named_parameters() if p.requires_grad]
-        self._pretrained = [n for n, _ in self.named_parameters() if n not in set(self.adaptable)]
+        trained = set(self.adaptable)
+        self._pretrained = [n for n, _ in self.named_parameters() if n not in trained]
         self._lower_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self._lower_key: tuple | None = None
         self._out_cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
