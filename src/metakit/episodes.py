@@ -176,27 +176,45 @@ class EpisodeSampler:
             picks.append(items[torch.randperm(len(items), generator=generator)[: k + q]])
         idx = torch.stack(picks)  # [n, k+q]
         support_idx, query_idx = idx[:, :k].reshape(-1), idx[:, k:].reshape(-1)
-        support_x = _as_float(self.dataset.images[support_idx])
-        query_x = _as_float(self.dataset.images[query_idx])
-        if self.transform is not None:
-            support_x = self.transform(support_x, generator)
-            query_x = self.transform(query_x, generator)
-        labels = torch.arange(n)
-        return Episode(
-            support_x=support_x,
-            support_y=labels.repeat_interleave(k),
-            query_x=query_x,
-            query_y=labels.repeat_interleave(q),
-            ways=n,
-            shots=k,
-            queries=q,
-            classes=classes,
-        )
+        return _gather(self.dataset, self.transform, generator, classes, support_idx, query_idx, k, q)
 
 
 def _as_float(items: torch.Tensor) -> torch.Tensor:
     # uint8 images become [0, 1]; feature vectors (e.g. sentence embeddings) keep their values.
     return items.float().div_(255) if items.dtype == torch.uint8 else items.float()
+
+
+def _gather(
+    dataset: ClassDataset,
+    transform: Transform | None,
+    generator: torch.Generator,
+    classes: torch.Tensor,
+    support_idx: torch.Tensor,
+    query_idx: torch.Tensor,
+    shots: int | torch.Tensor,
+    queries: int,
+) -> Episode:
+    """The episode of the drawn items, class by class, labels ``0..N-1``; ``shots`` per class or one for all.
+
+    Both samplers end here, so the support set is transformed before the query set (the order
+    in which they draw from ``generator``).
+    """
+    support_x = _as_float(dataset.images[support_idx])
+    query_x = _as_float(dataset.images[query_idx])
+    if transform is not None:
+        support_x = transform(support_x, generator)
+        query_x = transform(query_x, generator)
+    labels = torch.arange(len(classes))
+    return Episode(
+        support_x=support_x,
+        support_y=labels.repeat_interleave(shots),
+        query_x=query_x,
+        query_y=labels.repeat_interleave(queries),
+        ways=len(classes),
+        shots=shots if isinstance(shots, int) else 0,
+        queries=queries,
+        classes=classes,
+    )
 
 
 class MetaDatasetSampler:
@@ -278,22 +296,8 @@ class MetaDatasetSampler:
             pick = items[torch.randperm(len(items), generator=generator)[: k + q]]
             support.append(pick[:k])
             query.append(pick[k:])
-        support_x = _as_float(self.dataset.images[torch.cat(support)])
-        query_x = _as_float(self.dataset.images[torch.cat(query)])
-        if self.transform is not None:
-            support_x = self.transform(support_x, generator)
-            query_x = self.transform(query_x, generator)
-        labels = torch.arange(n)
-        return Episode(
-            support_x=support_x,
-            support_y=labels.repeat_interleave(shots),
-            query_x=query_x,
-            query_y=labels.repeat_interleave(q),
-            ways=n,
-            shots=0,
-            queries=q,
-            classes=classes,
-        )
+        # Shots differ by class, so the episode records none (shots=0).
+        return _gather(self.dataset, self.transform, generator, classes, torch.cat(support), torch.cat(query), shots, q)
 
 
 def meta_step_each(
