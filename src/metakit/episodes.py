@@ -224,8 +224,8 @@ def _gather(
     Both samplers end here, so the support set is transformed before the query set (the order
     in which they draw from ``generator``).
     """
-    support_x = _as_float(dataset.images[support_idx])
-    query_x = _as_float(dataset.images[query_idx])
+    support_x = _as_float(dataset.inputs[support_idx])
+    query_x = _as_float(dataset.inputs[query_idx])
     if transform is not None:
         support_x = transform(support_x, generator)
         query_x = transform(query_x, generator)

@@ -740,7 +740,7 @@ def load_folder(
         _note(f"folder: skipped {len(dec.skipped)} unreadable image(s) (e.g. {_examples(dec.skipped)}).")
     return FolderDataset(
         name="folder",
-        images=torch.from_numpy(dec.images),
+        inputs=torch.from_numpy(dec.images),
         labels=torch.from_numpy(np.asarray(dec.labels, dtype=np.int64)),
         class_names=dec.names,
         class_groups=dec.groups,

@@ -129,8 +129,8 @@ class ImageSetDataset(ClassDataset):
 
     class_splits: list[str] | None = None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def __post_init__(self, images: torch.Tensor | None = None) -> None:
+        super().__post_init__(images)
         if self.class_splits is not None and len(self.class_splits) != self.num_classes:
             raise MetakitError(f"dataset {self.name!r}: one published split per class is required.")
 
@@ -656,7 +656,7 @@ def to_dataset(name: str, dec: Decoded) -> ImageSetDataset:
     """Wrap a :class:`Decoded` as an :class:`ImageSetDataset` (sharing its memory)."""
     return ImageSetDataset(
         name=name,
-        images=torch.from_numpy(np.ascontiguousarray(dec.images)),
+        inputs=torch.from_numpy(np.ascontiguousarray(dec.images)),
         labels=torch.from_numpy(np.asarray(dec.labels, dtype=np.int64)),
         class_names=list(dec.names),
         class_groups=list(dec.groups) if dec.groups is not None else None,
