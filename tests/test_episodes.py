@@ -7,7 +7,16 @@ import torch
 from conftest import make_synthetic
 
 from metakit.datasets import ClassDataset, class_split, group_split, load_splits, rotate_classes
-from metakit.episodes import EpisodeSampler, FixedEpisodes, collate, random_shift, sample_batch
+from metakit.episodes import (
+    Episode,
+    EpisodeSampler,
+    FixedEpisodes,
+    MetaBatch,
+    as_batch,
+    collate,
+    random_shift,
+    sample_batch,
+)
 from metakit.errors import MetakitError
 
 
@@ -55,6 +64,34 @@ def test_meta_batch_layout(data):
     assert batch.batched and batch.num_tasks == 6
     assert batch.support_x.shape == (6, 8, 1, 12, 12) and batch.query_y.shape == (6, 12)
     assert len(list(batch.tasks())) == 6 and batch[2].support_x.shape == (8, 1, 12, 12)
+
+
+def test_episode_is_one_task_and_meta_batch_stacks_them(data):
+    sampler = EpisodeSampler(data, 4, 2, 3)
+    episodes = [sampler.sample(torch.Generator().manual_seed(s)) for s in range(3)]
+    batch = collate(episodes)
+    assert all(type(e) is Episode and not e.batched and e.num_tasks == 1 for e in episodes)
+    assert type(batch) is MetaBatch and batch.num_tasks == 3
+    assert type(batch[1]) is Episode and torch.equal(batch[1].query_x, episodes[1].query_x)
+    assert torch.equal(batch[2].classes, episodes[2].classes) and batch[2].ways == 4
+    assert list(episodes[0].tasks()) == [episodes[0]]  # per-task code walks one episode too
+    one = as_batch(episodes[0])
+    assert type(one) is MetaBatch and one.support_x.shape == (1, 8, 1, 12, 12)
+    assert as_batch(batch) is batch
+    with pytest.raises(TypeError):
+        episodes[0][0]  # an episode has no task dimension
+
+
+def test_dataset_items_are_inputs_and_images_is_their_old_name():
+    x, y = torch.zeros(4, 1, 3, 3, dtype=torch.uint8), torch.tensor([0, 0, 1, 1])
+    new = ClassDataset("new", inputs=x, labels=y, class_names=["a", "b"])
+    old = ClassDataset("old", images=x, labels=y, class_names=["a", "b"])
+    assert new.inputs is x and old.inputs is x and new.images is new.inputs
+    assert torch.equal(new.subset([1]).inputs, x[2:])
+    with pytest.raises(AttributeError):
+        new.images = x  # the alias is read-only
+    with pytest.raises(TypeError, match="inputs"):
+        ClassDataset("none", labels=y, class_names=["a", "b"])
 
 
 def test_fixed_episodes_identical_across_instances_and_order(data):

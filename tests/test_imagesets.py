@@ -744,3 +744,18 @@ def test_numpy1_pickles_load(tmp_path: Path) -> None:
     path = tmp_path / "old.pkl"
     path.write_bytes(blob)
     assert load_pickle(path, "old file", "replace it.")["data"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_truncated_archives_fail_alike(tmp_path: Path) -> None:
+    # CUB and CIFAR-100 archives are read by one streaming reader; damage (found by tar, or by
+    # the pickle being read from it) is one line naming the archive and the official file.
+    for name, data, load in (
+        ("CUB_200_2011.tgz", cub_tgz_bytes(), lambda p: load_cub(p, image_size=8)),
+        ("cifar-100-python.tar.gz", cifar100_tarball_bytes(), load_cifarfs),
+    ):
+        archive = tmp_path / name
+        archive.write_bytes(data[: len(data) // 2])
+        with pytest.raises(MetakitError, match="is not a readable (tar.gz|pickle)") as exc:
+            load(archive)
+        msg = one_line(exc)
+        assert str(archive) in msg and "replace it with the official" in msg and "downloaded again" not in msg

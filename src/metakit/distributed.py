@@ -12,7 +12,7 @@ from dataclasses import replace
 import torch
 import torch.distributed as tdist
 
-from metakit.episodes import Episode
+from metakit.episodes import MetaBatch
 
 
 def is_initialized() -> bool:
@@ -54,7 +54,7 @@ def shutdown() -> None:
         tdist.destroy_process_group()
 
 
-def shard(batch: Episode) -> Episode:
+def shard(batch: MetaBatch) -> MetaBatch:
     """This rank's tasks of a meta-batch (every ``world_size``-th task, starting at ``rank``)."""
     n = world_size()
     if n == 1:

@@ -3,8 +3,8 @@
 An :class:`EpisodeSampler` draws classification episodes from a :class:`ClassDataset` split;
 anything with ``task_type`` and ``sample(generator)`` (a :class:`TaskSource`, e.g. the sinusoid
 task distribution) is used the same way; a :class:`MetaDatasetSampler` draws Meta-Dataset's
-variable-way variable-shot episodes. Meta-batches stack episodes as ``[tasks, N*K, ...]``
-tensors (Torchmeta's layout). :class:`FixedEpisodes` are the validation/test episodes: each is
+variable-way variable-shot episodes. An :class:`Episode` is one task; a :class:`MetaBatch`
+stacks episodes as ``[tasks, N*K, ...]`` tensors (Torchmeta's layout). :class:`FixedEpisodes` are the validation/test episodes: each is
 drawn from its own seed, so the same seed gives the same episodes for every learner and run.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 import torch
@@ -26,14 +26,8 @@ Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 @dataclass
-class Episode:
-    """One task, or a meta-batch of tasks when the tensors have a leading ``[tasks]`` dimension.
-
-    Support and query items are ordered class by class; classification labels are remapped to
-    ``0..ways-1``. ``shots`` is 0 when classes have different numbers of support items
-    (:class:`MetaDatasetSampler`). ``classes`` holds each label's class index within the split (``None`` for
-    regression), which pretraining-style learners use as global labels.
-    """
+class _Tasks:
+    """The fields an :class:`Episode` and a :class:`MetaBatch` share; see those classes."""
 
     support_x: torch.Tensor
     support_y: torch.Tensor
@@ -43,36 +37,8 @@ class Episode:
     shots: int
     queries: int
     classes: torch.Tensor | None = None
-    batched: bool = False
 
-    @property
-    def num_tasks(self) -> int:
-        """Number of tasks (1 for a single episode)."""
-        return self.support_x.shape[0] if self.batched else 1
-
-    def __getitem__(self, i: int) -> Episode:
-        """The ``i``-th task of a meta-batch."""
-        if not self.batched:
-            raise IndexError("a single episode has no task dimension")
-        return replace(
-            self,
-            support_x=self.support_x[i],
-            support_y=self.support_y[i],
-            query_x=self.query_x[i],
-            query_y=self.query_y[i],
-            classes=None if self.classes is None else self.classes[i],
-            batched=False,
-        )
-
-    def tasks(self) -> Iterator[Episode]:
-        """Iterate over the tasks of a meta-batch (or yield the single episode)."""
-        if not self.batched:
-            yield self
-            return
-        for i in range(self.num_tasks):
-            yield self[i]
-
-    def to(self, device: torch.device | str) -> Episode:
+    def to(self, device: torch.device | str) -> Self:
         """Move every tensor to ``device``."""
         return replace(
             self,
@@ -84,10 +50,70 @@ class Episode:
         )
 
 
-def collate(episodes: Sequence[Episode]) -> Episode:
-    """Stack single episodes of the same shape into a meta-batch ``[tasks, N*K, ...]``."""
+@dataclass
+class Episode(_Tasks):
+    """One task: a support set ``[N·K, ...]`` and a query set ``[N·Q, ...]``.
+
+    Support and query items are ordered class by class; classification labels are remapped to
+    ``0..ways-1``. ``shots`` is 0 when classes have different numbers of support items
+    (:class:`MetaDatasetSampler`). ``classes`` holds each label's class index within the split
+    (``None`` for regression), which pretraining-style learners use as global labels. Per-task
+    code (adaptation, evaluation, continual learning) takes an ``Episode``; a learner's
+    ``meta_step`` takes a :class:`MetaBatch`.
+    """
+
+    #: An episode has no task dimension (:attr:`MetaBatch.batched` is ``True``).
+    batched: ClassVar[bool] = False
+
+    @property
+    def num_tasks(self) -> int:
+        """1: an episode is one task."""
+        return 1
+
+    def tasks(self) -> Iterator[Episode]:
+        """Yield this episode: code that walks a meta-batch's tasks takes a single episode too."""
+        yield self
+
+
+@dataclass
+class MetaBatch(_Tasks):
+    """A meta-batch: the tasks of one meta-step stacked as ``[tasks, N·K, ...]`` tensors (Torchmeta's layout).
+
+    Every task has the same ``ways``, ``shots`` and ``queries``; ``classes`` is ``[tasks, ways]``.
+    Made by :func:`collate` (or :func:`sample_batch`); ``batch[i]`` is task ``i`` as an :class:`Episode`.
+    """
+
+    #: The tensors have a leading ``[tasks]`` dimension.
+    batched: ClassVar[bool] = True
+
+    @property
+    def num_tasks(self) -> int:
+        """Number of tasks."""
+        return self.support_x.shape[0]
+
+    def __getitem__(self, i: int) -> Episode:
+        """The ``i``-th task."""
+        return Episode(
+            support_x=self.support_x[i],
+            support_y=self.support_y[i],
+            query_x=self.query_x[i],
+            query_y=self.query_y[i],
+            ways=self.ways,
+            shots=self.shots,
+            queries=self.queries,
+            classes=None if self.classes is None else self.classes[i],
+        )
+
+    def tasks(self) -> Iterator[Episode]:
+        """Iterate over the tasks."""
+        for i in range(self.num_tasks):
+            yield self[i]
+
+
+def collate(episodes: Sequence[Episode]) -> MetaBatch:
+    """Stack episodes of the same shape into a meta-batch ``[tasks, N*K, ...]``."""
     first = episodes[0]
-    return Episode(
+    return MetaBatch(
         support_x=torch.stack([e.support_x for e in episodes]),
         support_y=torch.stack([e.support_y for e in episodes]),
         query_x=torch.stack([e.query_x for e in episodes]),
@@ -96,13 +122,12 @@ def collate(episodes: Sequence[Episode]) -> Episode:
         shots=first.shots,
         queries=first.queries,
         classes=None if first.classes is None else torch.stack([e.classes for e in episodes]),
-        batched=True,
     )
 
 
-def as_batch(episode: Episode) -> Episode:
-    """A meta-batch view of ``episode`` (a single episode becomes a batch of one task)."""
-    return episode if episode.batched else collate([episode])
+def as_batch(tasks: Episode | MetaBatch) -> MetaBatch:
+    """``tasks`` as a meta-batch (a single episode becomes a batch of one task)."""
+    return tasks if isinstance(tasks, MetaBatch) else collate([tasks])
 
 
 @runtime_checkable
@@ -176,27 +201,45 @@ class EpisodeSampler:
             picks.append(items[torch.randperm(len(items), generator=generator)[: k + q]])
         idx = torch.stack(picks)  # [n, k+q]
         support_idx, query_idx = idx[:, :k].reshape(-1), idx[:, k:].reshape(-1)
-        support_x = _as_float(self.dataset.images[support_idx])
-        query_x = _as_float(self.dataset.images[query_idx])
-        if self.transform is not None:
-            support_x = self.transform(support_x, generator)
-            query_x = self.transform(query_x, generator)
-        labels = torch.arange(n)
-        return Episode(
-            support_x=support_x,
-            support_y=labels.repeat_interleave(k),
-            query_x=query_x,
-            query_y=labels.repeat_interleave(q),
-            ways=n,
-            shots=k,
-            queries=q,
-            classes=classes,
-        )
+        return _gather(self.dataset, self.transform, generator, classes, support_idx, query_idx, k, q)
 
 
 def _as_float(items: torch.Tensor) -> torch.Tensor:
     # uint8 images become [0, 1]; feature vectors (e.g. sentence embeddings) keep their values.
     return items.float().div_(255) if items.dtype == torch.uint8 else items.float()
+
+
+def _gather(
+    dataset: ClassDataset,
+    transform: Transform | None,
+    generator: torch.Generator,
+    classes: torch.Tensor,
+    support_idx: torch.Tensor,
+    query_idx: torch.Tensor,
+    shots: int | torch.Tensor,
+    queries: int,
+) -> Episode:
+    """The episode of the drawn items, class by class, labels ``0..N-1``; ``shots`` per class or one for all.
+
+    Both samplers end here, so the support set is transformed before the query set (the order
+    in which they draw from ``generator``).
+    """
+    support_x = _as_float(dataset.inputs[support_idx])
+    query_x = _as_float(dataset.inputs[query_idx])
+    if transform is not None:
+        support_x = transform(support_x, generator)
+        query_x = transform(query_x, generator)
+    labels = torch.arange(len(classes))
+    return Episode(
+        support_x=support_x,
+        support_y=labels.repeat_interleave(shots),
+        query_x=query_x,
+        query_y=labels.repeat_interleave(queries),
+        ways=len(classes),
+        shots=shots if isinstance(shots, int) else 0,
+        queries=queries,
+        classes=classes,
+    )
 
 
 class MetaDatasetSampler:
@@ -278,26 +321,12 @@ class MetaDatasetSampler:
             pick = items[torch.randperm(len(items), generator=generator)[: k + q]]
             support.append(pick[:k])
             query.append(pick[k:])
-        support_x = _as_float(self.dataset.images[torch.cat(support)])
-        query_x = _as_float(self.dataset.images[torch.cat(query)])
-        if self.transform is not None:
-            support_x = self.transform(support_x, generator)
-            query_x = self.transform(query_x, generator)
-        labels = torch.arange(n)
-        return Episode(
-            support_x=support_x,
-            support_y=labels.repeat_interleave(shots),
-            query_x=query_x,
-            query_y=labels.repeat_interleave(q),
-            ways=n,
-            shots=0,
-            queries=q,
-            classes=classes,
-        )
+        # Shots differ by class, so the episode records none (shots=0).
+        return _gather(self.dataset, self.transform, generator, classes, torch.cat(support), torch.cat(query), shots, q)
 
 
 def meta_step_each(
-    step: Callable[[Episode], dict[str, float]], episodes: Sequence[Episode], params: Sequence[torch.nn.Parameter]
+    step: Callable[[MetaBatch], dict[str, float]], episodes: Sequence[Episode], params: Sequence[torch.nn.Parameter]
 ) -> dict[str, float]:
     """One meta-step over tasks that cannot be stacked (different ways or shots), one task at a time.
 
@@ -322,7 +351,7 @@ def meta_step_each(
     return {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
 
 
-def sample_batch(source: TaskSource, tasks: int, generator: torch.Generator) -> Episode:
+def sample_batch(source: TaskSource, tasks: int, generator: torch.Generator) -> MetaBatch:
     """Draw a meta-batch of ``tasks`` episodes from ``source``."""
     return collate([source.sample(generator) for _ in range(tasks)])
 
@@ -353,7 +382,7 @@ class FixedEpisodes(Sequence[Episode]):
         gen = torch.Generator().manual_seed(episode_seed(self.seed, index))
         return self.source.sample(gen)
 
-    def batches(self, size: int) -> Iterator[Episode]:
+    def batches(self, size: int) -> Iterator[MetaBatch]:
         """Yield the episodes in order as meta-batches of up to ``size`` tasks."""
         for start in range(0, self.count, size):
             yield collate([self[i] for i in range(start, min(start + size, self.count))])

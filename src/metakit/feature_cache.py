@@ -245,15 +245,15 @@ class FeatureCache:
 
     def featurize(self, dataset: ClassDataset) -> ClassDataset:
         """``dataset`` with each image replaced by its feature vector (classes, labels, groups unchanged)."""
-        if dataset.images.dim() != 4:
+        if dataset.inputs.dim() != 4:
             raise MetakitError(
                 f"dataset {dataset.name!r} holds feature vectors, not images; a pretrained image backbone needs images."
             )
         if self.image_shape is None:
-            self.image_shape = tuple(dataset.images.shape[1:])
+            self.image_shape = tuple(dataset.inputs.shape[1:])
         return ClassDataset(
             name=dataset.name,
-            images=self.embed(dataset.images, dataset.name),
+            inputs=self.embed(dataset.inputs, dataset.name),
             labels=dataset.labels,
             class_names=list(dataset.class_names),
             class_groups=None if dataset.class_groups is None else list(dataset.class_groups),

@@ -163,87 +163,69 @@ register_dataset(
     )
 )
 
-# Pickle/npz/folder-based image datasets (metakit.datasets.imagesets and one module each). Each
-# records its published class split, so load_splits(name, split="published") returns exactly the
-# published train/val/test classes.
-_PUBLISHED = "metakit.datasets.imagesets:published_splits"
-_PHOTO = "metakit.datasets.folder:photo_image_options"
+# The image benchmarks (metakit.datasets.imagesets and one module each). Each records its
+# published class split, so load_splits(name, split="published") returns exactly the published
+# train/val/test classes, and each decodes photos as photo_image_options says.
 _CIFAR100 = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (downloaded, sha256-verified)"
-register_dataset(
-    DatasetSpec(
-        name="miniimagenet",
-        summary="miniImageNet (Vinyals et al. 2016), Ravi & Larochelle 64/16/20 class split; "
-        "100 x 600 84x84 RGB, ~1.3 GB in memory.",
-        source="manual: mini-imagenet-cache-{train,val,test}.pkl, or images/ + Ravi & Larochelle's CSVs "
-        "(github.com/twitter/meta-learning-lstm)",
-        license="ImageNet terms of access (non-commercial research)",
-        task_type="classification",
-        loader="metakit.datasets.miniimagenet:load_miniimagenet",
-        status="metakit.datasets.miniimagenet:miniimagenet_status",
-        splitter=_PUBLISHED,
-        splits=("published", "class"),
-        image_options=_PHOTO,
+_IMAGENET_TERMS = "ImageNet terms of access (non-commercial research)"
+_CIFAR100_TERMS = "CIFAR-100: no license stated (cite Krizhevsky 2009)"
+
+
+def _register_benchmark(name: str, summary: str, source: str, license: str, splits: tuple[str, ...]) -> None:
+    """Register the image benchmark whose module ``metakit.datasets.<name>`` has ``load_<name>`` and ``<name>_status``."""
+    register_dataset(
+        DatasetSpec(
+            name=name,
+            summary=summary,
+            source=source,
+            license=license,
+            task_type="classification",
+            loader=f"metakit.datasets.{name}:load_{name}",
+            status=f"metakit.datasets.{name}:{name}_status",
+            splitter="metakit.datasets.imagesets:published_splits",
+            splits=splits,
+            image_options="metakit.datasets.folder:photo_image_options",
+        )
     )
+
+
+_register_benchmark(
+    "miniimagenet",
+    "miniImageNet (Vinyals et al. 2016), Ravi & Larochelle 64/16/20 class split; 100 x 600 84x84 RGB, ~1.3 GB in memory.",
+    "manual: mini-imagenet-cache-{train,val,test}.pkl, or images/ + Ravi & Larochelle's CSVs "
+    "(github.com/twitter/meta-learning-lstm)",
+    _IMAGENET_TERMS,
+    ("published", "class"),
 )
-register_dataset(
-    DatasetSpec(
-        name="tieredimagenet",
-        summary="tieredImageNet (Ren et al. 2018), 608 classes in 34 categories, 351/97/160 split by category; "
-        "~16.5 GB in memory at 84px.",
-        source="manual: Ren et al.'s tiered-imagenet.tar ({split}_images_png.pkl or {split}_images.npz, "
-        "{split}_labels.pkl)",
-        license="ImageNet terms of access (non-commercial research)",
-        task_type="classification",
-        loader="metakit.datasets.tieredimagenet:load_tieredimagenet",
-        status="metakit.datasets.tieredimagenet:tieredimagenet_status",
-        splitter=_PUBLISHED,
-        splits=("published", "group", "class"),
-        image_options=_PHOTO,
-    )
+_register_benchmark(
+    "tieredimagenet",
+    "tieredImageNet (Ren et al. 2018), 608 classes in 34 categories, 351/97/160 split by category; "
+    "~16.5 GB in memory at 84px.",
+    "manual: Ren et al.'s tiered-imagenet.tar ({split}_images_png.pkl or {split}_images.npz, {split}_labels.pkl)",
+    _IMAGENET_TERMS,
+    ("published", "group", "class"),
 )
-register_dataset(
-    DatasetSpec(
-        name="cifarfs",
-        summary="CIFAR-FS (Bertinetto et al. 2019): CIFAR-100 with a 64/16/20 class split; 32x32 RGB, "
-        "superclasses as groups.",
-        source=_CIFAR100 + "; or MetaOptNet / r2d2 files",
-        license="CIFAR-100: no license stated (cite Krizhevsky 2009)",
-        task_type="classification",
-        loader="metakit.datasets.cifarfs:load_cifarfs",
-        status="metakit.datasets.cifarfs:cifarfs_status",
-        splitter=_PUBLISHED,
-        splits=("published", "group", "class"),
-        image_options=_PHOTO,
-    )
+_register_benchmark(
+    "cifarfs",
+    "CIFAR-FS (Bertinetto et al. 2019): CIFAR-100 with a 64/16/20 class split; 32x32 RGB, superclasses as groups.",
+    _CIFAR100 + "; or MetaOptNet / r2d2 files",
+    _CIFAR100_TERMS,
+    ("published", "group", "class"),
 )
-register_dataset(
-    DatasetSpec(
-        name="fc100",
-        summary="FC100 (Oreshkin et al. 2018): CIFAR-100 split by superclass 12/4/4 (60/20/20 classes); 32x32 RGB.",
-        source=_CIFAR100 + "; or MetaOptNet pickles",
-        license="CIFAR-100: no license stated (cite Krizhevsky 2009)",
-        task_type="classification",
-        loader="metakit.datasets.fc100:load_fc100",
-        status="metakit.datasets.fc100:fc100_status",
-        splitter=_PUBLISHED,
-        splits=("published", "group", "class"),
-        image_options=_PHOTO,
-    )
+_register_benchmark(
+    "fc100",
+    "FC100 (Oreshkin et al. 2018): CIFAR-100 split by superclass 12/4/4 (60/20/20 classes); 32x32 RGB.",
+    _CIFAR100 + "; or MetaOptNet pickles",
+    _CIFAR100_TERMS,
+    ("published", "group", "class"),
 )
-register_dataset(
-    DatasetSpec(
-        name="cub",
-        summary="CUB-200-2011 birds (Wah et al. 2011): 200 classes, 11,788 photos, Chen et al. 2019 "
-        "100/50/50 split; ~250 MB at 84px.",
-        source="https://data.caltech.edu/records/65de6-vp158 (CUB_200_2011.tgz, 1.1 GB, downloaded, sha256-verified)",
-        license="research use (Caltech; images from Flickr, see the dataset page)",
-        task_type="classification",
-        loader="metakit.datasets.cub:load_cub",
-        status="metakit.datasets.cub:cub_status",
-        splitter=_PUBLISHED,
-        splits=("published", "class"),
-        image_options=_PHOTO,
-    )
+_register_benchmark(
+    "cub",
+    "CUB-200-2011 birds (Wah et al. 2011): 200 classes, 11,788 photos, Chen et al. 2019 100/50/50 split; "
+    "~250 MB at 84px.",
+    "https://data.caltech.edu/records/65de6-vp158 (CUB_200_2011.tgz, 1.1 GB, downloaded, sha256-verified)",
+    "research use (Caltech; images from Flickr, see the dataset page)",
+    ("published", "class"),
 )
 
 # Intent classification on frozen sentence embeddings (metakit.text; encoding needs metakit[text]).

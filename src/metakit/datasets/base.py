@@ -8,7 +8,7 @@ groups), never over items, so test classes are unseen in meta-training.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,34 +21,49 @@ from metakit.errors import MetakitError
 class ClassDataset:
     """Labelled items held in memory as one tensor: images, or fixed feature vectors.
 
+    Images, text and arrays all flow through the same path (episodes, learners, caches), so the
+    items are called ``inputs`` whatever they hold.
+
     Attributes:
         name: dataset name (shown in reports and errors).
-        images: uint8 tensor ``[items, channels, height, width]`` (for line drawings ink is high),
-            or a floating tensor ``[items, *shape]`` of feature vectors such as frozen sentence
-            embeddings (``metakit.text``), which episodes use as they are.
+        inputs: uint8 tensor ``[items, channels, height, width]`` of images (for line drawings ink
+            is high), or a floating tensor ``[items, *shape]`` of feature vectors such as frozen
+            sentence embeddings (``metakit.text``), which episodes use as they are. The
+            constructor also takes it under its old name, ``images=`` (used when ``inputs=`` is not given).
         labels: int64 tensor ``[items]`` of class indices ``0..num_classes-1``.
         class_names: one name per class.
         class_groups: optional group name per class (alphabet, Unicode block, ...).
+        images: the old name of ``inputs``, kept as a read-only alias so that code written
+            before the rename keeps working.
     """
 
     name: str
-    images: torch.Tensor
-    labels: torch.Tensor
-    class_names: list[str]
+    # The None defaults only let the old keyword images= stand in for inputs; all three are required.
+    inputs: torch.Tensor = None  # type: ignore[assignment]
+    labels: torch.Tensor = None  # type: ignore[assignment]
+    class_names: list[str] = None  # type: ignore[assignment]
     class_groups: list[str] | None = None
     _index: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+    _: KW_ONLY
+    images: InitVar[torch.Tensor | None] = None
 
-    def __post_init__(self) -> None:
-        is_images = self.images.dtype == torch.uint8 and self.images.dim() == 4
-        is_features = self.images.is_floating_point() and self.images.dim() >= 2
+    def __post_init__(self, images: torch.Tensor | None = None) -> None:
+        # inputs= wins: dataclasses.replace(dataset, inputs=...) passes the old alias back as images=.
+        if self.inputs is None:
+            self.inputs = images
+        missing = [n for n in ("inputs", "labels", "class_names") if getattr(self, n) is None]
+        if missing:
+            raise TypeError(f"{type(self).__name__}() missing required argument(s): {', '.join(missing)}")
+        is_images = self.inputs.dtype == torch.uint8 and self.inputs.dim() == 4
+        is_features = self.inputs.is_floating_point() and self.inputs.dim() >= 2
         if not (is_images or is_features):
             raise MetakitError(
                 f"dataset {self.name!r}: items must be a uint8 tensor [items, C, H, W] or a float tensor "
-                f"[items, features], got {self.images.dtype} with shape {tuple(self.images.shape)}."
+                f"[items, features], got {self.inputs.dtype} with shape {tuple(self.inputs.shape)}."
             )
-        if len(self.labels) != len(self.images):
+        if len(self.labels) != len(self.inputs):
             raise MetakitError(
-                f"dataset {self.name!r}: {len(self.labels)} labels for {len(self.images)} images."
+                f"dataset {self.name!r}: {len(self.labels)} labels for {len(self.inputs)} images."
             )
         if self.class_groups is not None and len(self.class_groups) != len(self.class_names):
             raise MetakitError(f"dataset {self.name!r}: one group per class is required.")
@@ -149,7 +164,7 @@ class ClassDataset:
                         f"a class must belong to one group."
                     )
         return cls(
-            name=name, images=items, labels=torch.from_numpy(index), class_names=names, class_groups=class_groups
+            name=name, inputs=items, labels=torch.from_numpy(index), class_names=names, class_groups=class_groups
         )
 
     @property
@@ -160,7 +175,7 @@ class ClassDataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(channels, height, width)`` of one item."""
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+        return tuple(self.inputs.shape[1:])  # type: ignore[return-value]
 
     def items_of(self, cls: int) -> torch.Tensor:
         """Item indices of class ``cls``."""
@@ -184,7 +199,7 @@ class ClassDataset:
         ) if classes else torch.zeros(0, dtype=torch.long)
         return ClassDataset(
             name=name or self.name,
-            images=self.images[items],
+            inputs=self.inputs[items],
             labels=new_labels,
             class_names=[self.class_names[c] for c in classes],
             class_groups=[self.class_groups[c] for c in classes] if self.class_groups else None,
@@ -193,11 +208,20 @@ class ClassDataset:
     def describe(self) -> str:
         """One line: classes, items, groups, image shape."""
         g = f", {len(self.groups)} groups" if self.class_groups else ""
-        kind = "images" if self.images.dtype == torch.uint8 else "features"
+        kind = "images" if self.inputs.dtype == torch.uint8 else "features"
         return (
-            f"{self.name}: {self.num_classes} classes, {len(self.images)} items{g}, "
+            f"{self.name}: {self.num_classes} classes, {len(self.inputs)} items{g}, "
             f"{kind} {'x'.join(map(str, self.image_shape))}"
         )
+
+
+def _images(self: ClassDataset) -> torch.Tensor:
+    """The old name of :attr:`ClassDataset.inputs` (read-only)."""
+    return self.inputs
+
+
+# Set after the class is made: the name is taken by the constructor's images= keyword (an InitVar).
+ClassDataset.images = property(_images)  # type: ignore[assignment]
 
 
 def _as_items(x: Any, name: str) -> torch.Tensor:
@@ -298,7 +322,7 @@ def rotate_classes(dataset: ClassDataset, angles: Sequence[int] = (0, 90, 180, 2
     Rotated copies keep their class's group, so group splits stay disjoint. Class ``c`` rotated by
     ``angles[r]`` becomes class ``c * len(angles) + r``.
     """
-    if dataset.images.dtype != torch.uint8:
+    if dataset.inputs.dtype != torch.uint8:
         raise MetakitError(
             f"dataset {dataset.name!r} holds feature vectors, not images; rotations apply to images only "
             f"(set dataset.rotations: false)."
@@ -309,7 +333,7 @@ def rotate_classes(dataset: ClassDataset, angles: Sequence[int] = (0, 90, 180, 2
     n = dataset.num_classes
     imgs, labels = [], []
     for r, angle in enumerate(angles):
-        imgs.append(torch.rot90(dataset.images, k=angle // 90, dims=(2, 3)))
+        imgs.append(torch.rot90(dataset.inputs, k=angle // 90, dims=(2, 3)))
         labels.append(dataset.labels * len(angles) + r)
     order_names = [f"{dataset.class_names[c]}@{a}" for c in range(n) for a in angles]
     order_groups = (
@@ -317,7 +341,7 @@ def rotate_classes(dataset: ClassDataset, angles: Sequence[int] = (0, 90, 180, 2
     )
     return ClassDataset(
         name=dataset.name,
-        images=torch.cat(imgs),
+        inputs=torch.cat(imgs),
         labels=torch.cat(labels),
         class_names=order_names,
         class_groups=order_groups,

@@ -26,38 +26,32 @@ with one line instead of silently changing the split.
 from __future__ import annotations
 
 import os
-import tarfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
-from metakit.datasets.download import fetch, verify
+from metakit.datasets.download import fetch
 from metakit.datasets.imagesets import (
-    IMAGE_ERRORS,
     SPLITS,
     Decoded,
+    ImageBenchmark,
     ImageSetDataset,
+    archive_fix,
     as_text,
     assemble,
-    cached_decode,
-    check_image_size,
     check_memory,
     dataset_dir,
-    decode_image,
-    decoded_bytes,
-    find,
-    format_bytes,
+    decode_files,
+    find_archive,
     load_pickle,
-    not_found,
     order_classes,
     partial_layout,
-    progress,
+    read_archive,
     stat_identity,
     str_keys,
-    to_dataset,
 )
 from metakit.errors import MetakitError
 
@@ -175,6 +169,14 @@ class CifarVariant:
         alt = ", or r2d2's cifar100/data/ with cifar100/splits/bertinetto/" if self.r2d2 else ""
         return f"{CIFAR100_TARBALL} (or MetaOptNet's {', '.join(self.pickle_names())}{alt})"
 
+    def benchmark(self) -> ImageBenchmark:
+        """The shared loading path for this variant: its own folder, then CIFAR-100's shared cache."""
+        return ImageBenchmark(
+            self.name, self.display, self.env_var, self.subdirs, _probe(self), self.wants(),
+            get=f"the archive from {CIFAR100_URL} (download is off)", n_images=CIFAR100_IMAGES, native_size=32,
+            shared_cache="cifar100",
+        )
+
 
 CIFARFS = CifarVariant(
     name=NAME,
@@ -225,16 +227,11 @@ class CifarSource:
 
 
 def _probe_cifar100(path: Path, origin: str, display: str) -> CifarSource | None:
-    if path.is_file():
-        if tarfile.is_tarfile(path):
-            return CifarSource("tar", path, origin, check_sha256=origin == "cache")
-        raise MetakitError(
-            f"{display} {origin} {path} is not a tar archive; point it at {CIFAR100_TARBALL} or its folder."
-        )
+    archive = find_archive(display, path, origin, CIFAR100_TARBALL)
+    if archive is not None:
+        return CifarSource("tar", archive, origin, check_sha256=origin == "cache")
     if not path.is_dir():
         return None
-    if (path / CIFAR100_TARBALL).is_file():
-        return CifarSource("tar", path / CIFAR100_TARBALL, origin, check_sha256=origin == "cache")
     for folder in (path / "cifar-100-python", path):
         if folder.name != "cifar-100-python" or not folder.is_dir():
             continue
@@ -273,17 +270,9 @@ def cifar100_tarball() -> Path:
     return dataset_dir("cifar100") / CIFAR100_TARBALL
 
 
-def _locate(variant: CifarVariant, root: str | os.PathLike | None, download: bool) -> CifarSource:
-    caches = [dataset_dir(variant.name), dataset_dir("cifar100")]
-    src, looked = find(variant.display, root, variant.env_var, caches, variant.subdirs, _probe(variant))
-    if src is not None:
-        return src
+def _download() -> CifarSource:
     dest = cifar100_tarball()
-    if not download:
-        raise not_found(
-            variant.display, variant.wants(), variant.env_var, dest.parent,
-            f"the archive from {CIFAR100_URL} (download is off)", looked,
-        )
+    # CIFAR100_SHA256 is read here, at call time, so a test can stand in a small archive.
     fetch(CIFAR100_URL, dest, CIFAR100_SHA256, what=f"CIFAR-100 ({CIFAR100_TARBALL}, 169 MB)")
     return CifarSource("tar", dest, "download")
 
@@ -292,31 +281,19 @@ def _locate(variant: CifarVariant, root: str | os.PathLike | None, download: boo
 # Reading the layouts
 
 
-def _cifar100_fix(src: CifarSource) -> str:
-    again = " (delete it and it is downloaded again)" if src.origin in ("cache", "download") else ""
-    return f"replace it with the official {CIFAR100_URL}{again}"
-
-
 def _read_cifar100(src: CifarSource, display: str) -> tuple[np.ndarray, list[str]]:
     """Official CIFAR-100 (train + test): images ``[n, 3, 32, 32]`` and each item's fine class name."""
-    fix = _cifar100_fix(src)
+    fix = archive_fix(CIFAR100_URL, src.origin)
     blobs: dict[str, object] = {}
     if src.layout == "tar":
-        if src.check_sha256:
-            verify(src.path, CIFAR100_SHA256, what=f"CIFAR-100 ({CIFAR100_TARBALL})")
-        try:
-            # Streaming ("r|*"): one sequential pass over the gzip stream, no seeking back.
-            with tarfile.open(src.path, "r|*") as tf:
-                for member in tf:
-                    parent, _, base = member.name.rpartition("/")
-                    if member.isfile() and base in CIFAR100_MEMBERS and parent.endswith("cifar-100-python"):
-                        f = tf.extractfile(member)
-                        what = f"{display} {src.path}:{member.name}"
-                        blobs[base] = load_pickle(f, what, fix)  # type: ignore[arg-type]
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            raise MetakitError(
-                f"{display} {src.path} is not a readable tar.gz ({type(exc).__name__}: {exc}); {fix}."
-            ) from None
+
+        def visit(member: str, f: IO[bytes]) -> None:
+            parent, _, base = member.rpartition("/")
+            if base in CIFAR100_MEMBERS and parent.endswith("cifar-100-python"):
+                blobs[base] = load_pickle(f, f"{display} {src.path}:{member}", fix)
+
+        sha256 = CIFAR100_SHA256 if src.check_sha256 else None
+        read_archive(display, src.path, fix, visit, sha256, what=f"CIFAR-100 ({CIFAR100_TARBALL})")
         missing = [m for m in CIFAR100_MEMBERS if m not in blobs]
         if missing:
             raise MetakitError(f"{display} {src.path} holds no cifar-100-python/{', '.join(missing)}; {fix}.")
@@ -402,19 +379,8 @@ def _read_r2d2(src: CifarSource, variant: CifarVariant, image_size: int, max_mem
     total = sum(len(v) for v in files.values())
     check_memory(variant.display, total, image_size, max_memory_gb)
     out = np.empty((total, 3, image_size, image_size), dtype=np.uint8)
-    labels = np.empty(total, dtype=np.int64)
-    i = 0
-    with progress(f"decoding {variant.display} ({total} images)", total) as update:
-        for c, name in enumerate(names):
-            for path in files[name]:
-                try:
-                    out[i] = decode_image(path, image_size)
-                except IMAGE_ERRORS as exc:
-                    raise MetakitError(f"{variant.display}: cannot decode {path} ({exc}); replace the file.") from None
-                labels[i] = c
-                i += 1
-                if i % 256 == 0:
-                    update(i)
+    labels = np.repeat(np.arange(len(names), dtype=np.int64), [len(files[n]) for n in names])
+    decode_files(variant.display, [path for name in names for path in files[name]], out)
     return Decoded(out, labels, names, [info[n][0] for n in names], [info[n][1] for n in names])  # type: ignore[misc]
 
 
@@ -440,30 +406,20 @@ def load_cifar_variant(
     max_memory_gb: float | None,
 ) -> ImageSetDataset:
     """Load a CIFAR-100-derived dataset (the shared body of :func:`load_cifarfs` and ``load_fc100``)."""
-    check_image_size(variant.display, image_size)
-    src = _locate(variant, root, download)
+    bench = variant.benchmark()
+    src = bench.locate(root, image_size, _download if download else None, place=cifar100_tarball().parent)
     # Only the full official set is known in advance; other layouts are checked once read.
     if src.layout in ("tar", "dir"):
         check_memory(variant.display, CIFAR100_IMAGES, image_size, max_memory_gb)
     key = f"{src.layout}:{stat_identity(src.files(variant))}"
-    dec = cached_decode(
-        variant.name, variant.display, key, image_size, max_memory_gb,
-        lambda: _decode(src, variant, image_size, max_memory_gb),
-    )
-    return to_dataset(variant.name, dec)
+    return bench.load(src, image_size, max_memory_gb, lambda: _decode(src, variant, image_size, max_memory_gb), key)
 
 
 def cifar_status(variant: CifarVariant) -> str:
     """One status line for a CIFAR-100-derived dataset."""
-    need = f"~{format_bytes(decoded_bytes(CIFAR100_IMAGES, 32))} in memory at 32px"
-    try:
-        src, _ = find(variant.display, None, variant.env_var, [dataset_dir(variant.name), dataset_dir("cifar100")],
-                      variant.subdirs, _probe(variant))
-    except MetakitError as exc:
-        return str(exc)
-    if src is not None:
-        return f"{src.describe()}; {need}"
-    return f"not local (first use downloads {CIFAR100_TARBALL}, 169 MB, to {cifar100_tarball()}); {need}"
+    return variant.benchmark().status(
+        f"not local (first use downloads {CIFAR100_TARBALL}, 169 MB, to {cifar100_tarball()})"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,15 +435,12 @@ def load_cifarfs(
     """Load CIFAR-FS: CIFAR-100's 100 classes (superclasses as groups), Bertinetto split recorded.
 
     Args:
-        root: a folder holding one of the layouts in the module docstring (or a parent holding a
-            ``cifar100/``, ``cifarfs/`` or ``cifar-100-python/`` folder), or the
-            ``cifar-100-python.tar.gz`` file itself. ``None`` looks at ``$METAKIT_CIFARFS``, then
-            at ``cache_dir("cifarfs")`` and ``cache_dir("cifar100")``.
-        image_size: output side length (32 is native; other sizes are resized with PIL).
-        download: fetch the official CIFAR-100 archive when no copy is found; with ``False`` (or
-            ``$METAKIT_OFFLINE``) a missing dataset is an error saying what to put where.
-        max_memory_gb: fail with one line if the decoded images would need more (default: 80%
-            of physical memory; 184 MB are needed at 32px).
+        root, image_size, download, max_memory_gb: as for every benchmark (:mod:`metakit.datasets.imagesets`).
+            ``root`` may be a folder holding a layout of the module docstring, a parent holding a
+            ``cifar100/``, ``cifarfs/`` or ``cifar-100-python/`` folder, or the archive itself;
+            ``None`` looks at ``$METAKIT_CIFARFS``, then at ``cache_dir("cifarfs")`` and
+            ``cache_dir("cifar100")``. 32px is native (184 MB of memory); ``download`` fetches
+            the official CIFAR-100 archive.
 
     Returns:
         An :class:`ImageSetDataset`: uint8 RGB ``[n, 3, image_size, image_size]``, 600 images per

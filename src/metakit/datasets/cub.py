@@ -26,32 +26,26 @@ from __future__ import annotations
 
 import os
 import re
-import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
-from metakit.datasets.download import fetch, verify
+from metakit.datasets.download import fetch
 from metakit.datasets.imagesets import (
     IMAGE_ERRORS,
     Decoded,
+    ImageBenchmark,
     ImageSetDataset,
-    cached_decode,
-    check_image_size,
+    archive_fix,
     check_memory,
-    dataset_dir,
+    decode_file,
     decode_image,
-    decoded_bytes,
-    find,
-    format_bytes,
-    not_found,
+    find_archive,
     partial_layout,
     progress,
-    stat_identity,
-    status_line,
-    to_dataset,
+    read_archive,
 )
 from metakit.errors import MetakitError
 
@@ -95,14 +89,11 @@ class _Source:
 
 
 def _probe(path: Path, origin: str) -> _Source | None:
-    if path.is_file():
-        if tarfile.is_tarfile(path):
-            return _Source("tgz", path, origin, check_sha256=origin == "cache")
-        raise MetakitError(f"{DISPLAY} {origin} {path} is not a tar archive; point it at {ARCHIVE} or its folder.")
+    archive = find_archive(DISPLAY, path, origin, ARCHIVE)
+    if archive is not None:
+        return _Source("tgz", archive, origin, check_sha256=origin == "cache")
     if not path.is_dir():
         return None
-    if (path / ARCHIVE).is_file():
-        return _Source("tgz", path / ARCHIVE, origin, check_sha256=origin == "cache")
     if (path / "images").is_dir() or any((path / m).is_file() for m in METADATA):
         have = [m for m in (*METADATA, "images/") if (path / m.rstrip("/")).exists()]
         missing = [m for m in (*METADATA, "images/") if m not in have]
@@ -112,20 +103,21 @@ def _probe(path: Path, origin: str) -> _Source | None:
     return None
 
 
+CUB = ImageBenchmark(
+    NAME, DISPLAY, ENV_VAR, SUBDIRS, _probe,
+    wants=f"{ARCHIVE} (or its extracted {FOLDER}/ folder)",
+    get="it from https://data.caltech.edu/records/65de6-vp158 (download is off)",
+    n_images=N_IMAGES,
+)
+
+
 def _cache_archive() -> Path:
-    return dataset_dir(NAME) / ARCHIVE
+    return CUB.caches()[0] / ARCHIVE
 
 
-def _locate(root: str | os.PathLike | None, download: bool) -> _Source:
-    src, looked = find(DISPLAY, root, ENV_VAR, [dataset_dir(NAME)], SUBDIRS, _probe)
-    if src is not None:
-        return src
-    if not download:
-        raise not_found(
-            DISPLAY, f"{ARCHIVE} (or its extracted {FOLDER}/ folder)", ENV_VAR, dataset_dir(NAME),
-            "it from https://data.caltech.edu/records/65de6-vp158 (download is off)", looked,
-        )
+def _download() -> _Source:
     dest = _cache_archive()
+    # CUB_SHA256 is read here, at call time, so a test can stand in a small archive.
     fetch(CUB_URL, dest, CUB_SHA256, what=f"CUB-200-2011 ({ARCHIVE}, 1.1 GB)")
     return _Source("tgz", dest, "download")
 
@@ -197,41 +189,27 @@ def _assemble(meta: _Metadata, pixels: dict[str, np.ndarray], image_size: int, w
 
 
 def _decode_tgz(src: _Source, image_size: int) -> Decoded:
-    again = " (delete it and it is downloaded again)" if src.origin in ("cache", "download") else ""
-    fix = f"replace it with the official {ARCHIVE}{again}"
-    if src.check_sha256:
-        verify(src.path, CUB_SHA256, what=f"CUB-200-2011 ({ARCHIVE})")
+    fix = archive_fix(ARCHIVE, src.origin)
     texts: dict[str, str] = {}
     pixels: dict[str, np.ndarray] = {}
     prefix = f"{FOLDER}/images/"
-    try:
-        with (
-            progress(f"decoding {DISPLAY} ({N_IMAGES} images)", N_IMAGES) as update,
-            tarfile.open(src.path, "r|*") as tf,
-        ):
-            # One sequential pass: images are decoded as they stream past (the metadata files may
-            # come before or after them), so the archive is never extracted.
-            for member in tf:
-                if not member.isfile():
-                    continue
-                name = member.name.removeprefix("./")
-                if name.startswith(prefix):
-                    data = tf.extractfile(member).read()  # type: ignore[union-attr]
-                    try:
-                        pixels[name[len(prefix):]] = decode_image(data, image_size)
-                    except IMAGE_ERRORS as exc:
-                        raise MetakitError(
-                            f"{DISPLAY} {src.path}: cannot decode {member.name} ({exc}); {fix}."
-                        ) from None
-                    if len(pixels) % 256 == 0:
-                        update(len(pixels))
-                elif name in (f"{FOLDER}/{m}" for m in METADATA):
-                    raw = tf.extractfile(member).read()  # type: ignore[union-attr]
-                    texts[name.rsplit("/", 1)[1]] = raw.decode("utf-8")
-    except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise MetakitError(
-            f"{DISPLAY} {src.path} is not a readable tar.gz ({type(exc).__name__}: {exc}); {fix}."
-        ) from None
+    with progress(f"decoding {DISPLAY} ({N_IMAGES} images)", N_IMAGES) as update:
+
+        def visit(member: str, f: IO[bytes]) -> None:
+            # Images are decoded as they stream past (the metadata files may come before or after them).
+            name = member.removeprefix("./")
+            if name.startswith(prefix):
+                try:
+                    pixels[name[len(prefix):]] = decode_image(f.read(), image_size)
+                except IMAGE_ERRORS as exc:
+                    raise MetakitError(f"{DISPLAY} {src.path}: cannot decode {member} ({exc}); {fix}.") from None
+                if len(pixels) % 256 == 0:
+                    update(len(pixels))
+            elif name in (f"{FOLDER}/{m}" for m in METADATA):
+                texts[name.rsplit("/", 1)[1]] = f.read().decode("utf-8")
+
+        sha256 = CUB_SHA256 if src.check_sha256 else None
+        read_archive(DISPLAY, src.path, fix, visit, sha256, what=f"CUB-200-2011 ({ARCHIVE})")
     missing = [m for m in METADATA if m not in texts]
     if missing:
         raise MetakitError(f"{DISPLAY} {src.path} holds no {FOLDER}/{', '.join(missing)}; {fix}.")
@@ -255,10 +233,7 @@ def _decode_dir(src: _Source, image_size: int, max_memory_gb: float | None) -> D
             path = src.path / "images" / rel
             if not path.is_file():
                 continue  # reported by _assemble with the count of missing files
-            try:
-                pixels[rel] = decode_image(path, image_size)
-            except IMAGE_ERRORS as exc:
-                raise MetakitError(f"{DISPLAY}: cannot decode {path} ({exc}); replace the file.") from None
+            pixels[rel] = decode_file(DISPLAY, path, image_size)
             if k % 256 == 0:
                 update(k)
     return _assemble(meta, pixels, image_size, str(src.path))
@@ -273,36 +248,25 @@ def load_cub(
     """Load CUB-200-2011's 200 classes with the Chen et al. 100/50/50 few-shot split recorded.
 
     Args:
-        root: ``CUB_200_2011.tgz``, a folder holding it, the extracted ``CUB_200_2011/`` folder or
-            its parent. ``None`` looks at ``$METAKIT_CUB``, then at ``cache_dir("cub")``, where a
-            missing archive is downloaded from CaltechDATA and verified by sha256. Files you
-            supply are validated but not checksum-verified, so repacked copies work.
-        image_size: output side length; photos are resized (not cropped) to squares.
-        download: fetch the official archive (1.1 GB) when no copy is found; with ``False`` (or
-            ``$METAKIT_OFFLINE``) a missing dataset is an error saying what to put where.
-        max_memory_gb: fail with one line if the decoded images would need more (default: 80% of
-            physical memory; about 250 MB are needed at 84px).
+        root, image_size, download, max_memory_gb: as for every benchmark (:mod:`metakit.datasets.imagesets`).
+            ``root`` may be ``CUB_200_2011.tgz``, a folder holding it, the extracted
+            ``CUB_200_2011/`` folder or its parent; ``None`` looks at ``$METAKIT_CUB``, then at
+            ``cache_dir("cub")``, where a missing archive (1.1 GB) is downloaded from
+            CaltechDATA. Photos are resized (not cropped) to squares; about 250 MB of memory are
+            needed at 84px.
 
     Returns:
         An :class:`ImageSetDataset`: uint8 RGB ``[n, 3, image_size, image_size]``; classes are the
         official folder names in official order; ``class_splits`` holds the few-shot split.
     """
-    check_image_size(DISPLAY, image_size)
-    src = _locate(root, download)
+    src = CUB.locate(root, image_size, _download if download else None)
     if src.layout == "tgz":
         # The archive's image count is only known once it is read: check the published one.
         check_memory(DISPLAY, N_IMAGES, image_size, max_memory_gb)
-    key = f"{src.layout}:{stat_identity(src.files())}"
-    if src.layout == "tgz":
-        dec = cached_decode(NAME, DISPLAY, key, image_size, max_memory_gb, lambda: _decode_tgz(src, image_size))
-    else:
-        dec = cached_decode(
-            NAME, DISPLAY, key, image_size, max_memory_gb, lambda: _decode_dir(src, image_size, max_memory_gb)
-        )
-    return to_dataset(NAME, dec)
+        return CUB.load(src, image_size, max_memory_gb, lambda: _decode_tgz(src, image_size))
+    return CUB.load(src, image_size, max_memory_gb, lambda: _decode_dir(src, image_size, max_memory_gb))
 
 
 def cub_status() -> str:
     """One line: where CUB-200-2011 is, or where it would be downloaded to."""
-    missing = f"not local (first use downloads {ARCHIVE}, 1.1 GB, to {_cache_archive()})"
-    return status_line(NAME, DISPLAY, ENV_VAR, SUBDIRS, _probe, N_IMAGES, missing)
+    return CUB.status(f"not local (first use downloads {ARCHIVE}, 1.1 GB, to {_cache_archive()})")

@@ -61,16 +61,8 @@ def load_fc100(
 ) -> ImageSetDataset:
     """Load FC100: CIFAR-100's 100 classes (superclasses as groups), the superclass split recorded.
 
-    Args:
-        root: a folder holding one of the layouts in the module docstring (or a parent holding an
-            ``fc100/``, ``cifar100/`` or ``cifar-100-python/`` folder), or the
-            ``cifar-100-python.tar.gz`` file itself. ``None`` looks at ``$METAKIT_FC100``, then at
-            ``cache_dir("fc100")`` and ``cache_dir("cifar100")``.
-        image_size: output side length (32 is native; other sizes are resized with PIL).
-        download: fetch the official CIFAR-100 archive when no copy is found; with ``False`` (or
-            ``$METAKIT_OFFLINE``) a missing dataset is an error saying what to put where.
-        max_memory_gb: fail with one line if the decoded images would need more (default: 80%
-            of physical memory; 184 MB are needed at 32px).
+    The options are CIFAR-FS's (:func:`~metakit.datasets.cifarfs.load_cifarfs`), with
+    ``$METAKIT_FC100``, ``cache_dir("fc100")`` and an ``fc100/`` folder in place of CIFAR-FS's.
 
     Returns:
         An :class:`ImageSetDataset`: uint8 RGB ``[n, 3, image_size, image_size]``; classes numbered

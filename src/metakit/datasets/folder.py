@@ -60,7 +60,16 @@ import torch
 from PIL import Image, ImageChops, ImageOps
 
 from metakit.datasets.base import ClassDataset
-from metakit.datasets.imagesets import IMAGE_ERRORS, SPLITS, ImageSetDataset, check_image_size, format_bytes, progress
+from metakit.datasets.imagesets import (
+    IMAGE_ERRORS,
+    SPLITS,
+    ImageSetDataset,
+    check_image_size,
+    default_memory_cap,
+    format_bytes,
+    progress,
+    split_by_class_splits,
+)
 from metakit.errors import MetakitError, unknown_name
 from metakit.utils import atomic_path, cache_dir, write_json
 
@@ -94,9 +103,6 @@ _VERSION = 1
 # Images per task handed to a decoding thread: large enough to amortise the pool's overhead,
 # small enough for a smooth progress bar.
 _CHUNK = 64
-
-# Default memory cap for decoded images, as a fraction of physical memory (as the photo sets).
-_MEMORY_FRACTION = 0.8
 
 # Files that tools leave in folders (hidden ones, such as .DS_Store, are skipped by their dot).
 _JUNK = frozenset({"thumbs.db", "desktop.ini"})
@@ -517,11 +523,10 @@ class _Decoded:
 
 
 def _check_memory(root: Path, n: int, options: ImageOptions) -> None:
-    try:
-        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
+    cap = default_memory_cap()
+    if cap is None:
         return
-    need, cap = n * int(np.prod(options.shape)), phys * _MEMORY_FRACTION
+    need = n * int(np.prod(options.shape))
     if need > cap:
         fit = int((cap / (options.channels * n)) ** 0.5)
         raise MetakitError(
@@ -735,7 +740,7 @@ def load_folder(
         _note(f"folder: skipped {len(dec.skipped)} unreadable image(s) (e.g. {_examples(dec.skipped)}).")
     return FolderDataset(
         name="folder",
-        images=torch.from_numpy(dec.images),
+        inputs=torch.from_numpy(dec.images),
         labels=torch.from_numpy(np.asarray(dec.labels, dtype=np.int64)),
         class_names=dec.names,
         class_groups=dec.groups,
@@ -764,10 +769,7 @@ def folder_splits(
             f"folder {root} has no train/, val/ and test/ folders, so there is no published split; use split: class "
             f"(seeded fractions of the classes), or lay the images out as ROOT/{{train,val,test}}/<class>/<image>."
         )
-    return {
-        part: dataset.subset([c for c, s in enumerate(class_splits) if s == part], f"{dataset.name}/{part}")
-        for part in SPLITS
-    }
+    return split_by_class_splits(dataset, class_splits)
 
 
 def folder_status() -> str:

@@ -511,7 +511,7 @@ def _read_cache(path: Path, image_size: int) -> ClassDataset:
         or (len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(names))
     ):
         raise ValueError(f"inconsistent arrays in {path}")
-    return ClassDataset(name="glyphs", images=images, labels=labels, class_names=names, class_groups=groups)
+    return ClassDataset(name="glyphs", inputs=images, labels=labels, class_names=names, class_groups=groups)
 
 
 def _write_cache(
@@ -573,7 +573,7 @@ def load_glyphs(
     _write_cache(path, images, labels, names, groups)
     return ClassDataset(
         name="glyphs",
-        images=torch.from_numpy(images),
+        inputs=torch.from_numpy(images),
         labels=torch.from_numpy(labels),
         class_names=names,
         class_groups=groups,

@@ -18,9 +18,28 @@ same pattern, implemented here once:
 * **Memory.** Everything is held in memory (the :class:`ClassDataset` design). Before allocating,
   the decoded size is compared with ``max_memory_gb`` (default: 80% of physical memory), and a
   dataset that does not fit fails with one line instead of being killed by the OS.
+* **Archives.** :func:`find_archive` and :func:`read_archive` open a benchmark's official tar
+  archive (given directly or inside a folder) in one streaming pass, without extracting it;
+  downloads go through :mod:`metakit.datasets.download`.
 * **The published split.** :class:`ImageSetDataset` records each class's published split
   (``train``/``val``/``test``) and :func:`published_splits` returns exactly those classes, which
   is what ``load_splits(name, split="published")`` uses.
+
+:class:`ImageBenchmark` ties these together: a benchmark module declares only what is its own
+(names, file layouts, URL and sha256, split lists) and a ``probe`` that recognises its layouts;
+finding, the not-found error, the decoded cache and the status line are the benchmark's methods.
+
+Options every benchmark loader takes:
+
+* ``root``: the folder holding one of the benchmark's layouts, a parent holding one of its usual
+  folder names, or (for archives) the archive itself. ``None`` looks at ``$METAKIT_<NAME>``, then
+  at metakit's cache. A missing dataset is a one-line error saying which files to put where.
+* ``image_size``: output side length; other sizes than the native one are resized with PIL.
+* ``download`` (benchmarks with an official archive): fetch it when no copy is found, verified by
+  sha256; with ``False`` (or ``$METAKIT_OFFLINE``) a missing dataset is an error saying what to
+  put where. Files you supply are validated but not checksum-verified, so repacked copies work.
+* ``max_memory_gb``: fail with one line, before allocating, if the decoded images would need
+  more (default: 80% of physical memory).
 """
 
 from __future__ import annotations
@@ -30,18 +49,20 @@ import hashlib
 import io
 import os
 import pickle
+import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
 from metakit.datasets.base import ClassDataset
+from metakit.datasets.download import verify
 from metakit.errors import MetakitError, unknown_name
 from metakit.utils import atomic_path, cache_dir
 
@@ -49,8 +70,11 @@ __all__ = [
     "IMAGE_ERRORS",
     "SPLITS",
     "Decoded",
+    "ImageBenchmark",
     "ImageSetDataset",
     "Location",
+    "Source",
+    "archive_fix",
     "as_text",
     "assemble",
     "cached_decode",
@@ -58,10 +82,14 @@ __all__ = [
     "check_image_size",
     "check_memory",
     "dataset_dir",
+    "decode_file",
+    "decode_files",
     "decode_image",
     "decoded_bytes",
+    "default_memory_cap",
     "fill_resized",
     "find",
+    "find_archive",
     "format_bytes",
     "load_pickle",
     "not_found",
@@ -69,6 +97,8 @@ __all__ = [
     "partial_layout",
     "progress",
     "published_splits",
+    "read_archive",
+    "split_by_class_splits",
     "stat_identity",
     "str_keys",
     "to_dataset",
@@ -99,8 +129,8 @@ class ImageSetDataset(ClassDataset):
 
     class_splits: list[str] | None = None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def __post_init__(self, images: torch.Tensor | None = None) -> None:
+        super().__post_init__(images)
         if self.class_splits is not None and len(self.class_splits) != self.num_classes:
             raise MetakitError(f"dataset {self.name!r}: one published split per class is required.")
 
@@ -120,6 +150,14 @@ def published_splits(
         raise MetakitError(
             f"dataset {dataset.name!r} records no published split; use split: class or split: group."
         )
+    return split_by_class_splits(dataset, class_splits)
+
+
+def split_by_class_splits(dataset: ClassDataset, class_splits: Sequence[str]) -> dict[str, ClassDataset]:
+    """``train``/``val``/``test`` subsets of ``dataset``: the classes ``class_splits`` assigns to each.
+
+    Shared by the benchmarks' published splits and the ``folder`` dataset's split folders.
+    """
     return {
         part: dataset.subset([c for c, s in enumerate(class_splits) if s == part], f"{dataset.name}/{part}")
         for part in SPLITS
@@ -338,9 +376,14 @@ def format_bytes(n: float) -> str:
     return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-def _physical_memory() -> int | None:
+def default_memory_cap() -> float | None:
+    """80% of this machine's physical memory in bytes, or ``None`` where it cannot be read.
+
+    Every image dataset (the benchmarks and ``folder``) checks its decoded size against this
+    before allocating, so a dataset too large for the machine fails with one line.
+    """
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * _DEFAULT_MEMORY_FRACTION
     except (AttributeError, OSError, ValueError):
         return None
 
@@ -359,10 +402,10 @@ def check_memory(display: str, n_images: int, image_size: int, max_memory_gb: fl
     if max_memory_gb is not None:
         cap, source = max_memory_gb * 1e9, "max_memory_gb"
     else:
-        phys = _physical_memory()
-        if phys is None:
+        default = default_memory_cap()
+        if default is None:
             return
-        cap, source = phys * _DEFAULT_MEMORY_FRACTION, "80% of this machine's memory; set max_memory_gb to change it"
+        cap, source = default, "80% of this machine's memory; set max_memory_gb to change it"
     need = decoded_bytes(n_images, image_size)
     if need > cap:
         fit = int((cap / (3 * n_images)) ** 0.5) if n_images else image_size
@@ -426,6 +469,93 @@ def fill_resized(out: np.ndarray, images: np.ndarray, channels_last: bool, what:
         img = images[i] if channels_last else images[i].transpose(1, 2, 0)
         small = Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.Resampling.BILINEAR)
         out[i] = np.asarray(small, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def decode_file(
+    display: str, path: Path, image_size: int, missing: Callable[[], MetakitError] | None = None
+) -> np.ndarray:
+    """:func:`decode_image` of one file, any failure one line naming it.
+
+    ``missing`` builds the error for a file that does not exist (a layout that lists its images
+    says which list named it); without it a missing file is reported as undecodable.
+    """
+    try:
+        return decode_image(path, image_size)
+    except FileNotFoundError:
+        if missing is None:
+            raise MetakitError(f"{display}: cannot decode {path} (it does not exist); replace the file.") from None
+        raise missing() from None
+    except IMAGE_ERRORS as exc:
+        raise MetakitError(f"{display}: cannot decode {path} ({exc}); replace the file.") from None
+
+
+def decode_files(
+    display: str,
+    paths: Sequence[Path],
+    out: np.ndarray,
+    missing: Callable[[int], MetakitError] | None = None,
+) -> None:
+    """Decode ``paths`` into ``out`` (``[len(paths), 3, size, size]``) with a progress bar.
+
+    The one loop behind every layout that keeps its images as files in folders; ``missing``
+    is as for :func:`decode_file`, given the index of the missing path.
+    """
+    image_size = out.shape[-1]
+    with progress(f"decoding {display} ({len(paths)} images)", len(paths)) as update:
+        for i, path in enumerate(paths):
+            gone = None if missing is None else (lambda i=i: missing(i))
+            out[i] = decode_file(display, path, image_size, gone)
+            if i % 256 == 0:
+                update(i)
+
+
+# --------------------------------------------------------------------------------------------
+# Official archives
+
+
+def archive_fix(official: str, origin: str) -> str:
+    """What to do about a damaged archive: replace it with ``official`` (deleting a cached copy refetches it)."""
+    again = " (delete it and it is downloaded again)" if origin in ("cache", "download") else ""
+    return f"replace it with the official {official}{again}"
+
+
+def find_archive(display: str, path: Path, origin: str, archive: str) -> Path | None:
+    """The tar archive at ``path``: ``path`` itself when it is a file, else ``path/archive`` if present.
+
+    A file that is not a tar archive is an error: the user pointed at it as the dataset.
+    """
+    if path.is_file():
+        if tarfile.is_tarfile(path):
+            return path
+        raise MetakitError(f"{display} {origin} {path} is not a tar archive; point it at {archive} or its folder.")
+    if path.is_dir() and (path / archive).is_file():
+        return path / archive
+    return None
+
+
+def read_archive(
+    display: str,
+    path: Path,
+    fix: str,
+    visit: Callable[[str, IO[bytes]], None],
+    sha256: str | None = None,
+    what: str = "",
+) -> None:
+    """Call ``visit(name, file)`` for each file in the tar archive at ``path``, in one streaming pass.
+
+    Streaming (``"r|*"``): one sequential pass over the gzip stream, never extracted, so there is
+    never a half-extracted folder. With ``sha256`` the archive is verified first (``what`` names
+    it), as metakit's own cached copies are. A damaged archive is one line ending in ``fix``.
+    """
+    if sha256 is not None:
+        verify(path, sha256, what=what)
+    try:
+        with tarfile.open(path, "r|*") as tf:
+            for member in tf:
+                if member.isfile():
+                    visit(member.name, tf.extractfile(member))  # type: ignore[arg-type]
+    except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise MetakitError(f"{display} {path} is not a readable tar.gz ({type(exc).__name__}: {exc}); {fix}.") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,7 +656,7 @@ def to_dataset(name: str, dec: Decoded) -> ImageSetDataset:
     """Wrap a :class:`Decoded` as an :class:`ImageSetDataset` (sharing its memory)."""
     return ImageSetDataset(
         name=name,
-        images=torch.from_numpy(np.ascontiguousarray(dec.images)),
+        inputs=torch.from_numpy(np.ascontiguousarray(dec.images)),
         labels=torch.from_numpy(np.asarray(dec.labels, dtype=np.int64)),
         class_names=list(dec.names),
         class_groups=list(dec.groups) if dec.groups is not None else None,
@@ -569,13 +699,105 @@ def assemble(
     return Decoded(out, labels, names, splits, None if None in groups else groups)  # type: ignore[arg-type]
 
 
-def status_line(
-    name: str, display: str, env_var: str, subdirs: Sequence[str], probe: Any, n_images: int, missing: str
-) -> str:
-    """One line for ``metakit datasets``: where the files are (or ``missing``), with the memory need at 84px."""
-    need = f"~{format_bytes(decoded_bytes(n_images, 84))} in memory at 84px"
-    try:
-        src, _ = find(display, None, env_var, [dataset_dir(name)], subdirs, probe)
-    except MetakitError as exc:
-        return str(exc)
-    return f"{src.describe() if src is not None else missing}; {need}"
+# --------------------------------------------------------------------------------------------
+# One benchmark: finding, decoding once, status
+
+
+class Source(Protocol):
+    """Where a benchmark's files were found: what each benchmark's ``probe`` returns."""
+
+    layout: str
+    origin: str
+
+    def files(self) -> list[Path]:
+        """The files whose identity keys the decoded cache."""
+        ...
+
+    def describe(self) -> str:
+        """For status lines: the layout, its path and origin."""
+        ...
+
+
+@dataclass(frozen=True)
+class ImageBenchmark:
+    """One published image benchmark: what is its own, and the loading path all benchmarks share.
+
+    Attributes:
+        name: registry and cache name (``cache_dir()/name`` is where files are placed or downloaded).
+        display: the name in messages.
+        env_var: environment variable naming its folder.
+        subdirs: usual folder names inside a root.
+        probe: ``probe(path, origin)`` -> a :class:`Source`, ``None`` when nothing of the dataset is
+            at ``path``, or a :class:`MetakitError` for a partial layout (see :func:`find`).
+        wants: the files a user may place, for messages.
+        get: where to get them, for the not-found error.
+        n_images: the published number of images (memory need in the status line).
+        native_size: the side length of the published images (the status line's memory need).
+        shared_cache: another cache folder searched too (CIFAR-100's archive serves CIFAR-FS and FC100).
+    """
+
+    name: str
+    display: str
+    env_var: str
+    subdirs: tuple[str, ...]
+    probe: Callable[[Path, str], Any]
+    wants: str
+    get: str
+    n_images: int
+    native_size: int = 84
+    shared_cache: str | None = None
+
+    def caches(self) -> list[Path]:
+        """metakit's cache folders for this benchmark, in search order."""
+        return [dataset_dir(self.name)] + ([dataset_dir(self.shared_cache)] if self.shared_cache else [])
+
+    def find(self, root: str | os.PathLike | None) -> tuple[Any, list[Location]]:
+        """:func:`find` over ``root``, ``$env_var`` and the caches: ``(source or None, looked)``."""
+        return find(self.display, root, self.env_var, self.caches(), self.subdirs, self.probe)
+
+    def locate(
+        self,
+        root: str | os.PathLike | None,
+        image_size: int,
+        fetch: Callable[[], Any] | None = None,
+        place: Path | None = None,
+    ) -> Any:
+        """Check ``image_size`` and return the source, or ``fetch()`` it, or fail naming what to place where.
+
+        ``fetch`` downloads the official archive and returns its source (``None``: the benchmark
+        has no download, or downloading is off); ``place`` is where the error says to put files
+        (default ``cache_dir()/name``).
+        """
+        check_image_size(self.display, image_size)
+        src, looked = self.find(root)
+        if src is not None:
+            return src
+        if fetch is not None:
+            return fetch()
+        raise not_found(self.display, self.wants, self.env_var, place or dataset_dir(self.name), self.get, looked)
+
+    def load(
+        self,
+        src: Source,
+        image_size: int,
+        max_memory_gb: float | None,
+        decode: Callable[[], Decoded],
+        key: str | None = None,
+    ) -> ImageSetDataset:
+        """The decoded dataset from the cache, or ``decode()`` it once and cache it.
+
+        ``key`` identifies the source and every decoding option (default: the layout and the
+        source files' identity).
+        """
+        key = key if key is not None else f"{src.layout}:{stat_identity(src.files())}"
+        return to_dataset(self.name, cached_decode(self.name, self.display, key, image_size, max_memory_gb, decode))
+
+    def status(self, missing: str) -> str:
+        """One line for ``metakit datasets``: where the files are (or ``missing``), with the memory need."""
+        size = self.native_size
+        need = f"~{format_bytes(decoded_bytes(self.n_images, size))} in memory at {size}px"
+        try:
+            src, _ = self.find(None)
+        except MetakitError as exc:
+            return str(exc)
+        return f"{src.describe() if src is not None else missing}; {need}"

@@ -29,27 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from metakit.datasets.imagesets import (
-    IMAGE_ERRORS,
     SPLITS,
     Decoded,
+    ImageBenchmark,
     ImageSetDataset,
-    cached_decode,
-    check_image_size,
     check_memory,
-    dataset_dir,
-    decode_image,
-    decoded_bytes,
+    decode_files,
     fill_resized,
-    find,
-    format_bytes,
     load_pickle,
-    not_found,
     partial_layout,
-    progress,
-    stat_identity,
-    status_line,
     str_keys,
-    to_dataset,
 )
 from metakit.errors import MetakitError
 
@@ -136,11 +125,7 @@ def _probe(path: Path, origin: str) -> _Source | None:
     return None
 
 
-def _locate(root: str | os.PathLike | None) -> _Source:
-    src, looked = find(DISPLAY, root, ENV_VAR, [dataset_dir(NAME)], SUBDIRS, _probe)
-    if src is None:
-        raise not_found(DISPLAY, WANTS, ENV_VAR, dataset_dir(NAME), GET, looked)
-    return src
+MINIIMAGENET = ImageBenchmark(NAME, DISPLAY, ENV_VAR, SUBDIRS, _probe, WANTS, GET, N_IMAGES)
 
 
 def _check_class(wnid: str, split: str, what: str) -> None:
@@ -230,22 +215,16 @@ def _decode_csv(src: _Source, image_size: int, max_memory_gb: float | None) -> D
     names = sorted(seen, key=lambda w: (SPLITS.index(seen[w]), w))
     index = {w: i for i, w in enumerate(names)}
     images = np.empty((len(entries), 3, image_size, image_size), dtype=np.uint8)
-    labels = np.empty(len(entries), dtype=np.int64)
-    with progress(f"decoding {DISPLAY} ({len(entries)} images)", len(entries)) as update:
-        for i, (_, wnid, filename) in enumerate(entries):
-            image_path = src.folder / "images" / filename
-            try:
-                images[i] = decode_image(image_path, image_size)
-            except FileNotFoundError:
-                raise MetakitError(
-                    f"{DISPLAY}: {CSVS[seen[wnid]]} lists {filename} but {image_path} does not exist; "
-                    f"place all listed images in {src.folder / 'images'}."
-                ) from None
-            except IMAGE_ERRORS as exc:
-                raise MetakitError(f"{DISPLAY}: cannot decode {image_path} ({exc}); replace the file.") from None
-            labels[i] = index[wnid]
-            if i % 256 == 0:
-                update(i)
+    labels = np.fromiter((index[wnid] for _, wnid, _ in entries), dtype=np.int64, count=len(entries))
+    paths = [src.folder / "images" / filename for _, _, filename in entries]
+
+    def missing(i: int) -> MetakitError:
+        return MetakitError(
+            f"{DISPLAY}: {CSVS[entries[i][0]]} lists {entries[i][2]} but {paths[i]} does not exist; "
+            f"place all listed images in {src.folder / 'images'}."
+        )
+
+    decode_files(DISPLAY, paths, images, missing)
     return Decoded(images, labels, names, [seen[w] for w in names])
 
 
@@ -270,17 +249,12 @@ def load_miniimagenet(
         wnids, numbered train, val, test (each sorted); ``class_splits`` holds the published split
         (``load_splits("miniimagenet", split="published")``).
     """
-    check_image_size(DISPLAY, image_size)
-    src = _locate(root)
+    src = MINIIMAGENET.locate(root, image_size)
     decode = _decode_pickles if src.layout == "pickle" else _decode_csv
-    dec = cached_decode(
-        NAME, DISPLAY, f"{src.layout}:{stat_identity(src.files())}", image_size, max_memory_gb,
-        lambda: decode(src, image_size, max_memory_gb),
-    )
-    return to_dataset(NAME, dec)
+    return MINIIMAGENET.load(src, image_size, max_memory_gb, lambda: decode(src, image_size, max_memory_gb))
 
 
 def miniimagenet_status() -> str:
     """One line: where miniImageNet is, or which files to place where."""
-    missing = f"not local (no official download): place {WANTS} in {dataset_dir(NAME)} (or set ${ENV_VAR})"
-    return status_line(NAME, DISPLAY, ENV_VAR, SUBDIRS, _probe, N_IMAGES, missing)
+    place = MINIIMAGENET.caches()[0]
+    return MINIIMAGENET.status(f"not local (no official download): place {WANTS} in {place} (or set ${ENV_VAR})")

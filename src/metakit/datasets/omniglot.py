@@ -425,7 +425,7 @@ def load_omniglot(
         ids += dec.ids
     return OmniglotDataset(
         name="omniglot",
-        images=torch.cat(images).unsqueeze(1),
+        inputs=torch.cat(images).unsqueeze(1),
         labels=torch.cat(labels),
         class_names=cnames,
         class_groups=groups,

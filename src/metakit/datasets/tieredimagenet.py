@@ -33,31 +33,26 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 
 from metakit.datasets.imagesets import (
     IMAGE_ERRORS,
     SPLITS,
     Decoded,
+    ImageBenchmark,
     ImageSetDataset,
     as_text,
-    cached_decode,
-    check_image_size,
     check_memory,
-    dataset_dir,
     decode_image,
     decoded_bytes,
     fill_resized,
-    find,
     format_bytes,
     load_pickle,
-    not_found,
     partial_layout,
     progress,
     stat_identity,
-    status_line,
     str_keys,
-    to_dataset,
 )
 from metakit.errors import MetakitError, unknown_name
 
@@ -104,6 +99,10 @@ class _Source:
     origin: str
     forms: tuple[str, ...]  # per split: "png" or "npz"
 
+    @property
+    def layout(self) -> str:
+        return ",".join(self.forms)
+
     def images_file(self, split: str) -> Path:
         form = self.forms[SPLITS.index(split)]
         return self.folder / (_png_file(split) if form == "png" else _npz_file(split))
@@ -137,11 +136,7 @@ def _probe(path: Path, origin: str) -> _Source | None:
     return None
 
 
-def _locate(root: str | os.PathLike | None) -> _Source:
-    src, looked = find(DISPLAY, root, ENV_VAR, [dataset_dir(NAME)], SUBDIRS, _probe)
-    if src is None:
-        raise not_found(DISPLAY, WANTS, ENV_VAR, dataset_dir(NAME), GET, looked)
-    return src
+TIEREDIMAGENET = ImageBenchmark(NAME, DISPLAY, ENV_VAR, SUBDIRS, _probe, WANTS, GET, N_IMAGES)
 
 
 @dataclass
@@ -279,19 +274,17 @@ def load_tieredimagenet(
         An :class:`ImageSetDataset`: uint8 RGB ``[n, 3, image_size, image_size]``; classes
         numbered train, val, test in file order; ``class_splits`` holds the published split.
     """
-    check_image_size(DISPLAY, image_size)
     if npz_channels not in ("bgr", "rgb"):
         raise unknown_name("tieredImageNet npz_channels", npz_channels, ["bgr", "rgb"])
-    src = _locate(root)
+    src = TIEREDIMAGENET.locate(root, image_size)
     order = npz_channels if "npz" in src.forms else "-"
-    key = f"{','.join(src.forms)}:{order}:{stat_identity(src.files())}"
-    dec = cached_decode(
-        NAME, DISPLAY, key, image_size, max_memory_gb, lambda: _decode(src, image_size, max_memory_gb, npz_channels)
+    key = f"{src.layout}:{order}:{stat_identity(src.files())}"
+    return TIEREDIMAGENET.load(
+        src, image_size, max_memory_gb, lambda: _decode(src, image_size, max_memory_gb, npz_channels), key
     )
-    return to_dataset(NAME, dec)
 
 
 def tieredimagenet_status() -> str:
     """One line: where tieredImageNet is, or which files to place where; with its memory need."""
-    missing = f"not local (no official download): place {WANTS} in {dataset_dir(NAME)} (or set ${ENV_VAR})"
-    return status_line(NAME, DISPLAY, ENV_VAR, SUBDIRS, _probe, N_IMAGES, missing)
+    place = TIEREDIMAGENET.caches()[0]
+    return TIEREDIMAGENET.status(f"not local (no official download): place {WANTS} in {place} (or set ${ENV_VAR})")

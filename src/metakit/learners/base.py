@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metakit.episodes import Episode
+from metakit.episodes import MetaBatch
 from metakit.errors import MetakitError
 
 #: Maps query inputs to outputs: class logits ``[n, ways]`` or regression outputs ``[n, d]``.
@@ -79,7 +79,7 @@ class Learner(nn.Module):
         """Adapt to one task's support set and return a predictor for its query inputs."""
         raise NotImplementedError
 
-    def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Meta-training loss of a meta-batch (mean over tasks) and its metrics."""
         losses, outputs = [], []
         for episode in batch.tasks():
@@ -92,7 +92,7 @@ class Learner(nn.Module):
 
     # -- what the trainer calls ---------------------------------------------------------------
 
-    def meta_step(self, batch: Episode) -> dict[str, float]:
+    def meta_step(self, batch: MetaBatch) -> dict[str, float]:
         """Write this meta-batch's meta-gradient into ``.grad`` and return its metrics."""
         loss, metrics = self.meta_loss(batch)
         check_finite(loss)

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metakit.episodes import Episode, as_batch
+from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
 from metakit.learners import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
 
 
-def global_batch(batch: Episode, learner: str = "finetune") -> tuple[torch.Tensor, torch.Tensor]:
+def global_batch(batch: MetaBatch, learner: str = "finetune") -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of a classification meta-batch with its split-level class label.
 
     Pretraining-style learners train a classifier over all training classes on these; ``learner``
@@ -133,7 +133,7 @@ class FineTune(Learner):
         f = self.backbone(x)
         return F.normalize(f, dim=-1) if self.normalize else f
 
-    def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy of the global classifier on every image of the meta-batch."""
         x, y = global_batch(batch, getattr(type(self), "registry_name", "finetune"))
         logits = self.classifier(self._features(x))

@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metakit import inner
-from metakit.episodes import Episode
+from metakit.episodes import Episode, MetaBatch
 from metakit.errors import MetakitError
 from metakit.learners import fastpath
 from metakit.learners.base import Learner, Predictor, TaskInfo, check_finite
@@ -237,7 +237,7 @@ class GradientLearner(Learner):
 
     # -- meta-training --------------------------------------------------------------------------
 
-    def meta_step(self, batch: Episode) -> dict[str, float]:
+    def meta_step(self, batch: MetaBatch) -> dict[str, float]:
         """The meta-gradient into ``.grad``, one task at a time (on CPU, tasks in parallel threads).
 
         Each task's gradient is computed and its graph freed on its own (peak memory: one task's
@@ -288,7 +288,7 @@ class GradientLearner(Learner):
     #: Tasks per grouped forward (``None``: the whole meta-batch). Bounds memory on large batches.
     task_chunk: int | None = None
 
-    def task_mode(self, batch: Episode) -> str:
+    def task_mode(self, batch: MetaBatch) -> str:
         """The way :meth:`meta_step` will run ``batch``'s tasks (see :attr:`task_batching`)."""
         if self.task_batching not in ("auto", "threads", "grouped", "loop"):
             raise MetakitError(f"task_batching must be auto, threads, grouped or loop, got {self.task_batching!r}.")
@@ -306,7 +306,7 @@ class GradientLearner(Learner):
 
     # -- all tasks at once ----------------------------------------------------------------------
 
-    def _grouped_meta_step(self, batch: Episode) -> dict[str, float]:
+    def _grouped_meta_step(self, batch: MetaBatch) -> dict[str, float]:
         """The meta-gradient with every task of a chunk in one network (:func:`fastpath.forward_tasks`).
 
         Each parameter carries a leading task dimension (the meta-parameters expanded, then each

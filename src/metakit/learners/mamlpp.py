@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from metakit import inner
-from metakit.episodes import Episode
+from metakit.episodes import MetaBatch
 from metakit.errors import MetakitError
 from metakit.learners import register_learner
 from metakit.learners.base import Predictor, TaskInfo
@@ -117,7 +117,7 @@ class MAMLPlusPlus(GradientLearner):
             params = {k: v.detach() for k, v in params.items()}
         return lambda query_x: self.forward_with(params, query_x, ways)
 
-    def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted query losses after every inner step, averaged over tasks."""
         weights = self.loss_weights()
         losses, scores = [], []
@@ -129,7 +129,7 @@ class MAMLPlusPlus(GradientLearner):
         loss = torch.stack(losses).mean()
         return loss, {"loss": loss.item(), self.metric: sum(scores) / len(scores)}
 
-    def meta_step(self, batch: Episode) -> dict[str, float]:
+    def meta_step(self, batch: MetaBatch) -> dict[str, float]:
         """The MSL meta-gradient (one backward through :meth:`meta_loss`); advances the annealing counter."""
         metrics = super().meta_step(batch)
         self.meta_steps += 1

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metakit.episodes import Episode, as_batch
+from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
 from metakit.learners import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo
@@ -154,7 +154,7 @@ class MatchingNetworks(Learner):
 
         return predict
 
-    def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """All tasks of the meta-batch go through the backbone and the LSTMs together."""
         batch = as_batch(batch)
         t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]

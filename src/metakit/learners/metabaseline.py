@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metakit.episodes import Episode, as_batch
+from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
 from metakit.learners import register_learner
 from metakit.learners.base import TaskInfo, check_finite
@@ -35,7 +35,7 @@ from metakit.learners.finetune import global_batch
 from metakit.learners.protonet import ProtoNet
 
 
-def split_ways(batch: Episode, ways: int) -> Episode:
+def split_ways(batch: MetaBatch, ways: int) -> MetaBatch:
     """Cut each task of a meta-batch into tasks of ``ways`` classes (leftover classes are dropped).
 
     Relies on the episode layout :class:`~metakit.episodes.EpisodeSampler` produces: support and
@@ -57,7 +57,7 @@ def split_ways(batch: Episode, ways: int) -> Episode:
         return x.reshape(t * groups, ways * per_class, *x.shape[3:])
 
     labels = torch.arange(ways, device=batch.support_y.device)
-    return Episode(
+    return MetaBatch(
         support_x=cut(batch.support_x, k),
         support_y=labels.repeat_interleave(k).repeat(t * groups, 1),
         query_x=cut(batch.query_x, q),
@@ -66,7 +66,6 @@ def split_ways(batch: Episode, ways: int) -> Episode:
         shots=k,
         queries=q,
         classes=None if batch.classes is None else batch.classes[:, : groups * ways].reshape(t * groups, ways),
-        batched=True,
     )
 
 
@@ -110,7 +109,7 @@ class MetaBaseline(ProtoNet):
         """1 while pretraining the classifier, 2 once meta-training the cosine ProtoNet."""
         return 1 if int(self.meta_steps) < self.pretrain_steps else 2
 
-    def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Stage 1: global-label cross-entropy; stage 2: the cosine ProtoNet's episodic loss."""
         stage = self.stage
         if stage == 1:
@@ -124,7 +123,7 @@ class MetaBaseline(ProtoNet):
             loss, metrics = super().meta_loss(batch)
         return loss, {**metrics, "stage": float(stage)}
 
-    def meta_step(self, batch: Episode) -> dict[str, float]:
+    def meta_step(self, batch: MetaBatch) -> dict[str, float]:
         """This stage's gradient; advances the meta-step counter that decides the stage."""
         loss, metrics = self.meta_loss(batch)
         check_finite(loss)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metakit.episodes import Episode, as_batch
+from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
 from metakit.learners import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
@@ -149,7 +149,7 @@ class PMF(Learner):
         cos = F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).transpose(-1, -2)
         return scale * (cos + bias)
 
-    def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """ProtoNet's loss; all tasks of the meta-batch go through the backbone in one forward pass."""
         batch = as_batch(batch)
         t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]

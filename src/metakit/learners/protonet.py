@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metakit.episodes import Episode, as_batch
+from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
 from metakit.learners import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
@@ -50,7 +50,7 @@ class ProtoNet(Learner):
         protos = prototypes(self.backbone(support_x), support_y, ways)
         return lambda query_x: self.logits(self.backbone(query_x), protos)
 
-    def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """All tasks of the meta-batch go through the backbone in one forward pass."""
         batch = as_batch(batch)
         t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metakit.episodes import Episode, as_batch
+from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
 from metakit.learners import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo
@@ -108,7 +108,7 @@ class R2D2(Learner):
         weights = self.head(self.backbone(support_x), support_y, ways)
         return lambda query_x: self.logits(self.backbone(query_x), weights)
 
-    def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """One backbone pass for the whole meta-batch, one batched linear solve for its tasks."""
         batch = as_batch(batch)
         t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]

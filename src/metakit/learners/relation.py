@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metakit.backbones import conv_block
-from metakit.episodes import Episode, as_batch
+from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
 from metakit.learners import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
@@ -150,7 +150,7 @@ class RelationNet(Learner):
         classes = self.class_maps(self.feature_maps(support_x), support_y, ways).unsqueeze(0)
         return lambda query_x: self.relations(self.feature_maps(query_x).unsqueeze(0), classes).squeeze(0)
 
-    def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """All tasks of the meta-batch go through the embedding module in one forward pass."""
         batch = as_batch(batch)
         t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metakit.episodes import Episode
+from metakit.episodes import MetaBatch
 from metakit.learners import register_learner
 from metakit.learners.base import TaskInfo, check_finite
 from metakit.learners.gradient import GradientLearner
@@ -32,7 +32,7 @@ class Reptile(GradientLearner):
                  **options: Any) -> None:
         super().__init__(backbone, task, inner_lr=inner_lr, inner_steps=inner_steps, first_order=True, **options)
 
-    def meta_step(self, batch: Episode) -> dict[str, float]:
+    def meta_step(self, batch: MetaBatch) -> dict[str, float]:
         """Pseudo-gradient ``θ − mean_i φ_i`` into ``.grad``; metrics are the adapted query scores."""
         theta = self.parameters_dict()
         delta = {n: torch.zeros_like(p) for n, p in theta.items()}

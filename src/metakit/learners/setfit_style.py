@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metakit.episodes import Episode, as_batch
+from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
 from metakit.learners import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
@@ -117,7 +117,7 @@ class SetFitStyle(Learner):
         """``scale * cos(query, prototype)`` for query embeddings ``[..., q, d]`` and prototypes ``[..., n, d]``."""
         return self.scale * F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).transpose(-1, -2)
 
-    def meta_loss(self, batch: Episode) -> tuple[torch.Tensor, dict[str, float]]:
+    def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """ProtoNet's loss; every sentence of the meta-batch goes through the encoder in one call."""
         batch = as_batch(batch)
         t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]
