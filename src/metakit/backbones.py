@@ -3,6 +3,10 @@
 A backbone maps inputs ``[n, *input_shape]`` to features ``[n, out_dim]``; learners put their own
 heads (prototypes, linear layers, ridge regression) on top. Backbones are plain ``nn.Module``\\ s
 with named parameters, so functional learners can call them with ``torch.func.functional_call``.
+
+The backbones trained from scratch are defined here. The pretrained encoders
+(:mod:`metakit.pretrained`) and the domains' backbones (nas, text) are named by their plugins
+(:mod:`metakit.registry`) and imported when first built, so this module imports none of them.
 """
 
 from __future__ import annotations
@@ -173,9 +177,3 @@ def projection(
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-# The domains' backbones (nas: supernet, nas; text: transformer) come through their plugins.
-# Pretrained image encoders (timm, torchvision, open_clip, the shipped EfficientNet-Lite0) register
-# themselves on import; their libraries are imported only when one of them is built.
-from metakit import pretrained as _pretrained  # noqa: E402,F401

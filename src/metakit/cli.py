@@ -313,11 +313,14 @@ def cmd_datasets_export(args: argparse.Namespace) -> int:
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     """List the datasets: source, license, local status; or export a task of one as image files."""
-    from metakit.datasets import DATASETS
+    from metakit.datasets import DATASETS, get_dataset
+    from metakit.registry import names
 
     if args.action == "export":
         return cmd_datasets_export(args)
     check_output_file(args.json)
+    for name in names("dataset"):  # the plugins' datasets join the table when first asked for
+        get_dataset(name)
     table = Table(title="metakit datasets")
     table.add_column("name", no_wrap=True)
     for col in ("source", "license", "local status"):

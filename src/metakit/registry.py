@@ -44,7 +44,9 @@ class Plugin:
             :mod:`metakit.cli` (``add_config_command``, ...) give it the usual arguments.
         learners: learner name -> a :class:`~metakit.learners.Learner` subclass.
         backbones: backbone name -> a factory ``f(input_shape, **options) -> nn.Module``.
-        datasets: dataset name -> a :class:`~metakit.datasets.DatasetSpec`.
+        datasets: dataset name -> a :class:`~metakit.datasets.DatasetSpec`, or a function of no
+            arguments that returns one (so that the module need not import :mod:`metakit.datasets`,
+            and with it torch, before the dataset is used).
         config_section: the top-level config section holding the domain's own settings
             (``nas``, ``tune``, ...), or ``None`` when it reads only the shared sections.
     """
@@ -139,7 +141,9 @@ def find(kind: str, name: str) -> Any | None:
     for plugin in plugins().values():
         target = plugin.targets(kind).get(name)
         if target is not None:
-            return load_target(target, f"{kind} {name!r} of plugin {plugin.name!r}")
+            obj = load_target(target, f"{kind} {name!r} of plugin {plugin.name!r}")
+            # A DatasetSpec is not callable; a function in its place builds it now (see Plugin.datasets).
+            return obj() if kind == "dataset" and callable(obj) else obj
     return None
 
 
