@@ -115,19 +115,23 @@ def write_json_option(path: str | None, data: Any) -> None:
         err_console.print(f"results written to {path}")
 
 
-def _print_evaluation(result: dict[str, Any]) -> None:
+def _evaluate(run_dir: str | os.PathLike, args: argparse.Namespace, **options: Any) -> dict[str, Any]:
+    """Evaluate a run on fixed test episodes (``options`` go to ``evaluate_run``), print it, write ``--json``."""
+    from metakit.evaluation import evaluate_run
     from metakit.reporting import results_table
 
+    result = evaluate_run(str(run_dir), progress=not args.no_progress, **options)
     title = f"{result['learner']} on {result['dataset']} ({result['split']} split)"
     console.print(results_table(result["results"], title=title))
     if result.get("meta_training_seconds") is not None:
         console.print(f"meta-training time: {result['meta_training_seconds']:.1f} s ({result['threads']} thread(s))")
+    write_json_option(args.json, result)
+    return result
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Meta-train ProtoNet on Glyphs, evaluate 5-way 1-shot and 5-shot on held-out blocks."""
     from metakit.config import config_from_dict, merge, parse_overrides
-    from metakit.evaluation import evaluate_run
     from metakit.training import train
 
     config = config_from_dict(merge(QUICKSTART, parse_overrides(args.overrides)))
@@ -136,9 +140,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     err_console.print(f"[bold]metakit quickstart[/]: ProtoNet + Conv-4 on Glyphs, run directory {out}")
     train(config, out, progress=not args.no_progress)
-    result = evaluate_run(str(out), progress=not args.no_progress)
-    _print_evaluation(result)
-    write_json_option(args.json, result)
+    _evaluate(out, args)
     console.print(f"total time {time.perf_counter() - start:.0f} s; report: {out / 'report.md'}")
     return 0
 
@@ -147,7 +149,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Meta-train from a YAML config."""
     from metakit import distributed as dist
     from metakit.config import load_config
-    from metakit.evaluation import evaluate_run
     from metakit.training import train
 
     config = load_config(args.config, args.overrides)
@@ -169,31 +170,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"at step {summary['best_step']}; run directory {out}"
     )
     if args.evaluate:
-        result = evaluate_run(str(out), progress=not args.no_progress)
-        _print_evaluation(result)
-        write_json_option(args.json, result)
+        _evaluate(out, args)
     console.print(f"report: {out / 'report.md'}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a trained run on fixed test episodes."""
-    from metakit.evaluation import evaluate_run
-
     check_output_file(args.json)
-    result = evaluate_run(
-        args.run_dir,
-        episodes=args.episodes,
-        ways=args.ways,
-        shots=args.shots,
-        queries=args.queries,
-        checkpoint=args.checkpoint,
-        split=args.split,
-        progress=not args.no_progress,
-        overrides=args.overrides,
-    )
-    _print_evaluation(result)
-    write_json_option(args.json, result)
+    _evaluate(args.run_dir, args, episodes=args.episodes, ways=args.ways, shots=args.shots, queries=args.queries,
+              checkpoint=args.checkpoint, split=args.split, overrides=args.overrides)
     console.print(f"report: {Path(args.run_dir) / 'report.md'}")
     return 0
 
@@ -497,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_one_setting(p: argparse.ArgumentParser) -> None:
+    """``--ways`` and ``--shots`` of a command that evaluates one setting (cross-domain, continual)."""
+    p.add_argument("--ways", type=positive_int, help="ways (default: each run's first eval ways)")
+    p.add_argument("--shots", type=positive_int, help="shots (default: each run's first eval shots)")
+
+
 def add_core_commands(sub: argparse._SubParsersAction) -> None:
     """Add the classification commands (train, evaluate, predict, ...), which the core plugin declares."""
     p = sub.add_parser("quickstart", help="meta-train ProtoNet on the embedded Glyphs dataset and evaluate it (~3 min)",
@@ -577,24 +569,19 @@ def add_core_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--datasets", nargs="+", required=True, metavar="NAME[:key=value,...]",
                    help="test datasets, e.g. glyphs omniglot:root=path/images_background.zip")
-    p.add_argument("--ways", type=positive_int, help="ways (default: each run's first eval ways)")
-    p.add_argument("--shots", type=positive_int, help="shots (default: each run's first eval shots)")
+    _add_one_setting(p)
     p.add_argument("--episodes", type=positive_int, help="fixed test episodes per cell (default: eval.episodes)")
     p.add_argument("--out", metavar="DIR", help="where the matrix goes (default runs/cross-domain-TIMESTAMP)")
     add_common_options(p)
     p.set_defaults(func=cmd_cross_domain)
 
-    p = sub.add_parser("continual", help="task-incremental evaluation: accuracy matrix, ACC, BWT, forgetting",
-                       description=cmd_continual.__doc__)
-    p.add_argument("run_dir", help="a run directory")
+    p = add_run_dir_command(sub, "continual", cmd_continual, run_dir_help="a run directory",
+                            help="task-incremental evaluation: accuracy matrix, ACC, BWT, forgetting")
     p.add_argument("--tasks", type=int, default=5, help="tasks per sequence (default 5)")
     p.add_argument("--sequences", type=positive_int, default=20, help="sequences to average over (default 20)")
     p.add_argument("--steps", type=int, help="adaptation steps per task (default: the learner's own)")
-    p.add_argument("--ways", type=positive_int, help="ways (default: first eval ways)")
-    p.add_argument("--shots", type=positive_int, help="shots (default: first eval shots)")
+    _add_one_setting(p)
     p.add_argument("--out", metavar="DIR", help="report directory (default RUN_DIR/continual)")
-    add_common_options(p)
-    p.set_defaults(func=cmd_continual)
 
     p = sub.add_parser("reproduce", help="re-run a published table row and print ours beside the paper's",
                        description=cmd_reproduce.__doc__)
