@@ -7,6 +7,10 @@ Exit statuses: 0 success; 2 bad input or an environment problem the user can fix
 paths, permissions, disk space, memory, missing or corrupt files); 1 an internal error, i.e. a bug in
 metakit, reported in one line that asks for ``--debug`` and a report; 130 interrupted.
 ``--debug`` (before or after the command) or ``METAKIT_DEBUG=1`` prints the full traceback too.
+
+The commands come from the plugins (:mod:`metakit.registry`): the classification ones are defined
+here and named by :mod:`metakit.plugin`, each domain's in its own package (``metakit.rl.cli``, ...).
+The ``add_*`` helpers below give every command, a domain's too, the same arguments and behaviour.
 """
 
 from __future__ import annotations

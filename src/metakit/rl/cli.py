@@ -1,8 +1,8 @@
 """The ``metakit rl`` command group: ``metakit rl train CONFIG`` and ``metakit rl evaluate RUN_DIR``.
 
 Added to the ``metakit`` parser through the rl plugin (:mod:`metakit.rl.plugin`), which names
-:func:`add_rl_parser`; nothing heavy is imported until a command runs, so ``metakit --help`` works without the ``rl`` extra, and a command run without it
-prints one line saying to install it.
+:func:`add_rl_parser`; nothing heavy is imported until a command runs, so ``metakit --help``
+works without the ``rl`` extra, and a command run without it prints one line saying to install it.
 """
 
 from __future__ import annotations
