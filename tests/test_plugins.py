@@ -80,10 +80,15 @@ def test_outside_learner_and_toy_domain_run_through_the_cli(example_site: Path, 
     assert done.returncode == 0, done.stderr
     assert "blobs: 6 classes x 20 points in 8 dimensions" in done.stdout
     assert json.loads((tmp_path / "blobs.json").read_text())["accuracy"] > 0.8
-    # Its dataset is listed with metakit's own.
+    # Its dataset is listed with metakit's own, and both plugins with metakit's domains.
     done = run_metakit(example_site, "datasets", "--json", "datasets.json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert {"blobs", "glyphs"} <= {row["name"] for row in json.loads((tmp_path / "datasets.json").read_text())}
+    done = run_metakit(example_site, "plugins", "--json", "plugins.json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    listed = {row["name"]: row for row in json.loads((tmp_path / "plugins.json").read_text())}
+    assert set(listed) == DOMAINS | {"nearest", "blobs"}
+    assert listed["nearest"]["learners"] == ["nearest_neighbour"] and listed["blobs"]["commands"] == ["blobs"]
     # The outside learner trains and evaluates on the toy domain's dataset, from a config.
     config = {"name": "plugin-example", "dataset": {"name": "blobs", "split": "class", "classes": 40},
               "backbone": {"name": "mlp", "hidden": [16]},

@@ -329,6 +329,27 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List the installed plugins (metakit's domains and outside packages) and what each one adds."""
+    from metakit.registry import KINDS, plugins
+
+    check_output_file(args.json)
+    table = Table(title="metakit plugins")
+    for col in ("plugin", "adds", "summary"):
+        table.add_column(col, overflow="fold")
+    rows = []
+    for plugin in plugins().values():
+        adds = {"commands": list(plugin.commands), **{f"{k}s": list(plugin.targets(k)) for k in KINDS}}
+        rows.append({"name": plugin.name, "summary": plugin.summary, **adds, "config_section": plugin.config_section})
+        shown = [f"{what}: {', '.join(names)}" for what, names in adds.items() if names]
+        if plugin.config_section:
+            shown.append(f"config section: {plugin.config_section}")
+        table.add_row(plugin.name, "; ".join(shown), plugin.summary)
+    console.print(table)
+    write_json_option(args.json, rows)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train (configs) or reuse (run directories) several learners and evaluate them on the same episodes."""
     from metakit.compare import compare
@@ -613,6 +634,11 @@ def add_core_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="export: which task (classes, images, query order; default 0)")
     p.add_argument("--json", metavar="PATH", help="also write the list (or the export summary) as JSON to PATH")
     p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("plugins", help="list the installed plugins and what each adds (commands, learners, ...)",
+                       description=cmd_plugins.__doc__)
+    p.add_argument("--json", metavar="PATH", help="also write the list as JSON to PATH")
+    p.set_defaults(func=cmd_plugins)
 
 
 def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:

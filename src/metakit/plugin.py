@@ -14,7 +14,7 @@ from __future__ import annotations
 from metakit.registry import Plugin
 
 _COMMANDS = ("quickstart", "train", "evaluate", "predict", "serve", "compare", "cross-domain", "continual",
-             "reproduce", "datasets")
+             "reproduce", "datasets", "plugins")
 
 plugin = Plugin(
     name="classification",

@@ -97,7 +97,8 @@ def plugins() -> dict[str, Plugin]:
             one name, or metakit's own plugins are missing (an install that predates them).
     """
     found: dict[str, Plugin] = {}
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    # The core's commands come first in `metakit --help`, then each domain's, by name.
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name != "classification", e.name)):
         what = f"plugin {ep.name!r} ({ep.value})"
         try:
             plugin = ep.load()
