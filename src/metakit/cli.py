@@ -49,6 +49,7 @@ QUICKSTART: dict[str, Any] = {
 
 
 def default_out(name: str) -> Path:
+    """The run directory a command uses without ``--out``: ``runs/NAME-YYYYMMDD-HHMMSS``."""
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -112,6 +113,7 @@ def check_output_file(path: str | os.PathLike | None, flag: str = "--json") -> N
 
 
 def write_json_option(path: str | None, data: Any) -> None:
+    """Write a command's results to its ``--json PATH``, if given, and say so on stderr."""
     if path:
         from metakit.utils import write_json
 
