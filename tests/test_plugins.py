@@ -155,3 +155,20 @@ def test_a_target_that_does_not_exist_is_one_line(monkeypatch, fresh_registry):
 
     with pytest.raises(MetakitError, match="points at 'metakit.learners:NoSuch', but metakit.learners has no 'NoSuch'"):
         LEARNERS.get_or_fail("typo")
+
+
+@pytest.mark.parametrize(("extra", "argv", "line"), [
+    ("gymnasium", ["rl", "train", "configs/rl-point2d-mamlrl.yaml"], "metakit rl needs gymnasium (the rl extra)"),
+    ("optuna", ["tune", "configs/glyphs-maml-tune.yaml"], "metakit tune needs Optuna (the hpo extra)"),
+])
+def test_a_missing_extra_fails_only_its_domain_in_one_line(monkeypatch, capsys, tmp_path, extra, argv, line):
+    from metakit.cli import main
+
+    monkeypatch.setitem(sys.modules, extra, None)  # `import extra` now raises ImportError, as when not installed
+    with pytest.raises(SystemExit) as help_exit:
+        main(["--help"])
+    assert help_exit.value.code == 0
+    repo = Path(__file__).resolve().parents[1]
+    assert main([*argv[:-1], str(repo / argv[-1]), "--out", str(tmp_path / "run")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {line}" in err and "Traceback" not in err

@@ -12,10 +12,15 @@ from pathlib import Path
 from metakit.cli import (
     add_config_command, check_output_dir, check_output_file, console, err_console, positive_int, write_json_option,
 )
+from metakit.errors import MetakitError
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Tune a config's hyperparameters with Optuna (search space in its tune: section), optionally warm-started."""
+    try:
+        import optuna  # noqa: F401 - imported here only to fail in one line without the extra
+    except ImportError:
+        raise MetakitError("metakit tune needs Optuna (the hpo extra); install it with: pip install 'metakit[hpo]'") from None
     from metakit.hpo.space import load_tune_spec
     from metakit.hpo.tune import TuneOptions, tune
 
