@@ -54,23 +54,30 @@ def _owner(name: str) -> str:
     return name
 
 
-def _imports(tree: ast.AST) -> Iterator[str]:
+def _imports(tree: ast.AST, package: str = "metakit") -> Iterator[str]:
+    """The metakit modules that the statements in ``tree`` import; ``package`` anchors relative imports."""
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
             continue  # annotations only: never executed
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("metakit"):
-            for alias in node.names:
-                # `from metakit.nas import network` imports the submodule; `from metakit.nas import X` the package.
-                yield _owner(f"{node.module}.{alias.name}")
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module) if p)
+            if module.startswith("metakit"):
+                for alias in node.names:
+                    # `from metakit.nas import network` imports the submodule; `from metakit.nas import X` the package.
+                    yield _owner(f"{module}.{alias.name}")
         elif isinstance(node, ast.Import):
             yield from (_owner(a.name) for a in node.names if a.name.startswith("metakit"))
-        yield from _imports(node)
+        yield from _imports(node, package)
 
 
 def import_graph() -> dict[str, set[str]]:
     """Module -> the metakit modules it imports (itself left out)."""
-    return {name: {t for t in _imports(ast.parse(path.read_text(encoding="utf-8"))) if t != name}
-            for name, path in MODULES.items()}
+    graph = {}
+    for name, path in MODULES.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        graph[name] = {t for t in _imports(ast.parse(path.read_text(encoding="utf-8")), package) if t != name}
+    return graph
 
 
 def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -113,6 +120,8 @@ def _domain(module: str) -> str | None:
 def test_the_walker_sees_lazy_imports_and_circles():
     tree = ast.parse("import os\ndef f():\n    from metakit.nas.search import search\n")
     assert list(_imports(tree)) == ["metakit.nas.search"]
+    assert list(_imports(ast.parse("from .genotype import draw\nfrom .. import cli"), "metakit.nas")) == [
+        "metakit.nas.genotype", "metakit.cli"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 
