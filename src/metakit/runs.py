@@ -13,12 +13,17 @@ Layout::
       evaluation.json        test results written by ``metakit evaluate``
       learning_curve.png     train loss/metric and validation metric against steps
       report.md              human-readable summary linking the plots
+
+Every domain's run report lands on disk through :func:`write_report`: the domain builds a
+:class:`Report` (markdown, JSON and figures, each under its file name) from its own results, and
+this module writes it. Reports are thus written the same way whatever the domain (atomically, so a
+killed run never leaves half a file; figures always closed, so long jobs do not leak memory).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,7 @@ import yaml
 
 from metakit.config import Config, config_from_dict, yaml_load
 from metakit.errors import MetakitError
-from metakit.utils import load_checkpoint
+from metakit.utils import atomic_path, load_checkpoint, write_json, write_text
 
 
 @dataclass
@@ -108,3 +113,53 @@ def load_weights(run_dir: str | Path, which: str = "best") -> dict[str, Any]:
 def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON file's content, or ``None`` if it does not exist."""
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless backend, for a domain drawing a report's figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: reports are files
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@dataclass
+class Plot:
+    """A drawn matplotlib figure and the resolution it is saved at."""
+
+    figure: Any
+    dpi: int = 110
+
+
+@dataclass
+class Report:
+    """What a domain hands :func:`write_report`: file name -> content; every part may be empty.
+
+    A report is often written in pieces (the training part when training ends, the evaluation
+    part later), so each call writes only the files it is given and leaves the others as they are.
+    """
+
+    text: dict[str, str] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    plots: dict[str, Plot] = field(default_factory=dict)
+
+
+def write_report(out: str | Path, report: Report) -> Path:
+    """Write ``report``'s JSON, PNG and text files into folder ``out`` (created if missing); returns ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in report.data.items():
+        write_json(out / name, data)
+    if report.plots:
+        plt = pyplot()
+        for name, plot in report.plots.items():
+            try:
+                with atomic_path(out / name) as tmp:
+                    plot.figure.savefig(tmp, format="png", dpi=plot.dpi)
+            finally:
+                plt.close(plot.figure)
+    for name, text in report.text.items():
+        write_text(out / name, text)
+    return out

@@ -251,13 +251,7 @@ class Trainer:
             **chosen,
         }
         if dist.is_main():
-            from metakit.reporting import learning_curve, write_report
-
-            from metakit.utils import write_json
-
-            write_json(self.paths.summary, summary)
-            learning_curve(self.paths.metrics, self.paths.curve, metric)
-            write_report(self.paths.root)
+            self._write_report(summary)
         return summary
 
     def _after_training(self, learner: torch.nn.Module, show: bool) -> dict[str, Any]:
@@ -316,16 +310,18 @@ class Trainer:
             "parameters": 0,
         }
         if dist.is_main():
-            from metakit.reporting import learning_curve, write_report
-            from metakit.utils import write_json
-
             weights = {"step": 0, "learner": learner.state_dict(), metric: result.mean}
             torch_save(weights, self.paths.best)
             torch_save({**weights, "state": state}, self.paths.last)
-            write_json(self.paths.summary, summary)
-            learning_curve(self.paths.metrics, self.paths.curve, metric)
-            write_report(self.paths.root)
+            self._write_report(summary)
         return summary
+
+    def _write_report(self, summary: dict[str, Any]) -> None:
+        """``training.json``, the learning curve and ``report.md`` of a finished run."""
+        from metakit.reporting import run_report
+        from metakit.runs import write_report
+
+        write_report(self.paths.root, run_report(self.paths.root, training=summary))
 
     def _save_last(self, learner, optimizer, schedule, generator, state) -> None:  # noqa: ANN001
         if not dist.is_main():

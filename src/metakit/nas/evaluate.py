@@ -27,8 +27,7 @@ from rich.console import Console
 from metakit.errors import MetakitError
 from metakit.nas.genotype import Genotype, draw, random_genotype
 from metakit.nas.search import NasSpec, load_search, train_run
-from metakit.runs import read_json
-from metakit.utils import atomic_path, write_json, write_text
+from metakit.runs import Plot, Report, pyplot, read_json, write_report
 
 #: How many random genotypes are drawn at most when looking for ones of a similar size.
 MAX_DRAWS = 2000
@@ -139,10 +138,10 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
 
 def _write(root: Path, models: Sequence[Model], search: dict[str, Any]) -> dict[str, Any]:
     report = collect(root, models, search)
-    write_json(root / "nas_evaluation.json", report)
-    write_text(root / "nas_evaluation.md", evaluation_markdown(report))
+    files = Report(data={"nas_evaluation.json": report}, text={"nas_evaluation.md": evaluation_markdown(report)})
     if report["models"]:
-        plot(report, root / "nas_evaluation.png")
+        files.plots["nas_evaluation.png"] = Plot(plot(report), dpi=120)
+    write_report(root, files)
     return report
 
 
@@ -208,13 +207,9 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 100 else f"{value:.0f} s"
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+def plot(report: dict[str, Any]) -> Any:
     """Accuracy ± CI against backbone parameters, one point per model (first evaluation setting)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colours = {"found": "#d62728", "conv4": "#1f77b4", "random": "#7f7f7f"}
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for row in report["models"]:
@@ -229,6 +224,4 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{report['method']} on {report['dataset']}: found vs random vs Conv-4", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    return fig

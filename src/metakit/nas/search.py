@@ -51,8 +51,8 @@ from metakit.config import (
 from metakit.errors import MetakitError, unknown_name
 from metakit.nas.genotype import Genotype, check_discretization, discretize, draw, input_label, random_genotype
 from metakit.nas.space import SearchSpace, edge_index
-from metakit.runs import read_json
-from metakit.utils import write_json, write_text
+from metakit.runs import Report, read_json, write_report
+from metakit.utils import write_text
 
 if TYPE_CHECKING:
     from metakit.experiment import Experiment
@@ -252,8 +252,7 @@ def search(spec: NasSpec, out: str | Path, resume: bool = False, progress: bool 
         "genotype": genotype.to_dict(),
         **details,
     }
-    write_json(out / "search.json", summary)
-    write_text(out / "search.md", _markdown(summary, genotype))
+    write_report(out, Report(data={"search.json": summary}, text={"search.md": _markdown(summary, genotype)}))
     return summary
 
 
@@ -293,7 +292,7 @@ def _metanas(spec: NasSpec, exp: Experiment, out: Path, progress: bool) -> tuple
             for label, w in weights.items()
         },
     }
-    write_json(out / "alphas.json", alphas)
+    write_report(out, Report(data={"alphas.json": alphas}))
     metric = summary["metric"]
     return genotype, {
         "search_seconds": round(summary["train_seconds"] + warm.get("train_seconds", 0.0), 2),

@@ -38,8 +38,8 @@ from metakit.recsys.metrics import paired_difference, per_user_metrics, summaris
 from metakit.recsys.movielens import RatingsData, load_movielens
 from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
 from metakit.recsys.tasks import SCENARIOS, Split, UserTask, build_split, training_task
-from metakit.runs import RunPaths
-from metakit.utils import load_checkpoint, seed_everything, set_threads, torch_save, write_json, write_text
+from metakit.runs import RunPaths, write_report
+from metakit.utils import load_checkpoint, seed_everything, set_threads, torch_save, write_text
 
 console = Console(stderr=True)
 Predictor = Callable[[Sequence[UserTask]], list[np.ndarray]]
@@ -179,11 +179,9 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
         "threads": threads,
         "train_seconds": time.perf_counter() - start,
     }
-    write_json(paths.summary, summary)
-    from metakit.recsys.report import training_curves, write_report
+    from metakit.recsys.report import run_report
 
-    training_curves(summary, paths.root / "training_curves.png")
-    write_report(paths.root)
+    write_report(paths.root, run_report(paths.root, training=summary))
     return summary
 
 
@@ -313,12 +311,9 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
         "config": asdict(config),
     }
     if write:
-        paths = RunPaths(run_dir)
-        write_json(paths.evaluation, result)
-        from metakit.recsys.report import mae_plot, write_report
+        from metakit.recsys.report import run_report
 
-        mae_plot(result, run_dir / "mae_by_scenario.png")
-        write_report(run_dir)
+        write_report(run_dir, run_report(run_dir, evaluation=result))
     return result
 
 

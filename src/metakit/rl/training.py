@@ -31,13 +31,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from metakit.errors import MetakitError
 from metakit.rl.config import RLConfig, rl_config_from_dict
+from metakit.rl.report import run_report
 from metakit.rl.maml_rl import MamlRL, TaskBatchSampler
 from metakit.rl.pearl import PEARL
 from metakit.rl.policies import MLPPolicy, RecurrentPolicy, space_sizes
 from metakit.rl.rl2 import RL2, TrialRunner
 from metakit.rl.rollout import make_vector_env
 from metakit.rl.tasks import TaskEnv, make_env, task_env
-from metakit.utils import keep_jsonl, load_checkpoint, set_threads, torch_save, write_json, write_text
+from metakit.runs import write_report
+from metakit.utils import keep_jsonl, load_checkpoint, set_threads, torch_save, write_text
 
 PHASES = ("meta", "pretrained")
 
@@ -172,11 +174,7 @@ class RLTrainer:
         for index, (phase, iterations) in enumerate(self.phases()):
             summary["phases"][phase] = self._fit_phase(phase, index, iterations)
         summary["train_seconds"] = round(sum(p["train_seconds"] for p in summary["phases"].values()), 2)
-        write_json(self.root / "training.json", summary)
-        from metakit.rl.evaluation import learning_curves, write_rl_report
-
-        learning_curves(self.root)
-        write_rl_report(self.root)
+        write_report(self.root, run_report(self.root, training=summary))
         return summary
 
     def _fit_phase(self, phase: str, index: int, iterations: int) -> dict[str, Any]:
