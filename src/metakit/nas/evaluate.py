@@ -119,9 +119,8 @@ def evaluate_search(
         if progress:
             console.print(f"[bold]{model.name}[/]: meta-training from scratch into {sub}")
         if model.genotype is not None:
-            sub.mkdir(parents=True, exist_ok=True)
             model.genotype.save(sub / "genotype.json")
-            draw(model.genotype, sub / "genotype.png", title=model.name)
+            write_report(sub, Report(plots={"genotype.png": Plot(draw(model.genotype, title=model.name), dpi=120)}))
         train_run(model.config, sub, progress)
         done = read_json(sub / "evaluation.json")
         if done is None or (episodes is not None and done["results"][0]["episodes"] != episodes):

@@ -51,7 +51,7 @@ from metakit.config import (
 from metakit.errors import MetakitError, unknown_name
 from metakit.nas.genotype import Genotype, check_discretization, discretize, draw, input_label, random_genotype
 from metakit.nas.space import SearchSpace, edge_index
-from metakit.runs import Report, read_json, write_report
+from metakit.runs import Plot, Report, read_json, write_report
 from metakit.utils import write_text
 
 if TYPE_CHECKING:
@@ -236,7 +236,6 @@ def search(spec: NasSpec, out: str | Path, resume: bool = False, progress: bool 
     else:
         genotype, details = _random_search(spec, exp.task.input_shape, out, progress, console)
     genotype.save(out / "genotype.json")
-    draw(genotype, out / "genotype.png", title=f"{s.method} on {spec.base['dataset']['name']}")
     input_shape = details.pop("input_shape")
     from metakit.nas.evaluate import backbone_parameters
 
@@ -252,7 +251,9 @@ def search(spec: NasSpec, out: str | Path, resume: bool = False, progress: bool 
         "genotype": genotype.to_dict(),
         **details,
     }
-    write_report(out, Report(data={"search.json": summary}, text={"search.md": _markdown(summary, genotype)}))
+    cells = draw(genotype, title=f"{s.method} on {spec.base['dataset']['name']}")
+    write_report(out, Report(data={"search.json": summary}, plots={"genotype.png": Plot(cells, dpi=120)},
+                             text={"search.md": _markdown(summary, genotype)}))
     return summary
 
 
