@@ -14,6 +14,12 @@ Layout::
       learning_curve.png     train loss/metric and validation metric against steps
       report.md              human-readable summary linking the plots
 
+Every domain's trainer writes its run directory through :class:`Run`: it starts a fresh run
+(the directory appears atomically, holding its config, seed included, and an empty metrics log)
+or checks that a resumed one has the same config, appends to ``metrics.jsonl`` (and TensorBoard),
+and saves and loads checkpoints, always with safe loading (``weights_only``). The domains differ
+only in what they put in the config and in the checkpoints.
+
 Every domain's run report lands on disk through :func:`write_report`: the domain builds a
 :class:`Report` (markdown, JSON and figures, each under its file name) from its own results, and
 this module writes it. Reports are thus written the same way whatever the domain (atomically, so a
@@ -23,15 +29,20 @@ killed run never leaves half a file; figures always closed, so long jobs do not 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from metakit.config import Config, config_from_dict, yaml_load
 from metakit.errors import MetakitError
-from metakit.utils import atomic_path, load_checkpoint, write_json, write_text
+from metakit.utils import _UMASK, atomic_path, keep_jsonl, load_checkpoint, torch_save, write_json, write_text
 
 
 @dataclass
@@ -163,3 +174,122 @@ def write_report(out: str | Path, report: Report) -> Path:
     for name, text in report.text.items():
         write_text(out / name, text)
     return out
+
+
+class Run:
+    """A run directory as a trainer writes it: started or resumed, its metrics log and checkpoints.
+
+    Args:
+        root: the run directory.
+        writes: whether this process writes files (the non-main processes of distributed training
+            read checkpoints but leave the writing to the main one).
+    """
+
+    def __init__(self, root: str | Path, writes: bool = True) -> None:
+        self.paths = RunPaths(Path(root))
+        self.root = self.paths.root
+        self.writes = writes
+        self.tensorboard: Any = None
+
+    def start(
+        self, config_text: str, resume: bool, saved: Callable[[], dict[str, Any]], mine: dict[str, Any],
+        extendable: Sequence[str] = (), started: Path | None = None, config_name: str = "config.yaml",
+        fresh_log: bool = True,
+    ) -> bool:
+        """Start a fresh run, or check that the run to resume has the same config; ``True`` if resuming.
+
+        A run counts as started once ``started`` exists (default: its config file). Resuming
+        compares ``saved()`` (the config it was started with) to ``mine``, except for the dotted
+        ``extendable`` keys (a longer training budget is allowed). A fresh run writes
+        ``config_text`` to ``config_name`` and, with ``fresh_log``, an empty ``metrics.jsonl``:
+        lines an earlier run left in the folder (another domain's run, or one whose checkpoint was
+        deleted) would otherwise break its learning curve.
+        """
+        started = started or self.root / config_name
+        if started.exists():
+            if not resume:
+                raise MetakitError(f"{self.root} already holds a run; pass --resume to continue it or choose another --out.")
+            old = saved()
+            for key in extendable:
+                *parents, last = key.split(".")
+                into, source = old, mine
+                for part in parents:
+                    into, source = into.setdefault(part, {}), source[part]
+                into[last] = source[last]
+            if old != mine:
+                raise MetakitError(f"the config differs from the one {self.root} was started with; resume with the same config.")
+            return True
+        if self.writes:
+            files = {config_name: config_text, **({self.paths.metrics.name: ""} if fresh_log else {})}
+            self._create(files)
+        return False
+
+    def _create(self, files: dict[str, str]) -> None:
+        """Make the run directory appear with ``files`` in it at once (or write them into an existing one)."""
+        if not self.root.exists():
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", dir=self.root.parent))
+            for name, text in files.items():
+                (staging / name).write_text(text, encoding="utf-8")
+            os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; use what a plain mkdir would
+            try:
+                os.rename(staging, self.root)
+                return
+            except OSError:  # another process made the folder meanwhile: write into it below
+                for path in staging.iterdir():
+                    path.unlink()
+                staging.rmdir()
+        for name, text in files.items():
+            write_text(self.root / name, text)
+
+    def log(self, record: dict[str, Any], tag: str = "split", step: str = "step") -> None:
+        """Append ``record`` to ``metrics.jsonl``; with TensorBoard on, its numbers as ``{record[tag]}/{key}``."""
+        if not self.writes:
+            return
+        with open(self.paths.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key not in (step, tag) and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"{record[tag]}/{key}", value, record[step])
+
+    def keep_metrics(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop the log records ``keep`` rejects (those past a resume point), so a resumed log has no duplicates."""
+        if self.writes:
+            keep_jsonl(self.paths.metrics, keep)
+
+    def open_tensorboard(self, enabled: bool) -> None:
+        """Mirror the logged numbers to TensorBoard under ``tensorboard/`` (if ``enabled``)."""
+        if not enabled or not self.writes:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise MetakitError("train.tensorboard needs the tensorboard package: pip install 'metakit[tensorboard]'.") from None
+        self.tensorboard = SummaryWriter(str(self.root / "tensorboard"))
+
+    def close_tensorboard(self) -> None:
+        """Flush and close TensorBoard's writer, if open."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+    def checkpoint(self, name: str) -> Path:
+        """The path of checkpoint ``name`` (``checkpoints/NAME.pt``)."""
+        return self.root / "checkpoints" / f"{name}.pt"
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        """Write checkpoint ``name`` atomically (a killed run keeps the previous one)."""
+        if self.writes:
+            torch_save(state, self.checkpoint(name))
+
+    def load(self, name: str, fix: str, keys: Sequence[str] = ()) -> dict[str, Any]:
+        """Checkpoint ``name``, loaded safely (see :func:`metakit.utils.load_checkpoint`); ``fix`` ends its errors."""
+        return load_checkpoint(self.checkpoint(name), fix, keys=keys)
+
+
+def progress_bar(label: str, console: Console, enabled: bool, transient: bool = False) -> Progress:
+    """The training progress bar every domain shows: ``label``, bar, count, an info field, elapsed time and ETA."""
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    return Progress(*columns, console=console, disable=not enabled, transient=transient)
