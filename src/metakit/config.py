@@ -439,6 +439,23 @@ def read_yaml_mapping(path: str | Path, example: str = "configs/quickstart.yaml"
     return loaded
 
 
+def read_saved_config(path: Path, missing: str) -> dict[str, Any]:
+    """The mapping of a config file a run saved (its ``config.yaml``); ``missing`` is the error when there is none.
+
+    The file was written by metakit, so any problem means it was damaged or is not a run's: the
+    fix is to restore it or train again, not to edit it.
+    """
+    if not path.is_file():
+        raise MetakitError(missing)
+    try:
+        data = yaml_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise MetakitError(f"{path} is not valid YAML; restore it or re-run training.") from None
+    if not isinstance(data, dict):
+        raise MetakitError(f"{path} does not hold a run config; restore it or re-run training.")
+    return data
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config file (``None`` = all defaults), apply overrides and validate."""
     data = {} if path is None else read_yaml_mapping(path)

@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from metakit.config import Config, config_from_dict, yaml_load
+from metakit.config import Config, config_from_dict, read_saved_config
 from metakit.errors import MetakitError
 from metakit.utils import _UMASK, atomic_path, keep_jsonl, load_checkpoint, torch_save, write_json, write_text
 
@@ -92,17 +92,19 @@ class RunPaths:
         return self.root / "learning_curve.png"
 
 
+def run_config_data(run_dir: str | Path, kind: str = "metakit", command: str = "a train run") -> dict[str, Any]:
+    """The plain data of a run directory's ``config.yaml``, for the domain to validate.
+
+    ``kind`` and ``command`` word the error when ``run_dir`` is not a run directory: "not a
+    ``kind`` run directory; pass the --out of ``command``".
+    """
+    missing = f"{run_dir} is not a {kind + ' ' if kind else ''}run directory (no config.yaml); pass the --out of {command}."
+    return read_saved_config(RunPaths(Path(run_dir)).config, missing)
+
+
 def load_run_config(run_dir: str | Path) -> Config:
     """Read a run directory's resolved ``config.yaml``."""
-    path = RunPaths(Path(run_dir)).config
-    if not path.is_file():
-        raise MetakitError(f"{run_dir} is not a metakit run directory (no config.yaml); pass the --out of a train run.")
-    try:
-        data = yaml_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise MetakitError(f"{path} is not valid YAML; restore it or re-run training.") from None
-    if not isinstance(data, dict):
-        raise MetakitError(f"{path} does not hold a run config; restore it or re-run training.")
+    data = run_config_data(run_dir)
     train = data.get("train")
     if isinstance(train, dict) and train.get("threads") == 0:
         # Runs saved before threads=0 was rejected meant torch's default by it.
@@ -219,26 +221,36 @@ class Run:
             if old != mine:
                 raise MetakitError(f"the config differs from the one {self.root} was started with; resume with the same config.")
             return True
-        if self.writes:
-            files = {config_name: config_text, **({self.paths.metrics.name: ""} if fresh_log else {})}
-            self._create(files)
+        self.create(config_text, config_name, fresh_log)
         return False
 
-    def _create(self, files: dict[str, str]) -> None:
-        """Make the run directory appear with ``files`` in it at once (or write them into an existing one)."""
+    def create(self, config_text: str, config_name: str = "config.yaml", fresh_log: bool = True) -> None:
+        """Start a fresh run: the directory appears at once holding its config (and an empty log, with ``fresh_log``).
+
+        Into an existing folder (one that holds other runs' files, or none) the files are written
+        one by one, each atomically.
+        """
+        if not self.writes:
+            return
+        files = {config_name: config_text, **({self.paths.metrics.name: ""} if fresh_log else {})}
         if not self.root.exists():
-            self.root.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", dir=self.root.parent))
-            for name, text in files.items():
-                (staging / name).write_text(text, encoding="utf-8")
-            os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; use what a plain mkdir would
             try:
+                self.root.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", dir=self.root.parent))
+            except OSError as exc:  # name the folder the user asked for, not its parent
+                raise OSError(exc.errno, exc.strerror, str(self.root)) from None
+            try:
+                for name, text in files.items():
+                    (staging / name).write_text(text, encoding="utf-8")
+                os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; use what a plain mkdir would
                 os.rename(staging, self.root)
                 return
-            except OSError:  # another process made the folder meanwhile: write into it below
-                for path in staging.iterdir():
-                    path.unlink()
-                staging.rmdir()
+            except OSError:
+                if not self.root.is_dir():
+                    raise
+                # Another process made the folder meanwhile: write into it below.
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
         for name, text in files.items():
             write_text(self.root / name, text)
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 import difflib
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

@@ -38,8 +38,8 @@ from metakit.recsys.metrics import paired_difference, per_user_metrics, summaris
 from metakit.recsys.movielens import RatingsData, load_movielens
 from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
 from metakit.recsys.tasks import SCENARIOS, Split, UserTask, build_split, training_task
-from metakit.runs import RunPaths, write_report
-from metakit.utils import load_checkpoint, seed_everything, set_threads, torch_save, write_text
+from metakit.runs import Run, run_config_data, write_report
+from metakit.utils import seed_everything, set_threads
 
 console = Console(stderr=True)
 Predictor = Callable[[Sequence[UserTask]], list[np.ndarray]]
@@ -52,11 +52,6 @@ DISPLAY = {
     "nn_global": "NN, global",
     "nn_finetune": "NN + fine-tune",
 }
-
-
-def models_path(run_dir: str | Path) -> Path:
-    """Where a run keeps its fitted methods."""
-    return Path(run_dir) / "checkpoints" / "models.pt"
 
 
 def _loadable(obj: Any) -> Any:
@@ -120,9 +115,8 @@ def _progress(enabled: bool) -> Progress:
 def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Fit every method of ``config`` and write the run directory ``out``; returns the training summary."""
     config.check()
-    paths = RunPaths(Path(out))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    write_text(paths.config, config.to_yaml())
+    run = Run(out)
+    run.create(config.to_yaml(), fresh_log=False)  # the fits log their epochs in training.json
     threads = set_threads(config.threads)
     seed_everything(config.seed)
     start = time.perf_counter()
@@ -169,7 +163,7 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
             else:
                 states[key], info = _fit_melu(config, key, features, split, mu, seed, epochs)
             methods[key] = {**info, "fit_seconds": time.perf_counter() - t0}
-    torch_save(_loadable(states), models_path(out))
+    run.save("models", _loadable(states))
     summary = {
         "data": data.describe(),
         "fingerprint": states["fingerprint"],
@@ -181,7 +175,7 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
     }
     from metakit.recsys.report import run_report
 
-    write_report(paths.root, run_report(paths.root, training=summary))
+    write_report(run.root, run_report(run.root, training=summary))
     return summary
 
 
@@ -220,16 +214,8 @@ def _fit_melu(config: RecsysConfig, key: str, features: Features, split: Split, 
 
 def load_recsys_run(run_dir: str | Path) -> RecsysConfig:
     """A recsys run directory's resolved config."""
-    import yaml
-
-    path = RunPaths(Path(run_dir)).config
-    if not path.is_file():
-        raise MetakitError(f"{run_dir} is not a run directory (no config.yaml); pass the --out of `metakit recsys train`.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise MetakitError(f"{path} is not valid YAML; restore it or train again.") from None
-    if not isinstance(data, dict) or "tasks" not in data or "melu" not in data:
+    data = run_config_data(run_dir, "", "`metakit recsys train`")
+    if "tasks" not in data or "melu" not in data:
         raise MetakitError(f"{run_dir} is not a recsys run (its config.yaml has no tasks/melu sections); "
                            f"use `metakit evaluate` for meta-learning runs.")
     return recsys_config_from_dict(data)
@@ -264,10 +250,10 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
     """Score every method of a trained run on every scenario of its config; write the files (see module doc)."""
     run_dir = Path(run_dir)
     config = load_recsys_run(run_dir)
-    path = models_path(run_dir)
-    if not path.is_file():
-        raise MetakitError(f"{path} not found; train the run first (metakit recsys train CONFIG --out {run_dir}).")
-    states = load_checkpoint(path, f"train again (metakit recsys train CONFIG --out {run_dir})", keys=("fingerprint",))
+    run = Run(run_dir)
+    if not run.checkpoint("models").is_file():
+        raise MetakitError(f"{run.checkpoint('models')} not found; train the run first (metakit recsys train CONFIG --out {run_dir}).")
+    states = run.load("models", f"train again (metakit recsys train CONFIG --out {run_dir})", keys=("fingerprint",))
     threads = set_threads(config.threads)
     data = load_ratings(config)
     if fingerprint(data) != states.get("fingerprint"):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from metakit.recsys.tasks import SCENARIOS
-from metakit.runs import Plot, Report, RunPaths, pyplot, read_json
+from metakit.runs import Plot, Report, RunPaths, pyplot, read_json, run_config_data
 
 
 def fmt(r: dict[str, Any] | None, digits: int = 3) -> str:
@@ -108,10 +108,8 @@ def run_report(
     ``evaluation`` (fresh results, with the MAE plot) join the report as ``training.json`` and
     ``evaluation.json``; whichever is not given is read from the run directory.
     """
-    import yaml
-
     paths = RunPaths(Path(run_dir))
-    config = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
+    config = run_config_data(run_dir, "", "`metakit recsys train`")
     report = Report()
     if training is not None:
         report.data[paths.summary.name] = training

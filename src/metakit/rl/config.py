@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from metakit.config import _build, merge, parse_overrides, read_yaml_mapping, yaml_dump
 from metakit.errors import MetakitError
 
@@ -190,10 +188,6 @@ def load_rl_config(path: str | Path, overrides: Sequence[str] = ()) -> RLConfig:
 
 def load_rl_run(run_dir: str | Path) -> RLConfig:
     """The resolved config of a meta-RL run directory."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise MetakitError(f"{run_dir} is not a metakit rl run directory (no config.yaml); pass the --out of metakit rl train.")
-    try:
-        return rl_config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    except yaml.YAMLError:
-        raise MetakitError(f"{path} is not valid YAML; restore it or re-run training.") from None
+    from metakit.runs import run_config_data
+
+    return rl_config_from_dict(run_config_data(run_dir, "metakit rl", "metakit rl train"))
