@@ -198,37 +198,43 @@ class Run:
         extendable: Sequence[str] = (), started: Path | None = None, config_name: str = "config.yaml",
         fresh_log: bool = True,
     ) -> bool:
-        """Start a fresh run, or check that the run to resume has the same config; ``True`` if resuming.
-
-        A run counts as started once ``started`` exists (default: its config file). Resuming
-        compares ``saved()`` (the config it was started with) to ``mine``, except for the dotted
-        ``extendable`` keys (a longer training budget is allowed). A fresh run writes
-        ``config_text`` to ``config_name`` and, with ``fresh_log``, an empty ``metrics.jsonl``:
-        lines an earlier run left in the folder (another domain's run, or one whose checkpoint was
-        deleted) would otherwise break its learning curve.
-        """
-        started = started or self.root / config_name
-        if started.exists():
-            if not resume:
-                raise MetakitError(f"{self.root} already holds a run; pass --resume to continue it or choose another --out.")
-            old = saved()
-            for key in extendable:
-                *parents, last = key.split(".")
-                into, source = old, mine
-                for part in parents:
-                    into, source = into.setdefault(part, {}), source[part]
-                into[last] = source[last]
-            if old != mine:
-                raise MetakitError(f"the config differs from the one {self.root} was started with; resume with the same config.")
+        """Start a fresh run (:meth:`create`), or check the run to resume (:meth:`resumes`); ``True`` if resuming."""
+        if self.resumes(resume, saved, mine, extendable, started or self.root / config_name):
             return True
         self.create(config_text, config_name, fresh_log)
         return False
+
+    def resumes(
+        self, resume: bool, saved: Callable[[], dict[str, Any]], mine: dict[str, Any], extendable: Sequence[str] = (),
+        started: Path | None = None, what: str = "run",
+    ) -> bool:
+        """Whether the run continues one already in the folder; that one must have the same config.
+
+        A run counts as started once ``started`` exists (default: its ``config.yaml``). Resuming
+        compares ``saved()`` (the config it was started with) to ``mine``, except for the dotted
+        ``extendable`` keys (a longer training budget is allowed).
+        """
+        if not (started or self.paths.config).exists():
+            return False
+        if not resume:
+            raise MetakitError(f"{self.root} already holds a {what}; pass --resume to continue it or choose another --out.")
+        old = saved()
+        for key in extendable:
+            *parents, last = key.split(".")
+            into, source = old, mine
+            for part in parents:
+                into, source = into.setdefault(part, {}), source[part]
+            into[last] = source[last]
+        if old != mine:
+            raise MetakitError(f"the config differs from the one {self.root} was started with; resume with the same config.")
+        return True
 
     def create(self, config_text: str, config_name: str = "config.yaml", fresh_log: bool = True) -> None:
         """Start a fresh run: the directory appears at once holding its config (and an empty log, with ``fresh_log``).
 
         Into an existing folder (one that holds other runs' files, or none) the files are written
-        one by one, each atomically.
+        one by one, each atomically. The fresh log matters: lines an earlier run left in the folder
+        (another domain's run, or one whose checkpoint was deleted) would break the learning curve.
         """
         if not self.writes:
             return

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from metakit.errors import MetakitError
 from metakit.nas.genotype import Genotype, draw, random_genotype
-from metakit.nas.search import NasSpec, load_search, train_run
+from metakit.nas.search import NasSpec, backbone_parameters, load_search, train_run
 from metakit.runs import Plot, Report, pyplot, read_json, write_report
 
 #: How many random genotypes are drawn at most when looking for ones of a similar size.
@@ -42,14 +42,6 @@ class Model:
     config: dict[str, Any]
     genotype: Genotype | None = None
     backbone_parameters: int | None = None
-
-
-def backbone_parameters(spec: NasSpec, genotype: Genotype, input_shape: Sequence[int]) -> int:
-    """Trainable parameters of ``genotype``'s network with the from-scratch backbone options."""
-    from metakit.nas.network import nas
-
-    net = nas(tuple(input_shape), genotype=genotype.to_dict(), **spec.settings.backbone)
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
 def matched_random(

@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import difflib
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,8 +51,7 @@ from metakit.config import (
 from metakit.errors import MetakitError, unknown_name
 from metakit.nas.genotype import Genotype, check_discretization, discretize, draw, input_label, random_genotype
 from metakit.nas.space import SearchSpace, edge_index
-from metakit.runs import Plot, Report, read_json, write_report
-from metakit.utils import write_text
+from metakit.runs import Plot, Report, Run, read_json, write_report
 
 if TYPE_CHECKING:
     from metakit.experiment import Experiment
@@ -199,6 +199,17 @@ def load_search(run_dir: str | Path) -> tuple[NasSpec, Genotype, dict[str, Any]]
     return spec_from_dict(data, str(root / "nas.yaml")), Genotype.load(root / "genotype.json"), summary
 
 
+def backbone_parameters(spec: NasSpec, genotype: Genotype, input_shape: Sequence[int]) -> int:
+    """Trainable parameters of ``genotype``'s network with the from-scratch backbone options.
+
+    The search records it for the found cells; ``nas evaluate`` matches random baselines to it.
+    """
+    from metakit.nas.network import nas
+
+    net = nas(tuple(input_shape), genotype=genotype.to_dict(), **spec.settings.backbone)
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
 def train_run(config: dict[str, Any], run_dir: Path, progress: bool) -> dict[str, Any]:
     """Meta-train ``config`` into ``run_dir``, continuing a run left there (finished runs are not redone)."""
     from metakit.training import train
@@ -213,19 +224,14 @@ def search(spec: NasSpec, out: str | Path, resume: bool = False, progress: bool 
     """Run the search described by ``spec`` into run directory ``out``; returns ``search.json``'s content."""
     out = Path(out)
     console = Console(stderr=True)
-    saved_path = out / "nas.yaml"
-    if saved_path.is_file():
-        if not resume:
-            raise MetakitError(f"{out} already holds a nas search; pass --resume to continue it or choose another --out.")
-        saved = read_yaml_mapping(saved_path)
-        saved.get("train", {})["steps"] = spec.base["train"]["steps"]  # extending a search is allowed
-        if saved != spec.to_dict():
-            raise MetakitError(f"the config differs from the one {out} was started with; resume with the same config.")
+    run, saved_path = Run(out), out / "nas.yaml"
+    run.resumes(resume, lambda: read_yaml_mapping(saved_path), spec.to_dict(), ("train.steps",), saved_path, "nas search")
     from metakit.experiment import build_experiment
 
     exp = build_experiment(spec.config())  # every config problem fails here, before the run directory exists
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(saved_path, yaml_dump(spec.to_dict()))
+    # Written on resume too: a resumed search may extend train.steps. The supernet's own run
+    # (MetaNAS) keeps its log in the same folder and starts it itself.
+    run.create(yaml_dump(spec.to_dict()), saved_path.name, fresh_log=False)
     s, space = spec.settings, spec.space()
     if progress:
         console.print(f"[bold]metakit nas search[/]: {s.method} over {space.cells} cells of {space.nodes} nodes, "
@@ -236,8 +242,6 @@ def search(spec: NasSpec, out: str | Path, resume: bool = False, progress: bool 
         genotype, details = _random_search(spec, exp.task.input_shape, out, progress, console)
     genotype.save(out / "genotype.json")
     input_shape = details.pop("input_shape")
-    from metakit.nas.evaluate import backbone_parameters
-
     summary = {
         "method": s.method,
         "dataset": spec.base["dataset"]["name"],
