@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from metakit.config import call_with_options
 from metakit.errors import MetakitError
@@ -38,7 +38,7 @@ from metakit.recsys.metrics import paired_difference, per_user_metrics, summaris
 from metakit.recsys.movielens import RatingsData, load_movielens
 from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
 from metakit.recsys.tasks import SCENARIOS, Split, UserTask, build_split, training_task
-from metakit.runs import Run, run_config_data, write_report
+from metakit.runs import Run, progress_bar, run_config_data, write_report
 from metakit.utils import seed_everything, set_threads
 
 console = Console(stderr=True)
@@ -108,8 +108,7 @@ def display_name(key: str) -> str:
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), console=console, transient=True, disable=not enabled)
+    return progress_bar("{task.description}", console, enabled, transient=True)
 
 
 def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
