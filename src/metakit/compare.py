@@ -13,10 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from metakit.calibration import reliability_diagram
-from metakit.config import Config, load_config, yaml_load
+from metakit.config import Config, load_config, parse_value
 from metakit.errors import MetakitError
 from metakit.evaluation import EvalResult, evaluate_experiment, load_trained
 from metakit.runs import Plot, Report, RunPaths, load_run_config, pyplot, read_json, write_report
@@ -206,10 +204,7 @@ def parse_dataset_spec(spec: str) -> dict[str, Any]:
         if "=" not in item:
             raise MetakitError(f"dataset option {item!r} in {spec!r} must look like key=value.")
         key, value = item.split("=", 1)
-        try:
-            data[key] = yaml_load(value) if value != "" else None
-        except yaml.YAMLError:
-            data[key] = value  # not YAML (e.g. a path with a colon and brackets): keep the text
+        data[key] = parse_value(value)
     return data
 
 

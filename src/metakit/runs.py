@@ -45,51 +45,29 @@ from metakit.errors import MetakitError
 from metakit.utils import _UMASK, atomic_path, keep_jsonl, load_checkpoint, torch_save, write_json, write_text
 
 
+def _file(relative: str, doc: str) -> property:
+    """A :class:`RunPaths` property: ``relative`` below the run directory."""
+
+    def path(self: RunPaths) -> Path:
+        return self.root / relative
+
+    return property(path, doc=doc)
+
+
 @dataclass
 class RunPaths:
     """Paths of the files in a run directory."""
 
     root: Path
 
-    @property
-    def config(self) -> Path:
-        """Resolved config."""
-        return self.root / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        """JSONL metrics log."""
-        return self.root / "metrics.jsonl"
-
-    @property
-    def last(self) -> Path:
-        """Full training state for resuming."""
-        return self.root / "checkpoints" / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        """Weights at the best validation score."""
-        return self.root / "checkpoints" / "best.pt"
-
-    @property
-    def summary(self) -> Path:
-        """Training summary."""
-        return self.root / "training.json"
-
-    @property
-    def evaluation(self) -> Path:
-        """Test results."""
-        return self.root / "evaluation.json"
-
-    @property
-    def report(self) -> Path:
-        """Markdown report."""
-        return self.root / "report.md"
-
-    @property
-    def curve(self) -> Path:
-        """Learning-curve plot."""
-        return self.root / "learning_curve.png"
+    config = _file("config.yaml", "Resolved config.")
+    metrics = _file("metrics.jsonl", "JSONL metrics log.")
+    last = _file("checkpoints/last.pt", "Full training state for resuming.")
+    best = _file("checkpoints/best.pt", "Weights at the best validation score.")
+    summary = _file("training.json", "Training summary.")
+    evaluation = _file("evaluation.json", "Test results.")
+    report = _file("report.md", "Markdown report.")
+    curve = _file("learning_curve.png", "Learning-curve plot.")
 
 
 def run_config_data(run_dir: str | Path, kind: str = "metakit", command: str = "a train run") -> dict[str, Any]:

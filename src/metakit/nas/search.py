@@ -36,7 +36,6 @@ and ``warmup/`` (MetaNAS) or ``candidates/NN/`` runs (random search), ``genotype
 from __future__ import annotations
 
 import copy
-import difflib
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from metakit.config import (
-    Config, _coerce, call_with_options, config_from_dict, merge, parse_overrides, read_yaml_mapping, yaml_dump,
+    Config, call_with_options, config_from_dict, merge, parse_overrides, read_yaml_mapping, section_from_dict, yaml_dump,
 )
 from metakit.errors import MetakitError, unknown_name
 from metakit.nas.genotype import Genotype, check_discretization, discretize, draw, input_label, random_genotype
@@ -80,27 +79,14 @@ _INTS = ("warmup_steps", "edges_per_node", "ops_per_edge", "candidates", "candid
 
 
 def _settings(data: Any) -> NasSettings:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise MetakitError(f"config section nas must be a mapping, got {data!r}.")
-    valid = [f for f in NasSettings.__dataclass_fields__]
-    for key in data:
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise MetakitError(f"unknown config key nas.{key}.{hint} Valid keys in nas: {', '.join(sorted(valid))}.")
-    # The same number parsing as every other config key: 5e1 steps, "1e-1" tolerance.
-    hints = {**dict.fromkeys(_INTS, int), "param_tolerance": float}
-    s = NasSettings(**{k: _coerce("nas", k, v, hints[k]) if k in hints else v for k, v in data.items()})
+    s = section_from_dict(NasSettings, {} if data is None else data, "nas")
     if s.method not in METHODS:
         raise unknown_name("nas.method", s.method, METHODS)
-    for key in _INTS:
-        value = getattr(s, key)
+    for key in _INTS:  # integers already (section_from_dict); here their ranges
         low = 0 if key in ("random_architectures", "warmup_steps") else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise MetakitError(f"nas.{key} must be an integer >= {low}, got {value!r}.")
-    if isinstance(s.param_tolerance, bool) or not isinstance(s.param_tolerance, (int, float)) or s.param_tolerance <= 0:
+        if getattr(s, key) < low:
+            raise MetakitError(f"nas.{key} must be an integer >= {low}, got {getattr(s, key)!r}.")
+    if s.param_tolerance <= 0:
         raise MetakitError(f"nas.param_tolerance must be a number > 0, got {s.param_tolerance!r}.")
     for key in ("backbone", "evaluate") + (("conv4",) if s.conv4 is not None else ()):
         if not isinstance(getattr(s, key), dict):

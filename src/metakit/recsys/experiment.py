@@ -191,8 +191,7 @@ def _fit_melu(config: RecsysConfig, key: str, features: Features, split: Split, 
     best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
     scores: dict[str, float] = {}
     for local_lr in m.local_lr_grid or [m.local_lr]:
-        cfg = MetaTrainConfig(steps, local_lr, m.first_order, m.epochs, m.meta_batch, m.lr, m.weight_decay,
-                              m.grad_clip, m.learn_local_lr)
+        cfg = MetaTrainConfig(**m.training_settings(), local_steps=steps, local_lr=local_lr, epochs=m.epochs)
         torch.manual_seed(seed)  # every grid point starts from the same initial network
         net = _net(config, features, mu)
         label = display_name(key) + (f" (local lr {local_lr})" if m.local_lr_grid else "")
