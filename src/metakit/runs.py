@@ -92,13 +92,12 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 def load_weights(run_dir: str | Path, which: str = "best") -> dict[str, Any]:
     """The learner ``state_dict`` of checkpoint ``which`` (``best`` or ``last``)."""
-    paths = RunPaths(Path(run_dir))
-    path = paths.best if which == "best" else paths.last
     if which not in ("best", "last"):
         raise MetakitError(f"checkpoint must be 'best' or 'last', got {which!r}.")
-    if not path.is_file():
-        raise MetakitError(f"{path} not found; train the run first (metakit train CONFIG --out {run_dir}).")
-    return load_checkpoint(path, "re-run training", keys=("learner",))["learner"]
+    run = Run(run_dir)
+    if not run.checkpoint(which).is_file():
+        raise MetakitError(f"{run.checkpoint(which)} not found; train the run first (metakit train CONFIG --out {run_dir}).")
+    return run.load(which, "re-run training", keys=("learner",))["learner"]
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
