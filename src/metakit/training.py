@@ -23,7 +23,7 @@ from metakit.episodes import FixedEpisodes, meta_step_each, sample_batch
 from metakit.errors import MetakitError
 from metakit.evaluation import evaluate_learner
 from metakit.experiment import Experiment, build_experiment
-from metakit.runs import Run, load_run_config, progress_bar
+from metakit.runs import Run, load_run_config, progress_bar, write_report
 from metakit.utils import resolve_device, rng_state, seed_everything, set_rng_state, set_threads
 
 def _make_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -282,7 +282,6 @@ class Trainer:
     def _write_report(self, summary: dict[str, Any]) -> None:
         """``training.json``, the learning curve and ``report.md`` of a finished run."""
         from metakit.reporting import run_report
-        from metakit.runs import write_report
 
         write_report(self.paths.root, run_report(self.paths.root, training=summary))
 
