@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from metakit.utils import atomic_path
 
 BINS = 15
 
@@ -77,13 +75,14 @@ class Calibration:
         }
 
 
-def reliability_diagram(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "reliability") -> Path:
-    """Draw accuracy against confidence per bin for each named ``Calibration.to_dict()`` result."""
-    import matplotlib
+def reliability_diagram(curves: Mapping[str, Mapping[str, Any]], title: str = "reliability") -> Any:
+    """The figure of accuracy against confidence per bin for each named ``Calibration.to_dict()`` result.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Reports save it through :func:`metakit.runs.write_report`.
+    """
+    from metakit.runs import pyplot
 
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     # Past ten curves the default colour cycle repeats; tab20 and a marker per decade keep them apart.
@@ -101,8 +100,4 @@ def reliability_diagram(curves: Mapping[str, Mapping[str, Any]], path: str | Pat
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return fig

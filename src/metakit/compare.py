@@ -13,14 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from metakit.calibration import reliability_diagram
-from metakit.config import Config, load_config, yaml_load
+from metakit.config import Config, load_config, parse_value
 from metakit.errors import MetakitError
 from metakit.evaluation import EvalResult, evaluate_experiment, load_trained
-from metakit.runs import RunPaths, load_run_config, read_json
-from metakit.utils import atomic_path, write_json, write_text
+from metakit.runs import Plot, Report, RunPaths, load_run_config, pyplot, read_json, write_report
 
 
 def resolve_runs(items: Sequence[str], out: Path, overrides: Sequence[str] = (), progress: bool = True) -> list[Path]:
@@ -122,17 +119,16 @@ def compare(
         "date": time.strftime("%Y-%m-%d"),
         "runs": rows,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "compare.json", report)
-    _plot_shots(report, out / "accuracy_vs_shots.png")
+    files = Report(data={"compare.json": report}, plots={"accuracy_vs_shots.png": Plot(_plot_shots(report))},
+                   text={"compare.md": compare_markdown(report)})
     first = (ev.ways[0], shots[0])
     curves = {
         row["name"]: r["calibration"] for row in rows for r in row["results"]
         if (r["ways"], r["shots"]) == first and r.get("calibration")
     }
     if curves:
-        reliability_diagram(curves, out / "reliability.png", title=f"{first[0]}-way {first[1]}-shot reliability")
-    write_text(out / "compare.md", compare_markdown(report))
+        files.plots["reliability.png"] = Plot(reliability_diagram(curves, title=f"{first[0]}-way {first[1]}-shot reliability"))
+    write_report(out, files)
     return report
 
 
@@ -169,12 +165,9 @@ def _budget(row: dict[str, Any]) -> str:
     return f"{row['train_steps']:,} x {row['meta_batch']} ({row['train_episodes']})"
 
 
-def _plot_shots(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plot_shots(report: dict[str, Any]) -> Any:
+    """Accuracy ± 95% CI against shots, one panel per ways setting and one line per run."""
+    plt = pyplot()
     ways = report["ways"]
     fig, axes = plt.subplots(1, len(ways), figsize=(5 * len(ways), 4), squeeze=False)
     for ax, w in zip(axes[0], ways):
@@ -190,9 +183,7 @@ def _plot_shots(report: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{report['dataset']}: {w}-way")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def parse_dataset_spec(spec: str) -> dict[str, Any]:
@@ -213,10 +204,7 @@ def parse_dataset_spec(spec: str) -> dict[str, Any]:
         if "=" not in item:
             raise MetakitError(f"dataset option {item!r} in {spec!r} must look like key=value.")
         key, value = item.split("=", 1)
-        try:
-            data[key] = yaml_load(value) if value != "" else None
-        except yaml.YAMLError:
-            data[key] = value  # not YAML (e.g. a path with a colon and brackets): keep the text
+        data[key] = parse_value(value)
     return data
 
 
@@ -272,8 +260,6 @@ def cross_domain(
         matrix.append(row)
     average_ranks(matrix)
     report = {"datasets": [t["name"] for t in targets], "rows": matrix, "date": time.strftime("%Y-%m-%d")}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "cross_domain.json", report)
     lines = [
         "| trained on \\ tested on | " + " | ".join(report["datasets"]) + " | avg rank |",
         "|---|" + "---|" * (len(targets) + 1),
@@ -281,5 +267,5 @@ def cross_domain(
     for row in matrix:
         cells = " | ".join(_accuracy(c) for c in row["cells"])
         lines.append(f"| {row['name']} ({row['trained_on']}) | {cells} | {row['avg_rank']:.2f} |")
-    write_text(out / "cross_domain.md", "\n".join(lines) + "\n")
+    write_report(out, Report(data={"cross_domain.json": report}, text={"cross_domain.md": "\n".join(lines) + "\n"}))
     return report

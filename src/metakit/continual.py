@@ -28,7 +28,7 @@ from metakit.episodes import Episode, FixedEpisodes
 from metakit.errors import MetakitError
 from metakit.evaluation import load_trained, mean_ci95
 from metakit.learners import Learner
-from metakit.utils import atomic_path, write_json, write_text
+from metakit.runs import Plot, Report, pyplot, write_report
 
 
 class _GradientState:
@@ -139,11 +139,11 @@ def continual(
         "steps": steps, "episode_seed": ev.seed, "date": time.strftime("%Y-%m-%d"),
         "mean_R": np.mean(matrices, axis=0).tolist(), "summary": summary,
     }
-    out = Path(out) if out else Path(run_dir) / "continual"
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "continual.json", report)
-    _heatmap(np.mean(matrices, axis=0), out / "accuracy_matrix.png", f"{exp.config.name}: mean R over {sequences} sequences")
-    write_text(out / "continual.md", continual_markdown([report]))
+    heatmap = _heatmap(np.mean(matrices, axis=0), f"{exp.config.name}: mean R over {sequences} sequences")
+    write_report(out or Path(run_dir) / "continual", Report(
+        data={"continual.json": report}, plots={"accuracy_matrix.png": Plot(heatmap)},
+        text={"continual.md": continual_markdown([report])},
+    ))
     return report
 
 
@@ -157,12 +157,9 @@ def continual_markdown(reports: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _heatmap(R: np.ndarray, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _heatmap(R: np.ndarray, title: str) -> Any:
+    """The mean accuracy matrix, one cell per (task learned, task evaluated)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4))
     im = ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
     for (i, j), v in np.ndenumerate(R):
@@ -172,6 +169,4 @@ def _heatmap(R: np.ndarray, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    return fig

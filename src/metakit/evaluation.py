@@ -213,7 +213,7 @@ def evaluate_run(
     false, or another dataset is used).
     """
     from metakit.runs import RunPaths, read_json
-    from metakit.utils import set_threads, write_json
+    from metakit.utils import set_threads
 
     paths = RunPaths(Path(run_dir))
     exp = load_trained(run_dir, checkpoint, overrides)
@@ -241,8 +241,8 @@ def evaluate_run(
         "results": [r.to_dict() for r in results],
     }
     if write and dataset is None:
-        from metakit.reporting import write_report
+        from metakit.reporting import run_report
+        from metakit.runs import write_report
 
-        write_json(paths.evaluation, out)
-        write_report(paths.root)
+        write_report(paths.root, run_report(paths.root, evaluation=out))
     return out

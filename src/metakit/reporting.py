@@ -1,29 +1,21 @@
-"""Plots and reports: what people would rather see than read.
+"""What a classification run's report says: its tables and figures.
 
-``learning_curve`` draws a run's metrics log; ``write_report`` renders ``report.md`` from the files
-in a run directory, so it can be rebuilt at any time; ``results_table`` is the console table.
+``run_report`` builds the report of a run directory (``report.md`` from the files in it, so it can
+be rebuilt at any time, plus the figures and JSON just computed); :func:`metakit.runs.write_report`,
+the one writer every domain shares, puts it on disk. ``learning_curve`` draws a run's metrics log;
+``results_table`` is the console table.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from metakit.runs import RunPaths, load_run_config, read_json
-from metakit.utils import atomic_path, read_jsonl, write_text
-
-
-def _matplotlib():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: reports are files
-    import matplotlib.pyplot as plt
-
-    return plt
+from metakit.runs import Plot, Report, RunPaths, load_run_config, pyplot, read_json
+from metakit.utils import read_jsonl
 
 
 def _metric_records(path: Path, metric: str) -> list[dict[str, Any]]:
@@ -38,14 +30,14 @@ def _metric_records(path: Path, metric: str) -> list[dict[str, Any]]:
     ]
 
 
-def learning_curve(metrics_path: Path, out_png: Path, metric: str) -> None:
-    """Plot training loss, training ``metric`` and validation ``metric`` against steps."""
+def learning_curve(metrics_path: Path, metric: str) -> Any | None:
+    """Training loss, training ``metric`` and validation ``metric`` against steps (``None``: no log yet)."""
     if not metrics_path.is_file():
-        return
+        return None
     records = _metric_records(metrics_path, metric)
     train = [r for r in records if r["split"] == "train"]
     val = [r for r in records if r["split"] == "val"]
-    plt = _matplotlib()
+    plt = pyplot()
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     ax_loss.set_xlabel("meta-training step")
@@ -62,9 +54,7 @@ def learning_curve(metrics_path: Path, out_png: Path, metric: str) -> None:
     ax_metric.set_ylabel(metric)
     ax_metric.legend()
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def setting(r: dict[str, Any]) -> str:
@@ -99,12 +89,29 @@ def _fmt(r: dict[str, Any]) -> str:
     return f"{r['mean']:.4f} ± {r['ci95']:.4f}"
 
 
-def write_report(run_dir: Path) -> Path:
-    """Render ``report.md`` from the run directory's config, training summary and evaluation."""
+def run_report(
+    run_dir: str | Path, training: dict[str, Any] | None = None, evaluation: dict[str, Any] | None = None
+) -> Report:
+    """The report of a run directory: ``report.md`` and its figures.
+
+    ``training`` (the summary of a run that just finished, with its learning curve) and
+    ``evaluation`` (fresh test results) join the report as ``training.json`` and
+    ``evaluation.json``; whichever is not given is read from the run directory.
+    """
     paths = RunPaths(Path(run_dir))
     config = load_run_config(run_dir)
-    training = read_json(paths.summary)
-    evaluation = read_json(paths.evaluation)
+    report = Report()
+    if training is not None:
+        report.data[paths.summary.name] = training
+        curve = learning_curve(paths.metrics, training["metric"])
+        if curve is not None:
+            report.plots[paths.curve.name] = Plot(curve)
+    else:
+        training = read_json(paths.summary)
+    if evaluation is not None:
+        report.data[paths.evaluation.name] = evaluation
+    else:
+        evaluation = read_json(paths.evaluation)
     d = config.dataset
     lines = [
         f"# metakit run `{config.name}`",
@@ -155,8 +162,8 @@ def write_report(run_dir: Path) -> Path:
         if curves:
             from metakit.calibration import reliability_diagram
 
-            reliability_diagram(curves, paths.root / "reliability.png", title=f"{config.name}: reliability")
+            report.plots["reliability.png"] = Plot(reliability_diagram(curves, title=f"{config.name}: reliability"))
             lines += ["", "![reliability diagram](reliability.png)"]
         lines.append("")
-    write_text(paths.report, "\n".join(lines))
-    return paths.report
+    report.text[paths.report.name] = "\n".join(lines)
+    return report

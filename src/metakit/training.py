@@ -8,7 +8,6 @@ episode-sampler and global RNG states), written atomically so a killed run resum
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from metakit import distributed as dist
 from metakit.config import Config, check_threads
@@ -25,10 +23,8 @@ from metakit.episodes import FixedEpisodes, meta_step_each, sample_batch
 from metakit.errors import MetakitError
 from metakit.evaluation import evaluate_learner
 from metakit.experiment import Experiment, build_experiment
-from metakit.runs import RunPaths, load_run_config
-from metakit.utils import (
-    keep_jsonl, resolve_device, rng_state, seed_everything, set_rng_state, set_threads, torch_save, write_text,
-)
+from metakit.runs import Run, load_run_config, progress_bar, write_report
+from metakit.utils import resolve_device, rng_state, seed_everything, set_rng_state, set_threads
 
 def _make_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     t = cfg.train
@@ -80,7 +76,8 @@ class Trainer:
         self.exp = experiment
         self.on_validation = on_validation
         self.cfg = experiment.config
-        self.paths = RunPaths(Path(run_dir))
+        self.run = Run(run_dir)
+        self.paths = self.run.paths
         self.resume = resume
         self.progress = progress
         self.console = Console(stderr=True)
@@ -96,39 +93,14 @@ class Trainer:
     def _prepare_dir(self) -> dict[str, Any] | None:
         """Create the run directory, or load the checkpoint to resume from."""
         p = self.paths
-        if p.last.exists():
-            if not self.resume:
-                raise MetakitError(f"{p.root} already holds a run; pass --resume to continue it or choose another --out.")
-            saved = load_run_config(p.root).to_dict()
-            mine = self.cfg.to_dict()
-            saved["train"]["steps"] = mine["train"]["steps"]  # extending a run is allowed
-            if saved != mine:
-                raise MetakitError(f"the config differs from the one {p.root} was started with; resume with the same config.")
-            from metakit.utils import load_checkpoint
-
-            return load_checkpoint(p.last, f"delete {p.last} to start over", keys=("learner", "state"))
-        if dist.is_main():
-            p.root.mkdir(parents=True, exist_ok=True)
-            write_text(p.config, self.cfg.to_yaml())
-            # A fresh start owns the log: lines an earlier run left in this folder (another
-            # domain's run, or one whose checkpoint was deleted) broke the learning curve (KeyError).
-            write_text(p.metrics, "")
+        self.run.writes = dist.is_main()
+        resuming = self.run.start(
+            self.cfg.to_yaml(), self.resume, lambda: load_run_config(p.root).to_dict(), self.cfg.to_dict(),
+            extendable=("train.steps",), started=p.last,
+        )
+        if resuming:
+            return self.run.load("last", f"delete {p.last} to start over", keys=("learner", "state"))
         return None
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if not dist.is_main():
-            return
-        with open(self.paths.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if key not in ("step", "split") and isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"{record['split']}/{key}", value, record["step"])
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop records after ``step`` so a resumed run's log has no duplicates."""
-        if dist.is_main():
-            keep_jsonl(self.paths.metrics, lambda r: r.get("step", step + 1) <= step)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -170,18 +142,14 @@ class Trainer:
             generator.set_state(checkpoint["generator"])
             set_rng_state(checkpoint["rng"])
             state = checkpoint["state"]
-            self._truncate_metrics(state["step"])
-        self.writer = self._tensorboard()
+            self.run.keep_metrics(lambda r: r.get("step", state["step"] + 1) <= state["step"])
+        self.run.open_tensorboard(cfg.train.tensorboard)
 
         metric = learner.metric
         total = cfg.train.steps
-        columns = (
-            TextColumn("[bold]meta-training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        )
         show = self.progress and dist.is_main()
         stopped_early = False
-        with Progress(*columns, console=self.console, disable=not show, transient=False) as bar:
+        with progress_bar("[bold]meta-training", self.console, show) as bar:
             task = bar.add_task("train", total=total, completed=state["step"], info="")
             # The steps since the last train record live in the checkpointed state, so the first
             # record after a resume averages the same steps as an uninterrupted run's would.
@@ -209,15 +177,14 @@ class Trainer:
                 info = f"loss {stats['loss']:.3f} {metric} {stats[metric]:.3f}"
                 if step % max(1, cfg.train.val_every // 10) == 0 or step == total:
                     mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                    self._log({"split": "train", "step": step, **mean, "lr": schedule.get_last_lr()[0], "seconds": round(state["train_seconds"], 3)})
+                    self.run.log({"split": "train", "step": step, **mean, "lr": schedule.get_last_lr()[0], "seconds": round(state["train_seconds"], 3)})
                     window.clear()
                 if step % cfg.train.val_every == 0 or step == total:
                     result = evaluate_learner(learner, val_episodes, device=self.device)
-                    self._log({"split": "val", "step": step, metric: result.mean, "ci95": result.ci95})
+                    self.run.log({"split": "val", "step": step, metric: result.mean, "ci95": result.ci95})
                     if _better(metric, result.mean, state["best"]):
                         state.update(best=result.mean, best_step=step, bad_validations=0)
-                        if dist.is_main():
-                            torch_save({"step": step, "learner": learner.state_dict(), metric: result.mean}, self.paths.best)
+                        self.run.save("best", {"step": step, "learner": learner.state_dict(), metric: result.mean})
                     else:
                         state["bad_validations"] += 1
                     if show:
@@ -234,8 +201,7 @@ class Trainer:
                 bar.update(task, completed=step, info=info)
                 if stopped_early:
                     break
-        if self.writer is not None:
-            self.writer.close()
+        self.run.close_tensorboard()
         chosen = self._after_training(learner, show)
         summary = {
             "steps": state["step"],
@@ -251,13 +217,7 @@ class Trainer:
             **chosen,
         }
         if dist.is_main():
-            from metakit.reporting import learning_curve, write_report
-
-            from metakit.utils import write_json
-
-            write_json(self.paths.summary, summary)
-            learning_curve(self.paths.metrics, self.paths.curve, metric)
-            write_report(self.paths.root)
+            self._write_report(summary)
         return summary
 
     def _after_training(self, learner: torch.nn.Module, show: bool) -> dict[str, Any]:
@@ -271,18 +231,17 @@ class Trainer:
         hook = getattr(learner, "after_training", None)
         if hook is None or not dist.is_main() or not self.paths.best.is_file():
             return {}
-        from metakit.utils import load_checkpoint
-
-        best = load_checkpoint(self.paths.best, "delete the run and train again", keys=("learner",))
+        fix = "delete the run and train again"
+        best = self.run.load("best", fix, keys=("learner",))
         learner.load_state_dict(best["learner"])
         before = {k: v.clone() for k, v in learner.state_dict().items()}
         chosen = hook(self.exp, progress=show)
         after = learner.state_dict()
         changed = {k: v for k, v in after.items() if not torch.equal(v, before[k])}
-        torch_save({**best, "learner": after}, self.paths.best)
+        self.run.save("best", {**best, "learner": after})
         if changed and self.paths.last.is_file():
-            last = load_checkpoint(self.paths.last, "delete the run and train again", keys=("learner",))
-            torch_save({**last, "learner": {**last["learner"], **changed}}, self.paths.last)
+            last = self.run.load("last", fix, keys=("learner",))
+            self.run.save("last", {**last, "learner": {**last["learner"], **changed}})
         return dict(chosen)
 
     def _fit_without_parameters(self, threads: int) -> dict[str, Any]:
@@ -293,18 +252,16 @@ class Trainer:
         """
         cfg, learner = self.cfg, self.exp.learner
         self._prepare_dir()  # a finished run is only redone with --resume; it is cheap and deterministic
-        self.writer = self._tensorboard()
+        self.run.open_tensorboard(cfg.train.tensorboard)
         learner.to(self.device)
         metric = learner.metric
         result = evaluate_learner(
             learner, FixedEpisodes(self.exp.val_source(), cfg.eval.val_episodes, cfg.eval.seed + 1), device=self.device
         )
         state = {"step": 0, "best": result.mean, "best_step": 0, "bad_validations": 0, "train_seconds": 0.0}
-        if dist.is_main():
-            write_text(self.paths.metrics, "")
-        self._log({"split": "val", "step": 0, metric: result.mean, "ci95": result.ci95})
-        if self.writer is not None:
-            self.writer.close()
+        self.run.keep_metrics(lambda r: False)  # a redone baseline's log holds this validation only
+        self.run.log({"split": "val", "step": 0, metric: result.mean, "ci95": result.ci95})
+        self.run.close_tensorboard()
         if self.progress and dist.is_main():
             self.console.print(
                 f"{cfg.learner.name} has no trainable parameters: nothing to meta-train; "
@@ -315,41 +272,28 @@ class Trainer:
             "train_seconds": 0.0, "threads": threads, "device": str(self.device), "world_size": dist.world_size(),
             "parameters": 0,
         }
+        weights = {"step": 0, "learner": learner.state_dict(), metric: result.mean}
+        self.run.save("best", weights)
+        self.run.save("last", {**weights, "state": state})
         if dist.is_main():
-            from metakit.reporting import learning_curve, write_report
-            from metakit.utils import write_json
-
-            weights = {"step": 0, "learner": learner.state_dict(), metric: result.mean}
-            torch_save(weights, self.paths.best)
-            torch_save({**weights, "state": state}, self.paths.last)
-            write_json(self.paths.summary, summary)
-            learning_curve(self.paths.metrics, self.paths.curve, metric)
-            write_report(self.paths.root)
+            self._write_report(summary)
         return summary
 
-    def _save_last(self, learner, optimizer, schedule, generator, state) -> None:  # noqa: ANN001
-        if not dist.is_main():
-            return
-        torch_save(
-            {
-                "learner": learner.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "generator": generator.get_state(),
-                "rng": rng_state(),
-                "state": dict(state),
-            },
-            self.paths.last,
-        )
+    def _write_report(self, summary: dict[str, Any]) -> None:
+        """``training.json``, the learning curve and ``report.md`` of a finished run."""
+        from metakit.reporting import run_report
 
-    def _tensorboard(self):  # noqa: ANN202
-        if not self.cfg.train.tensorboard or not dist.is_main():
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise MetakitError("train.tensorboard needs the tensorboard package: pip install 'metakit[tensorboard]'.") from None
-        return SummaryWriter(str(self.paths.root / "tensorboard"))
+        write_report(self.paths.root, run_report(self.paths.root, training=summary))
+
+    def _save_last(self, learner, optimizer, schedule, generator, state) -> None:  # noqa: ANN001
+        self.run.save("last", {
+            "learner": learner.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "generator": generator.get_state(),
+            "rng": rng_state(),
+            "state": dict(state),
+        })
 
 
 def train(

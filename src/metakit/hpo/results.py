@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from metakit.utils import atomic_path, write_json, write_text
+from metakit.runs import Plot, Report, pyplot, write_report
 
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:
@@ -65,19 +65,16 @@ def trials_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_plots(study: Any, out: Path) -> dict[str, str]:
-    """Optuna's optimisation-history and parameter-importance plots (matplotlib backend) as PNG.
+def draw_plots(study: Any) -> dict[str, tuple[str, Any]]:
+    """Optuna's optimisation-history and parameter-importance plots (matplotlib backend).
 
-    Returns ``{plot name: file name}`` for the plots that could be drawn (importances need at
-    least two completed trials that differ).
+    Returns ``{plot name: (file name, figure)}`` for the plots that could be drawn (importances
+    need at least two completed trials that differ).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from optuna.visualization import matplotlib as ovm
 
-    written: dict[str, str] = {}
+    drawn: dict[str, tuple[str, Any]] = {}
     plots = {"history": (ovm.plot_optimization_history, "optimization_history.png"),
              "importance": (ovm.plot_param_importances, "param_importances.png")}
     for name, (fn, filename) in plots.items():
@@ -89,26 +86,21 @@ def save_plots(study: Any, out: Path) -> dict[str, str]:
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.set_size_inches(7, 4.5)
             fig.tight_layout()
-            with atomic_path(out / filename) as tmp:
-                fig.savefig(tmp, dpi=110, format="png")
-            plt.close(fig)
-            written[name] = filename
+            drawn[name] = (filename, fig)
         except Exception:  # noqa: BLE001 - too few or identical trials: the report says the plot is missing
-            plt.close("all")
-    return written
+            kept = [fig for _, fig in drawn.values()]
+            for number in plt.get_fignums():  # the half-drawn figure goes; those already drawn stay to be saved
+                if plt.figure(number) not in kept:
+                    plt.close(number)
+    return drawn
 
 
 def write_results(study: Any, out: Path, best_yaml: str | None, summary: dict[str, Any]) -> dict[str, Any]:
     """Write ``best.yaml``, ``trials.csv``, ``trials.md``, the PNG plots, ``tune.json`` and ``tune.md``."""
-    out.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(study)
-    write_text(out / "trials.csv", trials_csv(rows))
-    write_text(out / "trials.md", trials_markdown(rows))
-    if best_yaml is not None:
-        write_text(out / "best.yaml", best_yaml)
-    plots = save_plots(study, out) if any(r["state"] == "COMPLETE" for r in rows) else {}
+    drawn = draw_plots(study) if any(r["state"] == "COMPLETE" for r in rows) else {}
+    plots = {name: filename for name, (filename, _) in drawn.items()}
     summary = {**summary, "plots": plots}
-    write_json(out / "tune.json", summary)
     lines = [
         f"# Tuning study {summary['study']}",
         "",
@@ -126,5 +118,10 @@ def write_results(study: Any, out: Path, best_yaml: str | None, summary: dict[st
     lines += ["", "## Trials", "", trials_markdown(rows)]
     for name, filename in plots.items():
         lines += [f"![{name}]({filename})", ""]
-    write_text(out / "tune.md", "\n".join(lines))
+    text = {"trials.csv": trials_csv(rows), "trials.md": trials_markdown(rows)}
+    if best_yaml is not None:
+        text["best.yaml"] = best_yaml
+    text["tune.md"] = "\n".join(lines)
+    write_report(out, Report(text=text, data={"tune.json": summary},
+                             plots={filename: Plot(fig) for filename, fig in drawn.values()}))
     return summary

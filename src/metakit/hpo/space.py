@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 
-from metakit.config import config_from_dict, merge, parse_overrides, read_yaml_mapping
+from metakit.config import config_from_dict, did_you_mean, merge, parse_overrides, read_yaml_mapping
 from metakit.errors import MetakitError, unknown_name
 
 SAMPLERS = ("grid", "random", "tpe", "cmaes")
@@ -170,7 +170,8 @@ def parse_param(name: str, spec: Any) -> Param:
         )
     for key in spec:
         if key not in _PARAM_KEYS:
-            raise MetakitError(f"unknown key {key!r} in tune.space.{name}; valid: {', '.join(sorted(_PARAM_KEYS))}.")
+            raise MetakitError(f"unknown key {key!r} in tune.space.{name}.{did_you_mean(key, _PARAM_KEYS)} "
+                               f"Valid: {', '.join(sorted(_PARAM_KEYS))}.")
     kind = spec.get("type")
     if kind is None:
         if "choices" in spec:
@@ -243,7 +244,8 @@ def parse_tune(data: Mapping[str, Any], source: str = "<dict>") -> TuneSpec:
         raise MetakitError(f"the tune: section of {source} must be a mapping, got {tune!r}.")
     for key in tune:
         if key not in _SETTING_KEYS:
-            raise MetakitError(f"unknown key tune.{key} in {source}; valid: {', '.join(sorted(_SETTING_KEYS))}.")
+            raise MetakitError(f"unknown key tune.{key} in {source}.{did_you_mean(key, _SETTING_KEYS)} "
+                               f"Valid: {', '.join(sorted(_SETTING_KEYS))}.")
     space = tune.get("space")
     if not space:
         raise MetakitError(f"tune.space in {source} is empty; declare at least one parameter, e.g. learner.inner_lr.")

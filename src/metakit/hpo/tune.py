@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from metakit.config import Config, config_from_dict
 from metakit.errors import MetakitError
 from metakit.hpo import study as studylib
 from metakit.hpo.space import TuneSpec, check_pruner, check_sampler
 from metakit.hpo.warmstart import METHODS, PriorTasks, check_method, enqueue_configs, load_portfolio
+from metakit.runs import progress_bar
 
 
 @dataclass
@@ -200,11 +200,9 @@ def tune(spec: TuneSpec, out: str | Path, options: TuneOptions | None = None) ->
         trial.set_user_attr("train_seconds", summary["train_seconds"])
         return float(summary[f"best_val_{metric}"])
 
-    columns = (TextColumn("[bold]tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn())
     start = time.perf_counter()
     interrupted = False
-    with Progress(*columns, console=console, disable=not o.progress) as bar:
+    with progress_bar("[bold]tuning", console, o.progress) as bar:
         task = bar.add_task("tune", total=max(remaining, 0), info="")
 
         def on_trial(st: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:

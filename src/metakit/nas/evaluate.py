@@ -26,9 +26,8 @@ from rich.console import Console
 
 from metakit.errors import MetakitError
 from metakit.nas.genotype import Genotype, draw, random_genotype
-from metakit.nas.search import NasSpec, load_search, train_run
-from metakit.runs import read_json
-from metakit.utils import atomic_path, write_json, write_text
+from metakit.nas.search import NasSpec, backbone_parameters, load_search, train_run
+from metakit.runs import Plot, Report, pyplot, read_json, write_report
 
 #: How many random genotypes are drawn at most when looking for ones of a similar size.
 MAX_DRAWS = 2000
@@ -43,14 +42,6 @@ class Model:
     config: dict[str, Any]
     genotype: Genotype | None = None
     backbone_parameters: int | None = None
-
-
-def backbone_parameters(spec: NasSpec, genotype: Genotype, input_shape: Sequence[int]) -> int:
-    """Trainable parameters of ``genotype``'s network with the from-scratch backbone options."""
-    from metakit.nas.network import nas
-
-    net = nas(tuple(input_shape), genotype=genotype.to_dict(), **spec.settings.backbone)
-    return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
 def matched_random(
@@ -120,9 +111,8 @@ def evaluate_search(
         if progress:
             console.print(f"[bold]{model.name}[/]: meta-training from scratch into {sub}")
         if model.genotype is not None:
-            sub.mkdir(parents=True, exist_ok=True)
             model.genotype.save(sub / "genotype.json")
-            draw(model.genotype, sub / "genotype.png", title=model.name)
+            write_report(sub, Report(plots={"genotype.png": Plot(draw(model.genotype, title=model.name), dpi=120)}))
         train_run(model.config, sub, progress)
         done = read_json(sub / "evaluation.json")
         if done is None or (episodes is not None and done["results"][0]["episodes"] != episodes):
@@ -139,10 +129,10 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
 
 def _write(root: Path, models: Sequence[Model], search: dict[str, Any]) -> dict[str, Any]:
     report = collect(root, models, search)
-    write_json(root / "nas_evaluation.json", report)
-    write_text(root / "nas_evaluation.md", evaluation_markdown(report))
+    files = Report(data={"nas_evaluation.json": report}, text={"nas_evaluation.md": evaluation_markdown(report)})
     if report["models"]:
-        plot(report, root / "nas_evaluation.png")
+        files.plots["nas_evaluation.png"] = Plot(plot(report), dpi=120)
+    write_report(root, files)
     return report
 
 
@@ -208,13 +198,9 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 100 else f"{value:.0f} s"
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+def plot(report: dict[str, Any]) -> Any:
     """Accuracy ± CI against backbone parameters, one point per model (first evaluation setting)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colours = {"found": "#d62728", "conv4": "#1f77b4", "random": "#7f7f7f"}
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for row in report["models"]:
@@ -229,6 +215,4 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{report['method']} on {report['dataset']}: found vs random vs Conv-4", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    return fig

@@ -243,15 +243,13 @@ def random_genotype(space: SearchSpace, rng: random.Random, edges_per_node: int 
     return Genotype(space.ops, normal, reduce, space.network())
 
 
-def draw(genotype: Genotype, path: str | Path, title: str | None = None) -> None:
-    """Draw the normal and reduction cell side by side as a PNG at ``path`` (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def draw(genotype: Genotype, title: str | None = None) -> Any:
+    """The figure of the normal and reduction cell side by side (saved by :func:`metakit.runs.write_report`)."""
     from matplotlib.patches import FancyArrowPatch
 
-    from metakit.utils import atomic_path
+    from metakit.runs import pyplot
+
+    plt = pyplot()
 
     cells = [("normal cell", genotype.normal)] + ([("reduction cell", genotype.reduce)] if genotype.reduce else [])
     colours = {op: plt.get_cmap("tab10")(i % 10) for i, op in enumerate(genotype.ops)}
@@ -293,6 +291,4 @@ def draw(genotype: Genotype, path: str | Path, title: str | None = None) -> None
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    return fig

@@ -36,9 +36,8 @@ and ``warmup/`` (MetaNAS) or ``candidates/NN/`` runs (random search), ``genotype
 from __future__ import annotations
 
 import copy
-import difflib
 import random
-import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,13 +45,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from metakit.config import (
-    Config, _coerce, call_with_options, config_from_dict, merge, parse_overrides, read_yaml_mapping, yaml_dump,
+    Config, call_with_options, config_from_dict, merge, parse_overrides, read_yaml_mapping, section_from_dict, yaml_dump,
 )
 from metakit.errors import MetakitError, unknown_name
 from metakit.nas.genotype import Genotype, check_discretization, discretize, draw, input_label, random_genotype
 from metakit.nas.space import SearchSpace, edge_index
-from metakit.runs import read_json
-from metakit.utils import write_json, write_text
+from metakit.runs import Plot, Report, Run, read_json, write_report
 
 if TYPE_CHECKING:
     from metakit.experiment import Experiment
@@ -81,27 +79,14 @@ _INTS = ("warmup_steps", "edges_per_node", "ops_per_edge", "candidates", "candid
 
 
 def _settings(data: Any) -> NasSettings:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise MetakitError(f"config section nas must be a mapping, got {data!r}.")
-    valid = [f for f in NasSettings.__dataclass_fields__]
-    for key in data:
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise MetakitError(f"unknown config key nas.{key}.{hint} Valid keys in nas: {', '.join(sorted(valid))}.")
-    # The same number parsing as every other config key: 5e1 steps, "1e-1" tolerance.
-    hints = {**dict.fromkeys(_INTS, int), "param_tolerance": float}
-    s = NasSettings(**{k: _coerce("nas", k, v, hints[k]) if k in hints else v for k, v in data.items()})
+    s = section_from_dict(NasSettings, {} if data is None else data, "nas")
     if s.method not in METHODS:
         raise unknown_name("nas.method", s.method, METHODS)
-    for key in _INTS:
-        value = getattr(s, key)
+    for key in _INTS:  # integers already (section_from_dict); here their ranges
         low = 0 if key in ("random_architectures", "warmup_steps") else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise MetakitError(f"nas.{key} must be an integer >= {low}, got {value!r}.")
-    if isinstance(s.param_tolerance, bool) or not isinstance(s.param_tolerance, (int, float)) or s.param_tolerance <= 0:
+        if getattr(s, key) < low:
+            raise MetakitError(f"nas.{key} must be an integer >= {low}, got {getattr(s, key)!r}.")
+    if s.param_tolerance <= 0:
         raise MetakitError(f"nas.param_tolerance must be a number > 0, got {s.param_tolerance!r}.")
     for key in ("backbone", "evaluate") + (("conv4",) if s.conv4 is not None else ()):
         if not isinstance(getattr(s, key), dict):
@@ -200,6 +185,17 @@ def load_search(run_dir: str | Path) -> tuple[NasSpec, Genotype, dict[str, Any]]
     return spec_from_dict(data, str(root / "nas.yaml")), Genotype.load(root / "genotype.json"), summary
 
 
+def backbone_parameters(spec: NasSpec, genotype: Genotype, input_shape: Sequence[int]) -> int:
+    """Trainable parameters of ``genotype``'s network with the from-scratch backbone options.
+
+    The search records it for the found cells; ``nas evaluate`` matches random baselines to it.
+    """
+    from metakit.nas.network import nas
+
+    net = nas(tuple(input_shape), genotype=genotype.to_dict(), **spec.settings.backbone)
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
 def train_run(config: dict[str, Any], run_dir: Path, progress: bool) -> dict[str, Any]:
     """Meta-train ``config`` into ``run_dir``, continuing a run left there (finished runs are not redone)."""
     from metakit.training import train
@@ -214,19 +210,14 @@ def search(spec: NasSpec, out: str | Path, resume: bool = False, progress: bool 
     """Run the search described by ``spec`` into run directory ``out``; returns ``search.json``'s content."""
     out = Path(out)
     console = Console(stderr=True)
-    saved_path = out / "nas.yaml"
-    if saved_path.is_file():
-        if not resume:
-            raise MetakitError(f"{out} already holds a nas search; pass --resume to continue it or choose another --out.")
-        saved = read_yaml_mapping(saved_path)
-        saved.get("train", {})["steps"] = spec.base["train"]["steps"]  # extending a search is allowed
-        if saved != spec.to_dict():
-            raise MetakitError(f"the config differs from the one {out} was started with; resume with the same config.")
+    run, saved_path = Run(out), out / "nas.yaml"
+    run.resumes(resume, lambda: read_yaml_mapping(saved_path), spec.to_dict(), ("train.steps",), saved_path, "nas search")
     from metakit.experiment import build_experiment
 
     exp = build_experiment(spec.config())  # every config problem fails here, before the run directory exists
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(saved_path, yaml_dump(spec.to_dict()))
+    # Written on resume too: a resumed search may extend train.steps. The supernet's own run
+    # (MetaNAS) keeps its log in the same folder and starts it itself.
+    run.create(yaml_dump(spec.to_dict()), saved_path.name, fresh_log=False)
     s, space = spec.settings, spec.space()
     if progress:
         console.print(f"[bold]metakit nas search[/]: {s.method} over {space.cells} cells of {space.nodes} nodes, "
@@ -236,10 +227,7 @@ def search(spec: NasSpec, out: str | Path, resume: bool = False, progress: bool 
     else:
         genotype, details = _random_search(spec, exp.task.input_shape, out, progress, console)
     genotype.save(out / "genotype.json")
-    draw(genotype, out / "genotype.png", title=f"{s.method} on {spec.base['dataset']['name']}")
     input_shape = details.pop("input_shape")
-    from metakit.nas.evaluate import backbone_parameters
-
     summary = {
         "method": s.method,
         "dataset": spec.base["dataset"]["name"],
@@ -252,8 +240,9 @@ def search(spec: NasSpec, out: str | Path, resume: bool = False, progress: bool 
         "genotype": genotype.to_dict(),
         **details,
     }
-    write_json(out / "search.json", summary)
-    write_text(out / "search.md", _markdown(summary, genotype))
+    cells = draw(genotype, title=f"{s.method} on {spec.base['dataset']['name']}")
+    write_report(out, Report(data={"search.json": summary}, plots={"genotype.png": Plot(cells, dpi=120)},
+                             text={"search.md": _markdown(summary, genotype)}))
     return summary
 
 
@@ -293,7 +282,7 @@ def _metanas(spec: NasSpec, exp: Experiment, out: Path, progress: bool) -> tuple
             for label, w in weights.items()
         },
     }
-    write_json(out / "alphas.json", alphas)
+    write_report(out, Report(data={"alphas.json": alphas}))
     metric = summary["metric"]
     return genotype, {
         "search_seconds": round(summary["train_seconds"] + warm.get("train_seconds", 0.0), 2),

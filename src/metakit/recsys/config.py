@@ -8,11 +8,11 @@ with one line each.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from metakit.config import _build, check_threads, merge, parse_overrides, read_yaml_mapping, yaml_dump
+from metakit.config import check_threads, merge, parse_overrides, read_yaml_mapping, section_from_dict, yaml_dump
 from metakit.errors import MetakitError, unknown_name
 from metakit.recsys.tasks import SCENARIOS, TaskRules, check_scenarios
 
@@ -43,25 +43,37 @@ class ModelConfig:
 
 
 @dataclass
-class MeluSection:
+class MeluTraining:
+    """The meta-training settings the ``melu`` section hands on unchanged to each variant's training.
+
+    ``learn_local_lr`` meta-learns element-wise local step sizes (Meta-SGD), starting from the local lr.
+    """
+
+    learn_local_lr: bool = False
+    first_order: bool = False
+    meta_batch: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = 10.0
+
+    def training_settings(self) -> dict[str, Any]:
+        """These settings as keyword arguments (for :class:`~metakit.recsys.melu.MetaTrainConfig`)."""
+        return {f.name: getattr(self, f.name) for f in fields(MeluTraining)}
+
+
+@dataclass
+class MeluSection(MeluTraining):
     """MeLU's meta-training: ``local_steps`` lists the variants (MeLU-1, MeLU-5).
 
     ``local_lr_grid``, when non-empty, replaces ``local_lr`` by a grid: each variant is
     meta-trained once per value and the one best on the validation users is kept (the model
-    selection the baselines get). ``learn_local_lr`` meta-learns element-wise local step sizes
-    (Meta-SGD), starting from the local lr.
+    selection the baselines get).
     """
 
     local_steps: list[int] = field(default_factory=lambda: [1, 5])
     local_lr: float = 0.03
     local_lr_grid: list[float] = field(default_factory=list)
-    learn_local_lr: bool = False
-    first_order: bool = False
     epochs: int = 100
-    meta_batch: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float | None = 10.0
 
 
 @dataclass
@@ -145,7 +157,7 @@ class RecsysConfig:
 
 def recsys_config_from_dict(data: dict[str, Any]) -> RecsysConfig:
     """Validate plain data (parsed YAML) into a checked :class:`RecsysConfig`."""
-    return _build(RecsysConfig, dict(data), "").check()
+    return section_from_dict(RecsysConfig, dict(data), "").check()
 
 
 def load_recsys_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecsysConfig:

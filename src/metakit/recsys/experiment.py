@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from metakit.config import call_with_options
 from metakit.errors import MetakitError
@@ -38,8 +38,8 @@ from metakit.recsys.metrics import paired_difference, per_user_metrics, summaris
 from metakit.recsys.movielens import RatingsData, load_movielens
 from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
 from metakit.recsys.tasks import SCENARIOS, Split, UserTask, build_split, training_task
-from metakit.runs import RunPaths
-from metakit.utils import load_checkpoint, seed_everything, set_threads, torch_save, write_json, write_text
+from metakit.runs import Run, progress_bar, run_config_data, write_report
+from metakit.utils import seed_everything, set_threads
 
 console = Console(stderr=True)
 Predictor = Callable[[Sequence[UserTask]], list[np.ndarray]]
@@ -52,11 +52,6 @@ DISPLAY = {
     "nn_global": "NN, global",
     "nn_finetune": "NN + fine-tune",
 }
-
-
-def models_path(run_dir: str | Path) -> Path:
-    """Where a run keeps its fitted methods."""
-    return Path(run_dir) / "checkpoints" / "models.pt"
 
 
 def _loadable(obj: Any) -> Any:
@@ -113,16 +108,14 @@ def display_name(key: str) -> str:
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), console=console, transient=True, disable=not enabled)
+    return progress_bar("{task.description}", console, enabled, transient=True)
 
 
 def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Fit every method of ``config`` and write the run directory ``out``; returns the training summary."""
     config.check()
-    paths = RunPaths(Path(out))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    write_text(paths.config, config.to_yaml())
+    run = Run(out)
+    run.create(config.to_yaml(), fresh_log=False)  # the fits log their epochs in training.json
     threads = set_threads(config.threads)
     seed_everything(config.seed)
     start = time.perf_counter()
@@ -169,7 +162,7 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
             else:
                 states[key], info = _fit_melu(config, key, features, split, mu, seed, epochs)
             methods[key] = {**info, "fit_seconds": time.perf_counter() - t0}
-    torch_save(_loadable(states), models_path(out))
+    run.save("models", _loadable(states))
     summary = {
         "data": data.describe(),
         "fingerprint": states["fingerprint"],
@@ -179,11 +172,9 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
         "threads": threads,
         "train_seconds": time.perf_counter() - start,
     }
-    write_json(paths.summary, summary)
-    from metakit.recsys.report import training_curves, write_report
+    from metakit.recsys.report import run_report
 
-    training_curves(summary, paths.root / "training_curves.png")
-    write_report(paths.root)
+    write_report(run.root, run_report(run.root, training=summary))
     return summary
 
 
@@ -200,8 +191,7 @@ def _fit_melu(config: RecsysConfig, key: str, features: Features, split: Split, 
     best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
     scores: dict[str, float] = {}
     for local_lr in m.local_lr_grid or [m.local_lr]:
-        cfg = MetaTrainConfig(steps, local_lr, m.first_order, m.epochs, m.meta_batch, m.lr, m.weight_decay,
-                              m.grad_clip, m.learn_local_lr)
+        cfg = MetaTrainConfig(**m.training_settings(), local_steps=steps, local_lr=local_lr, epochs=m.epochs)
         torch.manual_seed(seed)  # every grid point starts from the same initial network
         net = _net(config, features, mu)
         label = display_name(key) + (f" (local lr {local_lr})" if m.local_lr_grid else "")
@@ -222,16 +212,8 @@ def _fit_melu(config: RecsysConfig, key: str, features: Features, split: Split, 
 
 def load_recsys_run(run_dir: str | Path) -> RecsysConfig:
     """A recsys run directory's resolved config."""
-    import yaml
-
-    path = RunPaths(Path(run_dir)).config
-    if not path.is_file():
-        raise MetakitError(f"{run_dir} is not a run directory (no config.yaml); pass the --out of `metakit recsys train`.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise MetakitError(f"{path} is not valid YAML; restore it or train again.") from None
-    if not isinstance(data, dict) or "tasks" not in data or "melu" not in data:
+    data = run_config_data(run_dir, "", "`metakit recsys train`")
+    if "tasks" not in data or "melu" not in data:
         raise MetakitError(f"{run_dir} is not a recsys run (its config.yaml has no tasks/melu sections); "
                            f"use `metakit evaluate` for meta-learning runs.")
     return recsys_config_from_dict(data)
@@ -266,10 +248,10 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
     """Score every method of a trained run on every scenario of its config; write the files (see module doc)."""
     run_dir = Path(run_dir)
     config = load_recsys_run(run_dir)
-    path = models_path(run_dir)
-    if not path.is_file():
-        raise MetakitError(f"{path} not found; train the run first (metakit recsys train CONFIG --out {run_dir}).")
-    states = load_checkpoint(path, f"train again (metakit recsys train CONFIG --out {run_dir})", keys=("fingerprint",))
+    run = Run(run_dir)
+    if not run.checkpoint("models").is_file():
+        raise MetakitError(f"{run.checkpoint('models')} not found; train the run first (metakit recsys train CONFIG --out {run_dir}).")
+    states = run.load("models", f"train again (metakit recsys train CONFIG --out {run_dir})", keys=("fingerprint",))
     threads = set_threads(config.threads)
     data = load_ratings(config)
     if fingerprint(data) != states.get("fingerprint"):
@@ -313,12 +295,9 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
         "config": asdict(config),
     }
     if write:
-        paths = RunPaths(run_dir)
-        write_json(paths.evaluation, result)
-        from metakit.recsys.report import mae_plot, write_report
+        from metakit.recsys.report import run_report
 
-        mae_plot(result, run_dir / "mae_by_scenario.png")
-        write_report(run_dir)
+        write_report(run_dir, run_report(run_dir, evaluation=result))
     return result
 
 

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from metakit import inner
 from metakit.errors import MetakitError
+from metakit.recsys.config import MeluTraining
 from metakit.recsys.movielens import RatingsData
 from metakit.recsys.tasks import UserTask
 
@@ -247,18 +248,12 @@ def predict_tasks(net: RatingNet, features: Features, tasks: Sequence[UserTask],
 
 
 @dataclass
-class MetaTrainConfig:
-    """Outer/inner loop settings of :func:`meta_train`."""
+class MetaTrainConfig(MeluTraining):
+    """Outer/inner loop settings of :func:`meta_train`: one variant (``local_steps``), one local lr."""
 
     local_steps: int = 5
     local_lr: float = 5e-3
-    first_order: bool = False
     epochs: int = 30
-    meta_batch: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float | None = 10.0
-    learn_local_lr: bool = False  # Meta-SGD: element-wise local step sizes, meta-learned from local_lr
 
 
 def meta_train(net: RatingNet, features: Features, make_tasks: Callable[[np.random.Generator], list[UserTask]],

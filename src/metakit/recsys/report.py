@@ -1,7 +1,8 @@
-"""Recsys run reports: the markdown report, the MAE-per-scenario plot and the training curves.
+"""What a recsys run's report says: the markdown report, the MAE-per-scenario plot and the training curves.
 
-``write_report`` renders ``report.md`` from the files in the run directory (config, training
-summary, evaluation), so it can be rebuilt at any time; the plots are PNG files beside it.
+``run_report`` builds ``report.md`` from the files in the run directory (config, training
+summary, evaluation), so it can be rebuilt at any time, with the figures and JSON just computed;
+:func:`metakit.runs.write_report` writes it.
 """
 
 from __future__ import annotations
@@ -10,17 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from metakit.recsys.tasks import SCENARIOS
-from metakit.runs import RunPaths, read_json
-from metakit.utils import atomic_path, write_text
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: reports are files
-    import matplotlib.pyplot as plt
-
-    return plt
+from metakit.runs import Plot, Report, RunPaths, pyplot, read_json, run_config_data
 
 
 def fmt(r: dict[str, Any] | None, digits: int = 3) -> str:
@@ -64,9 +55,9 @@ def paired_markdown(result: dict[str, Any]) -> str:
                       "|---|---|---|", *rows])
 
 
-def mae_plot(result: dict[str, Any], out_png: Path) -> None:
+def mae_plot(result: dict[str, Any]) -> Any:
     """Grouped bars: MAE ± 95% CI per scenario (groups) and method (bars)."""
-    plt = _plt()
+    plt = pyplot()
     scenarios = list(result["results"])
     methods = list(result["methods"])
     fig, ax = plt.subplots(figsize=(max(6.0, 2.4 * len(scenarios)), 4.0))
@@ -88,17 +79,15 @@ def mae_plot(result: dict[str, Any], out_png: Path) -> None:
         ax.set_ylim(max(0.0, min(lows) - 0.15), max(lows) + 0.1)
     ax.legend(fontsize=7, ncol=min(4, len(methods)))
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def training_curves(summary: dict[str, Any], out_png: Path) -> None:
-    """Validation MAE per epoch of every method that trained for epochs."""
+def training_curves(summary: dict[str, Any]) -> Any | None:
+    """Validation MAE per epoch of every method that trained for epochs (``None``: none did)."""
     curves = {k: m["history"] for k, m in summary["methods"].items() if m.get("history")}
     if not curves:
-        return
-    plt = _plt()
+        return None
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     for key, hist in curves.items():
         name = f"MeLU-{key.split('-', 1)[1]}" if key.startswith("melu-") else key
@@ -107,19 +96,33 @@ def training_curves(summary: dict[str, Any], out_png: Path) -> None:
     ax.set_ylabel("validation MAE (held-out users)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Render ``report.md`` from the run directory's config, training summary and evaluation."""
-    import yaml
+def run_report(
+    run_dir: str | Path, training: dict[str, Any] | None = None, evaluation: dict[str, Any] | None = None
+) -> Report:
+    """The report of a run directory: ``report.md`` and its figures.
 
+    ``training`` (the summary of a fit that just finished, with its training curves) and
+    ``evaluation`` (fresh results, with the MAE plot) join the report as ``training.json`` and
+    ``evaluation.json``; whichever is not given is read from the run directory.
+    """
     paths = RunPaths(Path(run_dir))
-    config = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
-    training = read_json(paths.summary)
-    evaluation = read_json(paths.evaluation)
+    config = run_config_data(run_dir, "", "`metakit recsys train`")
+    report = Report()
+    if training is not None:
+        report.data[paths.summary.name] = training
+        curves = training_curves(training)
+        if curves is not None:
+            report.plots["training_curves.png"] = Plot(curves)
+    else:
+        training = read_json(paths.summary)
+    if evaluation is not None:
+        report.data[paths.evaluation.name] = evaluation
+        report.plots["mae_by_scenario.png"] = Plot(mae_plot(evaluation))
+    else:
+        evaluation = read_json(paths.evaluation)
     t = config["tasks"]
     lines = [
         f"# metakit recsys run `{config['name']}`",
@@ -165,8 +168,8 @@ def write_report(run_dir: str | Path) -> Path:
         if paired:
             lines += ["### MeLU against each baseline, paired over the same users", "", paired, ""]
         lines += ["![MAE per scenario](mae_by_scenario.png)", ""]
-    write_text(paths.report, "\n".join(lines))
-    return paths.report
+    report.text[paths.report.name] = "\n".join(lines)
+    return report
 
 
 def results_table(result: dict[str, Any]) -> Any:

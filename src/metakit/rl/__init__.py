@@ -9,8 +9,9 @@ Modules, each readable on its own:
 * :mod:`~metakit.rl.policies` — Gaussian/categorical MLP policy with functional parameters, GRU policy;
 * :mod:`~metakit.rl.maml_rl` — MAML-RL with ProMP's outer update;
 * :mod:`~metakit.rl.rl2` — RL² with PPO;
-* :mod:`~metakit.rl.training`, :mod:`~metakit.rl.evaluation`, :mod:`~metakit.rl.config`,
-  :mod:`~metakit.rl.cli` — runs, held-out evaluation with baselines, configs and ``metakit rl``.
+* :mod:`~metakit.rl.training`, :mod:`~metakit.rl.evaluation`, :mod:`~metakit.rl.report`,
+  :mod:`~metakit.rl.config`, :mod:`~metakit.rl.cli` — runs, held-out evaluation with baselines, the
+  report (curves and ``report.md``), configs and ``metakit rl``.
 
 Needs the ``rl`` extra (``pip install 'metakit[rl]'``); without it every entry point says so in one line.
 """

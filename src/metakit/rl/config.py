@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metakit.config import _build, merge, parse_overrides, read_yaml_mapping, yaml_dump
+from metakit.config import merge, parse_overrides, read_yaml_mapping, section_from_dict, yaml_dump
 from metakit.errors import MetakitError
 
 ALGORITHMS = ("maml-rl", "rl2", "pearl")
@@ -175,7 +175,7 @@ def rl_config_from_dict(data: dict[str, Any]) -> RLConfig:
         # The env section is open: keys other than name/horizon go to the environment's constructor.
         options = {str(k): v for k, v in env.items() if k not in ("name", "horizon")}
         data["env"] = {k: v for k, v in env.items() if k in ("name", "horizon")}
-    config = _build(RLConfig, data, "")
+    config = section_from_dict(RLConfig, data, "")
     config.env.options = options
     return config.validate()
 
@@ -184,3 +184,10 @@ def load_rl_config(path: str | Path, overrides: Sequence[str] = ()) -> RLConfig:
     """Read a meta-RL YAML config, apply ``key=value`` overrides and validate."""
     loaded = read_yaml_mapping(path, "configs/rl-point2d-mamlrl.yaml")
     return rl_config_from_dict(merge(loaded, parse_overrides(overrides)))
+
+
+def load_rl_run(run_dir: str | Path) -> RLConfig:
+    """The resolved config of a meta-RL run directory."""
+    from metakit.runs import run_config_data
+
+    return rl_config_from_dict(run_config_data(run_dir, "metakit rl", "metakit rl train"))

@@ -15,35 +15,26 @@ rate) before adaptation and after each adaptation step, mean ± 95% CI over task
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from metakit.errors import MetakitError
 from metakit.evaluation import mean_ci95
-from metakit.rl.config import RLConfig, rl_config_from_dict
+from metakit.rl.config import RLConfig, load_rl_run
 from metakit.rl.maml_rl import MamlRL
+from metakit.rl.report import markdown_table, run_report
 from metakit.rl.tasks import make_env, task_env
 from metakit.rl.training import build
-from metakit.utils import atomic_path, load_checkpoint, read_jsonl, set_threads, write_json, write_text
+from metakit.runs import write_report
+from metakit.utils import load_checkpoint, set_threads
 
-
-def load_rl_run(run_dir: str | Path) -> RLConfig:
-    """The resolved config of a meta-RL run directory."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise MetakitError(f"{run_dir} is not a metakit rl run directory (no config.yaml); pass the --out of metakit rl train.")
-    try:
-        return rl_config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    except yaml.YAMLError:
-        raise MetakitError(f"{path} is not valid YAML; restore it or re-run training.") from None
+__all__ = ["evaluate_policy", "evaluate_rl_run", "markdown_table"]  # markdown_table: the CLI prints the report's table
 
 
 def _load_policy_state(run_dir: Path, phase: str) -> dict[str, Any] | None:
@@ -140,108 +131,5 @@ def evaluate_rl_run(run_dir: str | Path, tasks: int | None = None, progress: boo
         "step_meaning": "inner gradient steps" if config.algorithm == "maml-rl" else "episodes of the task seen before this one",
         "seed": e.seed, "threads": threads, "evaluation_seconds": round(time.perf_counter() - t0, 2), "policies": results,
     }
-    write_json(root / "evaluation.json", report)
-    adaptation_curve(root, report)
-    write_rl_report(root)
+    write_report(root, run_report(root, evaluation=report))
     return report
-
-
-def _plt():  # noqa: ANN202
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: reports are files
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
-def learning_curves(run_dir: Path) -> None:
-    """``learning_curve.png``: training return per iteration, before and after adaptation, per phase."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return
-    # Lines cut by a kill, or written by another kind of run in the same folder, stay out of the plot.
-    records = [r for r in read_jsonl(path) if "phase" in r and "iteration" in r]
-    if not records:
-        return
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for phase in dict.fromkeys(r["phase"] for r in records):
-        rows = [r for r in records if r["phase"] == phase]
-        x = [r["iteration"] for r in rows]
-        if "return_pre" in rows[0]:
-            ax.plot(x, [r["return_pre"] for r in rows], label=f"{phase}: before adaptation", alpha=0.7)
-            ax.plot(x, [r["return"] for r in rows], label=f"{phase}: after adaptation")
-        else:
-            ax.plot(x, [r["return"] for r in rows], label=f"{phase}")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("mean episode return (training tasks)")
-    ax.legend()
-    fig.tight_layout()
-    _save(fig, run_dir / "learning_curve.png")
-    plt.close(fig)
-
-
-def adaptation_curve(run_dir: Path, report: dict[str, Any]) -> None:
-    """``adaptation_curve.png``: return (and success) on held-out tasks against adaptation steps, ± 95% CI."""
-    plt = _plt()
-    has_success = any("success" in r for r in report["policies"].values())
-    fig, axes = plt.subplots(1, 2 if has_success else 1, figsize=(11 if has_success else 6, 4), squeeze=False)
-    for name, result in report["policies"].items():
-        for ax, key in zip(axes[0], ("returns", "success")):
-            if key not in result:
-                continue
-            steps = list(range(len(result[key])))
-            ax.errorbar(steps, [s["mean"] for s in result[key]], yerr=[s["ci95"] for s in result[key]],
-                        marker="o", capsize=3, label=name)
-            ax.set_xticks(steps)
-            ax.set_xlabel("adaptation steps" if report["algorithm"] == "maml-rl" else "episode of the trial - 1")
-            ax.set_ylabel("mean episode return" if key == "returns" else "success rate")
-            ax.legend()
-    axes[0][0].set_title(f"{report['env']}: {report['tasks']} held-out tasks (mean ± 95% CI)")
-    fig.tight_layout()
-    _save(fig, run_dir / "adaptation_curve.png")
-    plt.close(fig)
-
-
-def markdown_table(report: dict[str, Any]) -> str:
-    """The evaluation as a markdown table: one row per policy, one column per adaptation step."""
-    steps = report["adapt_steps"] + 1
-    head = "| policy | " + " | ".join(f"step {k}" for k in range(steps)) + " |"
-    lines = [head, "|" + "---|" * (steps + 1)]
-    for name, result in report["policies"].items():
-        cells = [f"{s['mean']:.2f} ± {s['ci95']:.2f}" for s in result["returns"]]
-        lines.append(f"| {name} return | " + " | ".join(cells) + " |")
-        if result.get("gains"):
-            cells = ["-"] + [f"{s['mean']:+.2f} ± {s['ci95']:.2f}" for s in result["gains"]]
-            lines.append(f"| {name} gain over step 0 (paired) | " + " | ".join(cells) + " |")
-        if "success" in result:
-            cells = [f"{s['mean']:.2f} ± {s['ci95']:.2f}" for s in result["success"]]
-            lines.append(f"| {name} success | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_rl_report(run_dir: Path) -> Path:
-    """``report.md``: config summary, training summary, evaluation table and plots."""
-    config = load_rl_run(run_dir)
-    lines = [f"# {config.name}: {config.algorithm} on {config.env.name}", ""]
-    training = run_dir / "training.json"
-    if training.is_file():
-        summary = json.loads(training.read_text(encoding="utf-8"))
-        for phase, p in summary["phases"].items():
-            lines.append(f"- {phase}: {p['iterations']} iterations, {p['env_steps']:,} env steps, "
-                         f"{p['train_seconds'] / 60:.1f} min on {summary['threads']} thread(s)")
-        lines += ["", "![learning curve](learning_curve.png)", ""]
-    evaluation = run_dir / "evaluation.json"
-    if evaluation.is_file():
-        report = json.loads(evaluation.read_text(encoding="utf-8"))
-        lines += [f"## Held-out tasks ({report['tasks']}, seed {report['seed']}), step = {report['step_meaning']}", "",
-                  markdown_table(report), "", "![adaptation curve](adaptation_curve.png)", ""]
-    path = run_dir / "report.md"
-    write_text(path, "\n".join(lines))
-    return path

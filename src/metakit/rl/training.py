@@ -17,7 +17,6 @@ Run directory (the spine's layout, :mod:`metakit.runs`)::
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +24,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from metakit.errors import MetakitError
-from metakit.rl.config import RLConfig, rl_config_from_dict
+from metakit.rl.config import RLConfig, load_rl_run
+from metakit.rl.report import run_report
 from metakit.rl.maml_rl import MamlRL, TaskBatchSampler
 from metakit.rl.pearl import PEARL
 from metakit.rl.policies import MLPPolicy, RecurrentPolicy, space_sizes
 from metakit.rl.rl2 import RL2, TrialRunner
 from metakit.rl.rollout import make_vector_env
 from metakit.rl.tasks import TaskEnv, make_env, task_env
-from metakit.utils import keep_jsonl, load_checkpoint, set_threads, torch_save, write_json, write_text
+from metakit.runs import Run, progress_bar, write_report
+from metakit.utils import set_threads
 
 PHASES = ("meta", "pretrained")
 
@@ -131,11 +130,12 @@ class RLTrainer:
 
     def __init__(self, config: RLConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
         self.config, self.root, self.resume, self.progress = config, Path(run_dir), resume, progress
+        self.run = Run(self.root)
         self.console = Console(stderr=True)
 
     def checkpoint(self, phase: str) -> Path:
         """The checkpoint file of ``phase``."""
-        return self.root / "checkpoints" / f"{phase}.pt"
+        return self.run.checkpoint(phase)
 
     def phases(self) -> list[tuple[str, int]]:
         """``(phase, iterations)`` to train."""
@@ -146,20 +146,8 @@ class RLTrainer:
         return [(name, n) for name, n in out if n > 0]
 
     def _prepare(self) -> None:
-        config_path = self.root / "config.yaml"
-        if config_path.exists():
-            if not self.resume:
-                raise MetakitError(f"{self.root} already holds a run; pass --resume to continue it or choose another --out.")
-            saved = rl_config_from_dict(yaml.safe_load(config_path.read_text(encoding="utf-8"))).to_dict()
-            mine = self.config.to_dict()
-            for key in ("iterations", "pretrained_iterations"):  # extending a run is allowed
-                saved["train"][key] = mine["train"][key]
-            if saved != mine:
-                raise MetakitError(f"the config differs from the one {self.root} was started with; resume with the same config.")
-        else:
-            self.root.mkdir(parents=True, exist_ok=True)
-            write_text(config_path, self.config.to_yaml())
-            write_text(self.root / "metrics.jsonl", "")  # a fresh run never appends to an older run's log
+        self.run.start(self.config.to_yaml(), self.resume, lambda: load_rl_run(self.root).to_dict(), self.config.to_dict(),
+                       extendable=("train.iterations", "train.pretrained_iterations"))
 
     def fit(self) -> dict[str, Any]:
         """Train every phase; returns the summary also written to ``training.json``."""
@@ -172,11 +160,7 @@ class RLTrainer:
         for index, (phase, iterations) in enumerate(self.phases()):
             summary["phases"][phase] = self._fit_phase(phase, index, iterations)
         summary["train_seconds"] = round(sum(p["train_seconds"] for p in summary["phases"].values()), 2)
-        write_json(self.root / "training.json", summary)
-        from metakit.rl.evaluation import learning_curves, write_rl_report
-
-        learning_curves(self.root)
-        write_rl_report(self.root)
+        write_report(self.root, run_report(self.root, training=summary))
         return summary
 
     def _fit_phase(self, phase: str, index: int, iterations: int) -> dict[str, Any]:
@@ -186,14 +170,13 @@ class RLTrainer:
         start, seconds, env_steps = 0, 0.0, 0.0
         path = self.checkpoint(phase)
         if path.exists():
-            saved = load_checkpoint(path, f"delete {path} to start over",
-                                    keys=("algorithm", "iteration", "train_seconds", "env_steps"))
+            saved = self.run.load(phase, f"delete {path} to start over",
+                                  keys=("algorithm", "iteration", "train_seconds", "env_steps"))
             algo.load_state_dict(saved["algorithm"])
             start, seconds, env_steps = saved["iteration"], saved["train_seconds"], saved["env_steps"]
-        self._truncate_metrics(phase, start)
-        columns = (TextColumn(f"[bold]{cfg.algorithm} {phase}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-        with Progress(*columns, console=self.console, disable=not self.progress) as bar:
+        # A resumed phase's log has no duplicates: its records past the checkpoint go.
+        self.run.keep_metrics(lambda r: r.get("phase") != phase or r.get("iteration", start + 1) <= start)
+        with progress_bar(f"[bold]{cfg.algorithm} {phase}", self.console, self.progress) as bar:
             task = bar.add_task(phase, total=iterations, completed=start, info="")
             t0 = time.perf_counter() - seconds
             for i in range(start, iterations):
@@ -209,23 +192,14 @@ class RLTrainer:
                                        f"(maml.outer_lr, maml.inner_lr or rl2.lr).")
                 env_steps += stats["env_steps"]
                 seconds = time.perf_counter() - t0
-                self._log({"phase": phase, "iteration": i + 1, **{k: round(v, 5) for k, v in stats.items()},
+                self.run.log({"phase": phase, "iteration": i + 1, **{k: round(v, 5) for k, v in stats.items()},
                            "seconds": round(seconds, 3)})
                 if (i + 1) % cfg.train.checkpoint_every == 0 or i + 1 == iterations:
-                    torch_save({"algorithm": algo.state_dict(), "iteration": i + 1, "train_seconds": seconds,
-                                "env_steps": env_steps}, path)
+                    self.run.save(phase, {"algorithm": algo.state_dict(), "iteration": i + 1, "train_seconds": seconds,
+                                          "env_steps": env_steps})
                 info = f"return {stats['return']:.2f}" + (f" (pre {stats['return_pre']:.2f})" if "return_pre" in stats else "")
                 bar.update(task, completed=i + 1, info=info)
         return {"iterations": iterations, "train_seconds": round(seconds, 2), "env_steps": int(env_steps)}
-
-    def _log(self, record: dict[str, Any]) -> None:
-        with open(self.root / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _truncate_metrics(self, phase: str, iteration: int) -> None:
-        """Drop a phase's records after ``iteration`` so a resumed run's log has no duplicates."""
-        keep_jsonl(self.root / "metrics.jsonl",
-                   lambda r: r.get("phase") != phase or r.get("iteration", iteration + 1) <= iteration)
 
 
 def train_rl(config: RLConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
