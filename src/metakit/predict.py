@@ -474,17 +474,14 @@ class FewShotModel:
         return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
     def _text_inputs(self, texts: list[str]) -> torch.Tensor:
-        encoder = self.spec.encoder or ""
-        if not self.spec.tokens:
-            from metakit.text.embeddings import embed_texts
+        # The text domain knows how its runs encode sentences (embeddings or token ids); ask it.
+        from metakit.registry import input_preparer
 
-            return embed_texts(texts, encoder, what="predict", progress=self.progress)
-        from metakit.text.encoder import get_text_model, tokenize_texts
-
-        # The run's items are ids padded to its dataset's longest sentence: truncate and pad to that width.
-        width = self.spec.shape[0]
-        ids = tokenize_texts(texts, encoder, max_length=width)
-        return nn.functional.pad(ids, (0, width - ids.shape[1]), value=float(get_text_model(encoder).pad_id))
+        prepare = input_preparer("text")
+        if prepare is None:
+            raise MetakitError(f"the run {self.name} reads sentences, but no installed plugin prepares text inputs; "
+                               f"reinstall metakit (pip install -e . in a checkout).")
+        return prepare(texts, self.spec, progress=self.progress)
 
     # -- adapting -----------------------------------------------------------------------------
 

@@ -399,6 +399,37 @@ def _finish(module: PretrainedBackbone, head: dict[str, Any] | None) -> Pretrain
 # timm
 
 
+def _open(kind: str, input_shape: tuple[int, ...], pretrained: Any, weights: str | None, freeze: Any,
+          download: str = "pretrained: true") -> tuple[Any, bool | int]:
+    """The checks every hub backbone starts with; returns its library (named as ``kind``) and the parsed ``freeze``.
+
+    ``download`` is how the backbone's download option reads in the both-given error.
+    """
+    _image_input(kind, input_shape)
+    if pretrained and weights:
+        raise MetakitError(f"give either {download} (download) or weights: PATH (a local file), not both.")
+    return _import(kind, kind), _parse_freeze(freeze)
+
+
+def _load_local(net: nn.Module, kind: str, model: str, weights: str | None, sha256: str | None,
+                skip: Sequence[str] = (), prefix: str = "", part: str = "") -> str | None:
+    """Load a hand-placed ``weights:`` file into ``net``; its path (the run's weights source), or ``None`` without one.
+
+    ``skip`` names the classifier's keys (dropped with the classifier); a file holding the whole
+    model with keys under ``prefix`` gives only those, unprefixed (``part`` names the part in errors).
+    """
+    if not weights:
+        if sha256:
+            raise MetakitError("sha256: checks a weights: file; give weights: PATH too, or remove sha256.")
+        return None
+    path = Path(weights).expanduser()
+    state = load_weights_file(path, sha256, what=f"{kind} weights for {model}")
+    if prefix and any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    _check_and_load(net, state, skip, path, f"{kind} model {model!r}{part}")
+    return str(path)
+
+
 def _timm_model(timm: Any, model: str, kind: str, pretrained: bool, create: dict[str, Any]) -> nn.Module:
     if not isinstance(model, str) or not model:
         raise MetakitError(f"backbone {kind!r} needs model: a timm model name such as resnet18.")
@@ -478,23 +509,13 @@ def timm_backbone(
         cache: embed each image once and train on the vectors (default: when ``freeze: true``).
     """
     kind = "timm"
-    _image_input(kind, input_shape)
-    if pretrained and weights:
-        raise MetakitError("give either pretrained: true (download) or weights: PATH (a local file), not both.")
-    timm = _import("timm", kind)
-    freeze = _parse_freeze(freeze)
+    timm, freeze = _open(kind, input_shape, pretrained, weights, freeze)
     net = _timm_model(timm, model, kind, bool(pretrained), {})
     cfg = timm.data.resolve_data_config({}, model=net)
     native = int(cfg["input_size"][-1])
     size = _size(kind, model, native, image_size, bool(net.pretrained_cfg.get("fixed_input_size", False)))
-    source = "hub" if pretrained else "random init"
-    if weights:
-        path = Path(weights).expanduser()
-        state = load_weights_file(path, sha256, what=f"timm weights for {model}")
-        _check_and_load(net, state, _timm_classifier(net), path, f"timm model {model!r}")
-        source = str(path)
-    elif sha256:
-        raise MetakitError("sha256: checks a weights: file; give weights: PATH too, or remove sha256.")
+    source = _load_local(net, kind, model, weights, sha256, skip=_timm_classifier(net)) or (
+        "hub" if pretrained else "random init")
     net.reset_classifier(0)
     module = PretrainedBackbone(
         net, kind=kind, model_name=model, in_channels=3, size=(size, size), mean=cfg["mean"], std=cfg["std"],
@@ -569,11 +590,7 @@ def torchvision_backbone(
     download.pytorch.org. Input size and normalisation come from those weights' transforms.
     """
     kind = "torchvision"
-    _image_input(kind, input_shape)
-    if pretrained and weights:
-        raise MetakitError("give either pretrained: true (download) or weights: PATH (a local file), not both.")
-    tv = _import("torchvision", kind)
-    freeze = _parse_freeze(freeze)
+    tv, freeze = _open(kind, input_shape, pretrained, weights, freeze)
     names = tv.models.list_models(module=tv.models)
     if not isinstance(model, str) or model not in names:
         close = difflib.get_close_matches(str(model), names, n=3, cutoff=0.6)
@@ -595,14 +612,7 @@ def torchvision_backbone(
     head_name = _last_linear(net)
     if head_name is None:
         raise MetakitError(f"torchvision model {model!r} has no Linear classifier to remove; use timm for it.")
-    source = "hub" if pretrained else "random init"
-    if weights:
-        path = Path(weights).expanduser()
-        state = load_weights_file(path, sha256, what=f"torchvision weights for {model}")
-        _check_and_load(net, state, [head_name], path, f"torchvision model {model!r}")
-        source = str(path)
-    elif sha256:
-        raise MetakitError("sha256: checks a weights: file; give weights: PATH too, or remove sha256.")
+    source = _load_local(net, kind, model, weights, sha256, skip=[head_name]) or ("hub" if pretrained else "random init")
     feature_dim = net.get_submodule(head_name).in_features
     _replace(net, head_name, nn.Identity())
     interp = getattr(preset.interpolation, "value", str(preset.interpolation))
@@ -637,11 +647,7 @@ def open_clip_backbone(
     keys are used) or the image tower's own. Other options as for ``timm``.
     """
     kind = "open_clip"
-    _image_input(kind, input_shape)
-    if pretrained and weights:
-        raise MetakitError("give either pretrained: (download) or weights: PATH (a local file), not both.")
-    oc = _import("open_clip", kind)
-    freeze = _parse_freeze(freeze)
+    oc, freeze = _open(kind, input_shape, pretrained, weights, freeze, download="pretrained:")
     names = oc.list_models()
     if not isinstance(model, str) or model not in names:
         close = difflib.get_close_matches(str(model), names, n=3, cutoff=0.6)
@@ -667,16 +673,8 @@ def open_clip_backbone(
             f"pass weights: PATH (with sha256: to check it)."
         ) from None
     visual = net.visual
-    source = f"hub:{tag}" if tag else "random init"
-    if weights:
-        path = Path(weights).expanduser()
-        state = load_weights_file(path, sha256, what=f"open_clip weights for {model}")
-        if any(k.startswith("visual.") for k in state):
-            state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-        _check_and_load(visual, state, [], path, f"open_clip model {model!r} (image tower)")
-        source = str(path)
-    elif sha256:
-        raise MetakitError("sha256: checks a weights: file; give weights: PATH too, or remove sha256.")
+    source = _load_local(visual, kind, model, weights, sha256, prefix="visual.", part=" (image tower)") or (
+        f"hub:{tag}" if tag else "random init")
     cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})
     native = cfg.get("size", getattr(visual, "image_size", 224))
     native = int(native[0] if isinstance(native, (tuple, list)) else native)

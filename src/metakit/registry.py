@@ -49,6 +49,11 @@ class Plugin:
             and with it torch, before the dataset is used).
         config_section: the top-level config section holding the domain's own settings
             (``nas``, ``tune``, ...), or ``None`` when it reads only the shared sections.
+        inputs: a kind of raw input the domain's runs read (``text``) -> a function
+            ``prepare(items, spec, progress) -> Tensor`` turning those items (sentences) into the
+            tensors the run's learner takes, as the run's
+            :class:`~metakit.predict.InputSpec` ``spec`` says; :mod:`metakit.predict` asks it
+            (:func:`input_preparer`), so the core need not know how a domain encodes its inputs.
     """
 
     name: str
@@ -58,6 +63,7 @@ class Plugin:
     backbones: Mapping[str, str] = field(default_factory=dict)
     datasets: Mapping[str, str] = field(default_factory=dict)
     config_section: str | None = None
+    inputs: Mapping[str, str] = field(default_factory=dict)
 
     def targets(self, kind: str) -> Mapping[str, str]:
         """The names this plugin adds of ``kind`` (``learner``, ``backbone`` or ``dataset``)."""
@@ -121,8 +127,8 @@ def plugins() -> dict[str, Plugin]:
 
 
 def _check_unique(found: Mapping[str, Plugin]) -> None:
-    """One owner per command and per learner, backbone and dataset name, so no plugin shadows another."""
-    for kind in ("command", *KINDS):
+    """One owner per command, input kind and learner, backbone and dataset name, so no plugin shadows another."""
+    for kind in ("command", "input", *KINDS):
         owners: dict[str, str] = {}
         for plugin in found.values():
             for name in getattr(plugin, kind + "s"):
@@ -145,6 +151,15 @@ def find(kind: str, name: str) -> Any | None:
             obj = load_target(target, f"{kind} {name!r} of plugin {plugin.name!r}")
             # A DatasetSpec is not callable; a function in its place builds it now (see Plugin.datasets).
             return obj() if kind == "dataset" and callable(obj) else obj
+    return None
+
+
+def input_preparer(kind: str) -> Callable[..., Any] | None:
+    """The function a plugin prepares raw inputs of ``kind`` with (:attr:`Plugin.inputs`), imported now; ``None`` when none does."""
+    for plugin in plugins().values():
+        target = plugin.inputs.get(kind)
+        if target is not None:
+            return load_target(target, f"input kind {kind!r} of plugin {plugin.name!r}")
     return None
 
 

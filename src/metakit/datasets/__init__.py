@@ -129,31 +129,49 @@ def load_splits(
     return parts
 
 
-register_dataset(
-    DatasetSpec(
-        name="glyphs",
-        summary="Omniglot-like letters rendered from the fonts inside matplotlib; alphabets = Unicode blocks.",
-        source="rendered locally from matplotlib's DejaVu and STIX fonts (no download)",
-        license="fonts: Bitstream Vera / DejaVu license and SIL OFL 1.1 (STIX)",
-        task_type="classification",
-        loader="metakit.datasets.glyphs:load_glyphs",
-        status="metakit.datasets.glyphs:glyphs_status",
-        image_options="metakit.datasets.folder:ink_image_options",
+def _register(
+    name: str,
+    summary: str,
+    source: str,
+    license: str,
+    *,
+    splitter: str | None = None,
+    splits: tuple[str, ...] = ("group", "class"),
+    image_options: str | None = None,
+) -> None:
+    """Register the class dataset whose module ``metakit.datasets.<name>`` has ``load_<name>`` and ``<name>_status``."""
+    register_dataset(
+        DatasetSpec(
+            name=name,
+            summary=summary,
+            source=source,
+            license=license,
+            task_type="classification",
+            loader=f"metakit.datasets.{name}:load_{name}",
+            status=f"metakit.datasets.{name}:{name}_status",
+            splitter=splitter,
+            splits=splits,
+            image_options=image_options,
+        )
     )
+
+
+_INK = "metakit.datasets.folder:ink_image_options"
+_register(
+    "glyphs",
+    "Omniglot-like letters rendered from the fonts inside matplotlib; alphabets = Unicode blocks.",
+    "rendered locally from matplotlib's DejaVu and STIX fonts (no download)",
+    "fonts: Bitstream Vera / DejaVu license and SIL OFL 1.1 (STIX)",
+    image_options=_INK,
 )
-register_dataset(
-    DatasetSpec(
-        name="omniglot",
-        summary="Omniglot handwritten characters (Lake et al. 2015), 105x105 drawings by 20 people.",
-        source="https://github.com/brendenlake/omniglot (python/images_background.zip, images_evaluation.zip)",
-        license="MIT (Brenden Lake)",
-        task_type="classification",
-        loader="metakit.datasets.omniglot:load_omniglot",
-        status="metakit.datasets.omniglot:omniglot_status",
-        splitter="metakit.datasets.omniglot:omniglot_splits",
-        splits=("group", "class", "vinyals", "lake"),
-        image_options="metakit.datasets.folder:ink_image_options",
-    )
+_register(
+    "omniglot",
+    "Omniglot handwritten characters (Lake et al. 2015), 105x105 drawings by 20 people.",
+    "https://github.com/brendenlake/omniglot (python/images_background.zip, images_evaluation.zip)",
+    "MIT (Brenden Lake)",
+    splitter="metakit.datasets.omniglot:omniglot_splits",
+    splits=("group", "class", "vinyals", "lake"),
+    image_options=_INK,
 )
 register_dataset(
     DatasetSpec(
@@ -176,22 +194,9 @@ _CIFAR100_TERMS = "CIFAR-100: no license stated (cite Krizhevsky 2009)"
 
 
 def _register_benchmark(name: str, summary: str, source: str, license: str, splits: tuple[str, ...]) -> None:
-    """Register the image benchmark whose module ``metakit.datasets.<name>`` has ``load_<name>`` and ``<name>_status``."""
-    register_dataset(
-        DatasetSpec(
-            name=name,
-            summary=summary,
-            source=source,
-            license=license,
-            task_type="classification",
-            loader=f"metakit.datasets.{name}:load_{name}",
-            status=f"metakit.datasets.{name}:{name}_status",
-            splitter="metakit.datasets.imagesets:published_splits",
-            splits=splits,
-            image_options="metakit.datasets.folder:photo_image_options",
-        )
-    )
-
+    """Register image benchmark ``name``: its published split and photo decoding (see above)."""
+    _register(name, summary, source, license, splitter="metakit.datasets.imagesets:published_splits", splits=splits,
+              image_options="metakit.datasets.folder:photo_image_options")
 
 _register_benchmark(
     "miniimagenet",
@@ -232,117 +237,23 @@ _register_benchmark(
     ("published", "class"),
 )
 
-# Intent classification on frozen sentence embeddings (metakit.text; encoding needs metakit[text]).
-# Items are 384-d all-MiniLM-L6-v2 embeddings, cached on disk after the first load.
-_TEXT = "metakit.text.datasets"
-register_dataset(
-    DatasetSpec(
-        name="banking77",
-        summary="Banking77 (Casanueva et al. 2020): 13,083 online-banking queries, 77 intents, one domain; "
-        "frozen all-MiniLM-L6-v2 embeddings; split by intent (split: class).",
-        source="https://github.com/PolyAI-LDN/task-specific-datasets (banking_data/train.csv, test.csv; "
-        "downloaded at a pinned commit, sha256-verified)",
-        license="CC BY 4.0",
-        task_type="classification",
-        loader=f"{_TEXT}:load_banking77",
-        status=f"{_TEXT}:banking77_status",
-        splits=("class",),
-    )
-)
-register_dataset(
-    DatasetSpec(
-        name="hwu64",
-        summary="HWU64 (Liu et al. 2019), fold 1: 11,036 home-assistant utterances, 64 intents in 18 scenarios; "
-        "frozen all-MiniLM-L6-v2 embeddings; split by scenario (split: domain).",
-        source="https://github.com/xliuhw/NLU-Evaluation-Data (CrossValidation/.../KFold_1, 128 CSVs; downloaded "
-        "at a pinned commit, verified by the sha256 of their manifest)",
-        license="CC BY 4.0",
-        task_type="classification",
-        loader=f"{_TEXT}:load_hwu64",
-        status=f"{_TEXT}:hwu64_status",
-        splitter=f"{_TEXT}:domain_splits",
-        splits=("domain", "group", "class"),
-    )
-)
-register_dataset(
-    DatasetSpec(
-        name="clinc150",
-        summary="CLINC150 (Larson et al. 2019): 22,500 in-scope queries, 150 intents in 10 domains; "
-        "frozen all-MiniLM-L6-v2 embeddings; split by domain (split: domain).",
-        source="https://github.com/clinc/oos-eval (data/data_full.json, domains.json; downloaded at a pinned "
-        "commit, sha256-verified)",
-        license="CC BY 3.0",
-        task_type="classification",
-        loader=f"{_TEXT}:load_clinc150",
-        status=f"{_TEXT}:clinc150_status",
-        splitter=f"{_TEXT}:domain_splits",
-        splits=("domain", "group", "class"),
-    )
-)
-
-# Your own data: a folder of images, a CSV/JSONL of labelled texts, or arrays in an .npz
-# (README "Your own data"). Class names come from your folder names / labels.
+# Your own data: a folder of images or arrays in an .npz (README "Your own data"; a CSV/JSONL of
+# labelled texts is the text plugin's). Class names come from your folder names / labels.
 _YOURS = "your own files"
-register_dataset(
-    DatasetSpec(
-        name="folder",
-        summary="Your images, one folder per class: ROOT/<class>/<image>, optionally ROOT/{train,val,test}/... "
-        "(split: published) or a group level (groups: true, split: group); any format Pillow reads.",
-        source=_YOURS + " (dataset.root)",
-        license="yours",
-        task_type="classification",
-        loader="metakit.datasets.folder:load_folder",
-        status="metakit.datasets.folder:folder_status",
-        splitter="metakit.datasets.folder:folder_splits",
-        splits=("published", "group", "class"),
-        image_options="metakit.datasets.folder:folder_image_options",
-    )
+_register(
+    "folder",
+    "Your images, one folder per class: ROOT/<class>/<image>, optionally ROOT/{train,val,test}/... "
+    "(split: published) or a group level (groups: true, split: group); any format Pillow reads.",
+    _YOURS + " (dataset.root)",
+    "yours",
+    splitter="metakit.datasets.folder:folder_splits",
+    splits=("published", "group", "class"),
+    image_options="metakit.datasets.folder:folder_image_options",
 )
-for _kind in ("csv", "jsonl"):
-    register_dataset(
-        DatasetSpec(
-            name=_kind,
-            summary=f"Your labelled texts in a .{_kind} (text_column, label_column, optional group_column), "
-            "as frozen all-MiniLM-L6-v2 embeddings (needs metakit[text]).",
-            source=_YOURS + " (dataset.path)",
-            license="yours",
-            task_type="classification",
-            loader=f"{_TEXT}:load_{_kind}",
-            status=f"{_TEXT}:table_status",
-        )
-    )
-register_dataset(
-    DatasetSpec(
-        name="arrays",
-        summary="Your arrays in an .npz: x (float features, or uint8 images [N,C,H,W] / [N,H,W]), y (labels), "
-        "optional groups and class_names.",
-        source=_YOURS + " (dataset.path)",
-        license="yours",
-        task_type="classification",
-        loader="metakit.datasets.arrays:load_arrays",
-        status="metakit.datasets.arrays:arrays_status",
-    )
+_register(
+    "arrays",
+    "Your arrays in an .npz: x (float features, or uint8 images [N,C,H,W] / [N,H,W]), y (labels), "
+    "optional groups and class_names.",
+    _YOURS + " (dataset.path)",
+    "yours",
 )
-
-# Ratings for cold-start recommendation (``metakit recsys``, data.source). Listed here so that
-# ``metakit datasets`` shows every dataset metakit reads; they are not class datasets.
-_MOVIELENS = "metakit.recsys.movielens"
-for _name, _summary, _status in (
-    ("ml-100k", "MovieLens 100K (Harper & Konstan 2015): 100,000 ratings (1-5) by 943 users of 1,682 movies, "
-     "with user demographics; users as tasks in metakit recsys.", "ml100k_status"),
-    ("ml-1m", "MovieLens 1M (Harper & Konstan 2015): 1,000,209 ratings (1-5) by 6,040 users of 3,706 movies, "
-     "with user demographics; users as tasks in metakit recsys.", "ml1m_status"),
-):
-    register_dataset(
-        DatasetSpec(
-            name=_name,
-            summary=_summary,
-            source=f"https://files.grouplens.org/datasets/movielens/{_name}.zip (sha256-verified; or placed by hand "
-            "through data.root or $METAKIT_MOVIELENS)",
-            license="GroupLens research-use terms: no redistribution, cite Harper & Konstan 2015",
-            task_type="recommendation",
-            loader=f"{_MOVIELENS}:load_movielens",
-            status=f"{_MOVIELENS}:{_status}",
-            splits=("cold-start",),
-        )
-    )

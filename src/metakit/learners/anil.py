@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metakit.learners import register_learner
+from metakit.learners.registry import register_learner
 from metakit.learners.base import Predictor, TaskInfo
 from metakit.learners.gradient import GradientLearner
 

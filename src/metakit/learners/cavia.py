@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from metakit.errors import MetakitError
-from metakit.learners import register_learner
+from metakit.learners.registry import register_learner
 from metakit.learners.base import Predictor, TaskInfo
 from metakit.learners.gradient import GradientLearner
 

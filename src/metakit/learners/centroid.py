@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metakit.errors import MetakitError
-from metakit.learners import register_learner
+from metakit.learners.registry import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
 
 

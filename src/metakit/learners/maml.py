@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from metakit.learners import register_learner
+from metakit.learners.registry import register_learner
 from metakit.learners.base import TaskInfo
 from metakit.learners.gradient import GradientLearner
 

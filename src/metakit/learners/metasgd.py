@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from metakit import inner
-from metakit.learners import register_learner
+from metakit.learners.registry import register_learner
 from metakit.learners.base import TaskInfo
 from metakit.learners.gradient import GradientLearner
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
-from metakit.learners import register_learner
+from metakit.learners.registry import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
 
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ class PMF(Learner):
         from rich.console import Console
 
         from metakit.episodes import FixedEpisodes
-        from metakit.evaluation import evaluate_learner
+        from metakit.learners.scoring import evaluate_learner
 
         ev = experiment.config.eval
         # The first validation episodes of training's own validation set (its seed + 1).

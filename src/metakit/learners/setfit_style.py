@@ -35,7 +35,7 @@ from torch import nn
 
 from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
-from metakit.learners import register_learner
+from metakit.learners.registry import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
 from metakit.learners.logreg import fit_logistic_regression
 

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metakit.datasets import DatasetSpec
 from metakit.datasets.download import fetch, verify
 from metakit.errors import MetakitError, unknown_name
 from metakit.utils import cache_dir
@@ -452,3 +453,38 @@ def load_movielens(name: str, root: str | os.PathLike | None = None, download: b
     """Locate (downloading if needed) and parse MovieLens ``name`` (``ml-100k`` or ``ml-1m``)."""
     folder = locate_movielens(name, root, download)
     return read_ml100k(folder) if name == "ml-100k" else read_ml1m(folder)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry entries (named in metakit.recsys.plugin). Ratings, not class datasets: they are
+# listed so that ``metakit datasets`` shows every dataset metakit reads, and they are used
+# through ``metakit recsys`` (data.source).
+
+
+def _movielens_spec(name: str, summary: str, status: str) -> DatasetSpec:
+    """The entry of MovieLens release ``name`` (``ml-100k``, ``ml-1m``), whose local status is ``status``."""
+    return DatasetSpec(
+        name=name,
+        summary=summary,
+        source=f"https://files.grouplens.org/datasets/movielens/{name}.zip (sha256-verified; or placed by hand "
+        "through data.root or $METAKIT_MOVIELENS)",
+        license="GroupLens research-use terms: no redistribution, cite Harper & Konstan 2015",
+        task_type="recommendation",
+        loader="metakit.recsys.movielens:load_movielens",
+        status=f"metakit.recsys.movielens:{status}",
+        splits=("cold-start",),
+    )
+
+
+ML100K_SPEC = _movielens_spec(
+    "ml-100k",
+    "MovieLens 100K (Harper & Konstan 2015): 100,000 ratings (1-5) by 943 users of 1,682 movies, "
+    "with user demographics; users as tasks in metakit recsys.",
+    "ml100k_status",
+)
+ML1M_SPEC = _movielens_spec(
+    "ml-1m",
+    "MovieLens 1M (Harper & Konstan 2015): 1,000,209 ratings (1-5) by 6,040 users of 3,706 movies, "
+    "with user demographics; users as tasks in metakit recsys.",
+    "ml1m_status",
+)

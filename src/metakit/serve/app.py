@@ -27,7 +27,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from metakit.errors import MetakitError
 from metakit.predict import FewShotModel
-from metakit.serve import ServeLimits
+from metakit.serve.limits import ServeLimits
 
 __all__ = ["UploadError", "create_app"]
 

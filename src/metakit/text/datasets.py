@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metakit.datasets import DatasetSpec
 from metakit.datasets.base import ClassDataset
 from metakit.datasets.download import fetch
 from metakit.errors import MetakitError, unknown_name
@@ -762,3 +763,65 @@ def domain_splits(
         classes = [c for c, g in enumerate(dataset.class_groups) if g in chosen]
         out[part] = dataset.subset(classes, f"{dataset.name}/{part}")
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Registry entries (named in metakit.text.plugin, built when a dataset is first asked for)
+
+# Intent classification on frozen sentence embeddings (encoding needs metakit[text]).
+# Items are 384-d all-MiniLM-L6-v2 embeddings, cached on disk after the first load.
+_TEXT = "metakit.text.datasets"
+
+
+def _intent_spec(name: str, summary: str, source: str, license: str, by_domain: bool) -> DatasetSpec:
+    """The entry of intent dataset ``name`` (``load_<name>``, ``<name>_status``); ``by_domain`` adds ``split: domain``."""
+    splitter, splits = (f"{_TEXT}:domain_splits", ("domain", "group", "class")) if by_domain else (None, ("class",))
+    return DatasetSpec(name=name, summary=summary, source=source, license=license, task_type="classification",
+                       loader=f"{_TEXT}:load_{name}", status=f"{_TEXT}:{name}_status", splitter=splitter, splits=splits)
+
+
+BANKING77_SPEC = _intent_spec(
+    "banking77",
+    "Banking77 (Casanueva et al. 2020): 13,083 online-banking queries, 77 intents, one domain; "
+    "frozen all-MiniLM-L6-v2 embeddings; split by intent (split: class).",
+    "https://github.com/PolyAI-LDN/task-specific-datasets (banking_data/train.csv, test.csv; "
+    "downloaded at a pinned commit, sha256-verified)",
+    "CC BY 4.0",
+    by_domain=False,
+)
+HWU64_SPEC = _intent_spec(
+    "hwu64",
+    "HWU64 (Liu et al. 2019), fold 1: 11,036 home-assistant utterances, 64 intents in 18 scenarios; "
+    "frozen all-MiniLM-L6-v2 embeddings; split by scenario (split: domain).",
+    "https://github.com/xliuhw/NLU-Evaluation-Data (CrossValidation/.../KFold_1, 128 CSVs; downloaded "
+    "at a pinned commit, verified by the sha256 of their manifest)",
+    "CC BY 4.0",
+    by_domain=True,
+)
+CLINC150_SPEC = _intent_spec(
+    "clinc150",
+    "CLINC150 (Larson et al. 2019): 22,500 in-scope queries, 150 intents in 10 domains; "
+    "frozen all-MiniLM-L6-v2 embeddings; split by domain (split: domain).",
+    "https://github.com/clinc/oos-eval (data/data_full.json, domains.json; downloaded at a pinned "
+    "commit, sha256-verified)",
+    "CC BY 3.0",
+    by_domain=True,
+)
+
+
+def _table_spec(kind: str) -> DatasetSpec:
+    """Your own labelled texts in a ``.csv`` or ``.jsonl`` (README "Your own data")."""
+    return DatasetSpec(
+        name=kind,
+        summary=f"Your labelled texts in a .{kind} (text_column, label_column, optional group_column), "
+        "as frozen all-MiniLM-L6-v2 embeddings (needs metakit[text]).",
+        source="your own files (dataset.path)",
+        license="yours",
+        task_type="classification",
+        loader=f"{_TEXT}:load_{kind}",
+        status=f"{_TEXT}:table_status",
+    )
+
+
+CSV_SPEC = _table_spec("csv")
+JSONL_SPEC = _table_spec("jsonl")
