@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from metakit.learners.registry import register_learner
 from metakit.learners.base import Predictor, TaskInfo
 from metakit.learners.gradient import GradientLearner
+from metakit.learners.registry import register_learner
 
 
 @register_learner("anil")

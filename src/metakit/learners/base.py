@@ -118,6 +118,12 @@ class Learner(nn.Module):
             return (outputs.argmax(-1) == targets).float().mean().item()
         return F.mse_loss(outputs, targets).item()
 
+    def query_loss(self, outputs: torch.Tensor, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss and metrics of classification ``outputs`` ``[tasks, queries, ways]`` on ``batch``'s query labels."""
+        outputs, qy = outputs.flatten(0, 1), batch.query_y.flatten()
+        loss = self.loss(outputs, qy)
+        return loss, {"loss": loss.item(), "accuracy": self.score(outputs.detach(), qy)}
+
     def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
         """Class probabilities from classification ``outputs`` (softmax of logits by default).
 
@@ -147,6 +153,17 @@ def check_finite(loss: torch.Tensor) -> None:
             f"meta-training loss became {loss.item()}; lower train.lr, set train.grad_clip, "
             f"or check the data for NaN values."
         )
+
+
+def embed_tasks(embed: Callable[[torch.Tensor], torch.Tensor], batch: MetaBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``embed`` of every support and query input of ``batch`` in one call, split back by task.
+
+    One call instead of one per task keeps a meta-batch to one backbone pass. Returns the support
+    and query embeddings, ``[tasks, support, ...]`` and ``[tasks, queries, ...]``.
+    """
+    t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]
+    out = embed(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
+    return out[: t * ns].unflatten(0, (t, ns)), out[t * ns :].unflatten(0, (t, nq))
 
 
 def prototypes(features: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from metakit.errors import MetakitError
-from metakit.learners.registry import register_learner
 from metakit.learners.base import Predictor, TaskInfo
 from metakit.learners.gradient import GradientLearner
+from metakit.learners.registry import register_learner
 
 
 @register_learner("cavia")

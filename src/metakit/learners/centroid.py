@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from metakit.errors import MetakitError
-from metakit.learners.registry import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
+from metakit.learners.registry import register_learner
 
 
 @register_learner("centroid")

@@ -26,14 +26,16 @@ is the "no meta-learning" reference every meta-learner should beat.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
-from metakit.learners.registry import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
+from metakit.learners.registry import register_learner
 
 
 def global_batch(batch: MetaBatch, learner: str = "finetune") -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,19 +197,5 @@ class FineTune(Learner):
 class BaselinePlusPlus(FineTune):
     """Baseline++: :class:`FineTune` with cosine classifiers by default (same options)."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        task: TaskInfo,
-        head_steps: int = 100,
-        head_lr: float = 0.01,
-        head_weight_decay: float = 0.001,
-        normalize: bool = True,
-        head: str = "cosine",
-        scale: float | None = None,
-        transductive: bool = False,
-        entropy_weight: float = 1.0,
-    ) -> None:
-        super().__init__(
-            backbone, task, head_steps, head_lr, head_weight_decay, normalize, head, scale, transductive, entropy_weight
-        )
+    def __init__(self, backbone: nn.Module, task: TaskInfo, head: str = "cosine", **options: Any) -> None:
+        super().__init__(backbone, task, head=head, **options)

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from metakit.errors import MetakitError
-from metakit.learners.registry import register_learner
 from metakit.learners.base import Learner, Predictor, TaskInfo
+from metakit.learners.registry import register_learner
 
 
 @contextlib.contextmanager

@@ -12,9 +12,9 @@ from typing import Any
 
 from torch import nn
 
-from metakit.learners.registry import register_learner
 from metakit.learners.base import TaskInfo
 from metakit.learners.gradient import GradientLearner
+from metakit.learners.registry import register_learner
 
 
 @register_learner("maml")

@@ -27,9 +27,9 @@ from torch import nn
 from metakit import inner
 from metakit.episodes import MetaBatch
 from metakit.errors import MetakitError
-from metakit.learners.registry import register_learner
 from metakit.learners.base import Predictor, TaskInfo
 from metakit.learners.gradient import GradientLearner, Params
+from metakit.learners.registry import register_learner
 
 
 def _key(name: str) -> str:

@@ -34,8 +34,8 @@ from torch import nn
 
 from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
+from metakit.learners.base import Learner, Predictor, TaskInfo, embed_tasks
 from metakit.learners.registry import register_learner
-from metakit.learners.base import Learner, Predictor, TaskInfo
 
 
 def feature_dim(backbone: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -157,11 +157,7 @@ class MatchingNetworks(Learner):
     def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """All tasks of the meta-batch go through the backbone and the LSTMs together."""
         batch = as_batch(batch)
-        t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]
-        features = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
-        support = self.embed_support(features[: t * ns].reshape(t, ns, -1))
-        query = self.embed_query(features[t * ns :].reshape(t, nq, -1), support)
-        out = self.log_probs(query, support, batch.support_y, batch.ways).reshape(t * nq, -1)
-        qy = batch.query_y.flatten()
-        loss = self.loss(out, qy)
-        return loss, {"loss": loss.item(), "accuracy": self.score(out.detach(), qy)}
+        fs, fq = embed_tasks(self.backbone, batch)
+        support = self.embed_support(fs)
+        query = self.embed_query(fq, support)
+        return self.query_loss(self.log_probs(query, support, batch.support_y, batch.ways), batch)

@@ -29,10 +29,10 @@ from torch import nn
 
 from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
-from metakit.learners.registry import register_learner
 from metakit.learners.base import TaskInfo, check_finite
 from metakit.learners.finetune import global_batch
 from metakit.learners.protonet import ProtoNet
+from metakit.learners.registry import register_learner
 
 
 def split_ways(batch: MetaBatch, ways: int) -> MetaBatch:

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from metakit import inner
-from metakit.learners.registry import register_learner
 from metakit.learners.base import TaskInfo
 from metakit.learners.gradient import GradientLearner
+from metakit.learners.registry import register_learner
 
 
 def _key(name: str) -> str:

@@ -12,8 +12,8 @@ from torch import nn
 
 from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
+from metakit.learners.base import Learner, Predictor, TaskInfo, embed_tasks, prototypes
 from metakit.learners.registry import register_learner
-from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
 
 
 @register_learner("protonet")
@@ -53,12 +53,5 @@ class ProtoNet(Learner):
     def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """All tasks of the meta-batch go through the backbone in one forward pass."""
         batch = as_batch(batch)
-        t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]
-        sx, qx = batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)
-        features = self.backbone(torch.cat([sx, qx]))
-        fs = features[: t * ns].reshape(t, ns, -1)
-        fq = features[t * ns :].reshape(t, nq, -1)
-        sy, qy = batch.support_y, batch.query_y.flatten()
-        logits = self.logits(fq, prototypes(fs, sy, batch.ways)).reshape(t * nq, -1)
-        loss = self.loss(logits, qy)
-        return loss, {"loss": loss.item(), "accuracy": self.score(logits.detach(), qy)}
+        fs, fq = embed_tasks(self.backbone, batch)
+        return self.query_loss(self.logits(fq, prototypes(fs, batch.support_y, batch.ways)), batch)

@@ -22,6 +22,7 @@ gradient steps can never make it non-positive (the system would become singular)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,8 @@ from torch import nn
 
 from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
+from metakit.learners.base import Learner, Predictor, TaskInfo, embed_tasks
 from metakit.learners.registry import register_learner
-from metakit.learners.base import Learner, Predictor, TaskInfo
 
 
 def ridge_solution(x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
@@ -111,14 +112,8 @@ class R2D2(Learner):
     def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """One backbone pass for the whole meta-batch, one batched linear solve for its tasks."""
         batch = as_batch(batch)
-        t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]
-        features = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
-        fs = features[: t * ns].reshape(t, ns, -1)
-        fq = features[t * ns :].reshape(t, nq, -1)
-        logits = self.logits(fq, self.head(fs, batch.support_y, batch.ways)).reshape(t * nq, -1)
-        qy = batch.query_y.flatten()
-        loss = self.loss(logits, qy)
-        return loss, {"loss": loss.item(), "accuracy": self.score(logits.detach(), qy)}
+        fs, fq = embed_tasks(self.backbone, batch)
+        return self.query_loss(self.logits(fq, self.head(fs, batch.support_y, batch.ways)), batch)
 
 
 @register_learner("metaoptnet")
@@ -129,14 +124,6 @@ class MetaOptNetRR(R2D2):
     scale on the logits (initialised at 1), no bias.
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        task: TaskInfo,
-        lam: float = 50.0,
-        learn_lambda: bool = False,
-        scale: float = 1.0,
-        learn_scale: bool = True,
-        bias: bool = False,
-    ) -> None:
-        super().__init__(backbone, task, lam, learn_lambda, scale, learn_scale, bias)
+    def __init__(self, backbone: nn.Module, task: TaskInfo, lam: float = 50.0, learn_lambda: bool = False,
+                 bias: bool = False, **options: Any) -> None:
+        super().__init__(backbone, task, lam=lam, learn_lambda=learn_lambda, bias=bias, **options)

@@ -35,8 +35,8 @@ from torch import nn
 from metakit.backbones import conv_block
 from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
+from metakit.learners.base import Learner, Predictor, TaskInfo, embed_tasks, prototypes
 from metakit.learners.registry import register_learner
-from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
 
 
 def drop_last_pools(module: nn.Module, count: int) -> None:
@@ -153,11 +153,5 @@ class RelationNet(Learner):
     def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """All tasks of the meta-batch go through the embedding module in one forward pass."""
         batch = as_batch(batch)
-        t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]
-        maps = self.feature_maps(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
-        support = maps[: t * ns].unflatten(0, (t, ns))
-        query = maps[t * ns :].unflatten(0, (t, nq))
-        out = self.relations(query, self.class_maps(support, batch.support_y, batch.ways)).reshape(t * nq, -1)
-        qy = batch.query_y.flatten()
-        loss = self.loss(out, qy)
-        return loss, {"loss": loss.item(), "accuracy": self.score(out.detach(), qy)}
+        support, query = embed_tasks(self.feature_maps, batch)
+        return self.query_loss(self.relations(query, self.class_maps(support, batch.support_y, batch.ways)), batch)

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from metakit.episodes import MetaBatch
-from metakit.learners.registry import register_learner
 from metakit.learners.base import TaskInfo, check_finite
 from metakit.learners.gradient import GradientLearner
+from metakit.learners.registry import register_learner
 
 
 @register_learner("reptile")

@@ -35,9 +35,9 @@ from torch import nn
 
 from metakit.episodes import MetaBatch, as_batch
 from metakit.errors import MetakitError
-from metakit.learners.registry import register_learner
-from metakit.learners.base import Learner, Predictor, TaskInfo, prototypes
+from metakit.learners.base import Learner, Predictor, TaskInfo, embed_tasks, prototypes
 from metakit.learners.logreg import fit_logistic_regression
+from metakit.learners.registry import register_learner
 
 Params = dict[str, torch.Tensor]
 
@@ -120,13 +120,8 @@ class SetFitStyle(Learner):
     def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """ProtoNet's loss; every sentence of the meta-batch goes through the encoder in one call."""
         batch = as_batch(batch)
-        t, ns, nq = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]
-        features = self.backbone(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
-        fs, fq = features[: t * ns].reshape(t, ns, -1), features[t * ns :].reshape(t, nq, -1)
-        logits = self.cosine_logits(fq, prototypes(fs, batch.support_y, batch.ways)).reshape(t * nq, -1)
-        qy = batch.query_y.flatten()
-        loss = self.loss(logits, qy)
-        return loss, {"loss": loss.item(), "accuracy": self.score(logits.detach(), qy)}
+        fs, fq = embed_tasks(self.backbone, batch)
+        return self.query_loss(self.cosine_logits(fq, prototypes(fs, batch.support_y, batch.ways)), batch)
 
     # -- adaptation: fine-tune a copy on the support pairs, then fit the head ---------------------
 

@@ -475,15 +475,25 @@ def clinc150_status() -> str:
 # Public loaders
 
 
-def load_banking77(
-    root: str | os.PathLike | None = None,
-    encoder: str = DEFAULT_ENCODER,
-    batch_size: int = 64,
-    download: bool = True,
-    inputs: str = "embeddings",
-    max_length: int = 128,
-) -> ClassDataset:
-    """Banking77 as embeddings: 77 intents (classes), no groups; use ``split: class``.
+def _intent_loader(name: str, read: Callable[[Path], IntentData], doc: str) -> Callable[..., ClassDataset]:
+    """The public loader ``load_<name>``: the dataset's files found (:func:`locate`), read by ``read``, then encoded."""
+
+    def load(
+        root: str | os.PathLike | None = None,
+        encoder: str = DEFAULT_ENCODER,
+        batch_size: int = 64,
+        download: bool = True,
+        inputs: str = "embeddings",
+        max_length: int = 128,
+    ) -> ClassDataset:
+        return intent_dataset(read(locate(name, root, download)), encoder, batch_size, inputs=inputs, max_length=max_length)
+
+    load.__name__ = load.__qualname__ = f"load_{name}"
+    load.__doc__ = doc
+    return load
+
+
+load_banking77 = _intent_loader("banking77", read_banking77, """Banking77 as embeddings: 77 intents (classes), no groups; use ``split: class``.
 
     Args:
         root: folder holding ``train.csv`` and ``test.csv`` (``None``: ``$METAKIT_BANKING77``, then
@@ -494,40 +504,17 @@ def load_banking77(
         inputs: ``embeddings`` (frozen sentence embeddings) or ``tokens`` (token ids for
             ``backbone: transformer``, which fine-tunes the encoder; see :func:`intent_dataset`).
         max_length: most token ids kept per sentence with ``inputs: tokens``.
-    """
-    return intent_dataset(read_banking77(locate("banking77", root, download)), encoder, batch_size, inputs=inputs, max_length=max_length)
-
-
-def load_hwu64(
-    root: str | os.PathLike | None = None,
-    encoder: str = DEFAULT_ENCODER,
-    batch_size: int = 64,
-    download: bool = True,
-    inputs: str = "embeddings",
-    max_length: int = 128,
-) -> ClassDataset:
-    """HWU64 fold 1 as embeddings: 64 intents (classes) in 18 scenarios (groups); use ``split: domain``.
+    """)
+load_hwu64 = _intent_loader("hwu64", read_hwu64, """HWU64 fold 1 as embeddings: 64 intents (classes) in 18 scenarios (groups); use ``split: domain``.
 
     ``root`` is the folder holding ``KFold_1/`` (or ``KFold_1`` itself); other arguments as
     :func:`load_banking77`.
-    """
-    return intent_dataset(read_hwu64(locate("hwu64", root, download)), encoder, batch_size, inputs=inputs, max_length=max_length)
-
-
-def load_clinc150(
-    root: str | os.PathLike | None = None,
-    encoder: str = DEFAULT_ENCODER,
-    batch_size: int = 64,
-    download: bool = True,
-    inputs: str = "embeddings",
-    max_length: int = 128,
-) -> ClassDataset:
-    """CLINC150 as embeddings: 150 intents (classes) in 10 domains (groups); use ``split: domain``.
+    """)
+load_clinc150 = _intent_loader("clinc150", read_clinc150, """CLINC150 as embeddings: 150 intents (classes) in 10 domains (groups); use ``split: domain``.
 
     ``root`` is the folder holding ``data_full.json`` and ``domains.json``; other arguments as
     :func:`load_banking77`.
-    """
-    return intent_dataset(read_clinc150(locate("clinc150", root, download)), encoder, batch_size, inputs=inputs, max_length=max_length)
+    """)
 
 
 # --------------------------------------------------------------------------------------------
