@@ -194,11 +194,14 @@ def _additive_mask(lengths: torch.Tensor, width: int, dtype: torch.dtype) -> tor
     return (~keep)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
 
 
+@register_backbone("transformer")
 class SentenceEncoder(nn.Module):
-    """A pretrained sentence encoder over token-id items, its top layers trainable.
+    """The ``transformer`` backbone: a pretrained sentence encoder over token-id items, its top layers trainable.
 
     Args:
-        spec: the pretrained model.
+        input_shape: ``(length,)`` of the token-id items (``dataset.inputs: tokens``).
+        model: the text model, which must be the one the dataset was tokenized with
+            (``dataset.encoder``; both default to all-MiniLM-L6-v2).
         train_layers: how many of the top transformer layers are trained (0 freezes the encoder).
         lora_r: LoRA rank on the trained layers' query and value projections; 0 trains those
             layers' own weights instead.
@@ -215,7 +218,8 @@ class SentenceEncoder(nn.Module):
 
     def __init__(
         self,
-        spec: TextModel,
+        input_shape: tuple[int, ...],
+        model: str = DEFAULT_ENCODER,
         train_layers: int = 2,
         lora_r: int = 8,
         lora_alpha: float = 16.0,
@@ -225,6 +229,11 @@ class SentenceEncoder(nn.Module):
         chunk_rows: int = 32,
         adapter_scale: float = 1.0,
     ) -> None:
+        if len(input_shape) != 1:
+            raise MetakitError(
+                f"backbone transformer needs token-id items [length] (dataset.inputs: tokens), got shape {list(input_shape)}."
+            )
+        spec = get_text_model(model)
         super().__init__()
         if not isinstance(lora_r, int) or lora_r < 0:
             raise MetakitError(f"backbone transformer: lora_r must be an integer >= 0 (0: no LoRA), got {lora_r!r}.")
@@ -415,32 +424,4 @@ class SentenceEncoder(nn.Module):
             for j, i in enumerate(missing):
                 self._remember(self._out_cache, keys[i], out[j].clone())
         return torch.stack([self._out_cache[k] for k in keys])
-
-
-@register_backbone("transformer")
-def transformer(
-    input_shape: tuple[int, ...],
-    model: str = DEFAULT_ENCODER,
-    train_layers: int = 2,
-    lora_r: int = 8,
-    lora_alpha: float = 16.0,
-    lora_dropout: float = 0.1,
-    normalize: bool | None = None,
-    cache_rows: int = 100_000,
-    chunk_rows: int = 32,
-    adapter_scale: float = 1.0,
-) -> nn.Module:
-    """A pretrained sentence encoder (default all-MiniLM-L6-v2) over token ids (``dataset.inputs: tokens``).
-
-    ``model`` must be the one the dataset was tokenized with (``dataset.encoder``; both default to
-    all-MiniLM-L6-v2). See :class:`SentenceEncoder` for the other options.
-    """
-    if len(input_shape) != 1:
-        raise MetakitError(
-            f"backbone transformer needs token-id items [length] (dataset.inputs: tokens), got shape {list(input_shape)}."
-        )
-    return SentenceEncoder(
-        get_text_model(model), train_layers, lora_r, lora_alpha, lora_dropout, normalize, cache_rows, chunk_rows,
-        adapter_scale,
-    )
 

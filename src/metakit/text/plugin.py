@@ -15,7 +15,7 @@ _DATASETS = "metakit.text.datasets"
 plugin = Plugin(
     name="text",
     summary="few-shot text classification on sentence embeddings or a fine-tuned sentence encoder",
-    backbones={"transformer": "metakit.text.encoder:transformer"},
+    backbones={"transformer": "metakit.text.encoder:SentenceEncoder"},
     datasets={name: f"{_DATASETS}:{name.upper()}_SPEC" for name in ("banking77", "hwu64", "clinc150", "csv", "jsonl")},
     inputs={"text": "metakit.text.inputs:prepare_texts"},
 )
