@@ -59,6 +59,16 @@ def test_every_domain_registers_itself():
     assert "transformer" in registry.names("backbone")
 
 
+def test_the_domains_bring_their_datasets_and_how_predict_reads_their_inputs():
+    plugins = registry.plugins()
+    assert set(plugins["text"].datasets) == {"banking77", "hwu64", "clinc150", "csv", "jsonl"}
+    assert set(plugins["recsys"].datasets) == {"ml-100k", "ml-1m"}
+    from metakit.text.inputs import prepare_texts
+
+    assert registry.input_preparer("text") is prepare_texts
+    assert registry.input_preparer("audio") is None
+
+
 def test_a_plugin_backbone_is_imported_when_first_built():
     code = ("import sys; from metakit.backbones import BACKBONES, build_backbone; "
             "assert 'metakit.nas.network' not in sys.modules and 'nas' not in dict(BACKBONES); "
@@ -140,6 +150,12 @@ def fresh_registry():
 def test_a_name_two_plugins_add_is_refused(monkeypatch, fresh_registry):
     _fake_entry_points(monkeypatch, shadow=Plugin(name="shadow", summary="x", backbones={"nas": "math:sqrt"}))
     with pytest.raises(MetakitError, match="plugins 'nas' and 'shadow' both add the backbone 'nas'"):
+        registry.plugins()
+
+
+def test_an_input_kind_two_plugins_prepare_is_refused(monkeypatch, fresh_registry):
+    _fake_entry_points(monkeypatch, shadow=Plugin(name="shadow", summary="x", inputs={"text": "math:sqrt"}))
+    with pytest.raises(MetakitError, match="plugins 'shadow' and 'text' both add the input 'text'"):
         registry.plugins()
 
 

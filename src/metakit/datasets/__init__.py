@@ -2,7 +2,9 @@
 
 Each entry says where the data comes from, its license, how to load it and how to split it.
 Loaders are imported lazily (``"module:function"`` strings) so ``metakit --help`` stays fast and a
-dataset's optional dependencies are only needed when it is used.
+dataset's optional dependencies are only needed when it is used. The core's datasets are
+registered here; a domain's (text, recsys, an outside package) come from its plugin
+(:mod:`metakit.registry`) and join the table when first asked for (:func:`get_dataset`).
 """
 
 from __future__ import annotations
