@@ -13,10 +13,8 @@ plugin = Plugin(
     name="recsys",
     summary="cold-start recommendation: MeLU and baselines, users as tasks",
     commands={"recsys": "metakit.recsys.cli:add_recsys_parser"},
-    config_section="recsys",
-    config_schema="metakit.recsys.config:RecsysConfig",
-    config_root=True,
+    # A recsys config file is one RecsysConfig from its top level (data, tasks, model, methods, ...).
+    config_section="recsys", config_schema="metakit.recsys.config:RecsysConfig", config_root=True,
     config_example="configs/recsys-melu-synthetic.yaml",
-    evaluate_run="metakit.recsys.cli:cmd_recsys_evaluate",
-    report_run="metakit.recsys.report:run_report",
+    evaluate_run="metakit.recsys.cli:cmd_recsys_evaluate", report_run="metakit.recsys.report:run_report",
 )
