@@ -58,9 +58,15 @@ def test_a_run_without_the_record_is_a_classification_run(classification_run, tm
     old.mkdir()
     for name in ("config.yaml", "training.json", "metrics.jsonl"):
         (old / name).write_bytes((classification_run / name).read_bytes())
-    assert run_domain(old) == "classification"
+    assert run_domain(old) == "classification" and not (old / "run.json").exists()
     code, _, _ = run(capsys, "report", str(old))
     assert code == 0 and "# metakit run `tiny`" in (old / "report.md").read_text()
+    # Resuming such a run gives it the record.
+    (old / "checkpoints").mkdir()
+    (old / "checkpoints" / "last.pt").write_bytes((classification_run / "checkpoints" / "last.pt").read_bytes())
+    code, _, err = run(capsys, "train", str(classification_run.parent / "tiny.yaml"), "train.steps=5", "--out", str(old), "--resume")
+    assert code == 0, err
+    assert json.loads((old / "run.json").read_text()) == {"domain": "classification"}
 
 
 def test_recsys_run_dispatches_evaluate_and_report(tmp_path, capsys):

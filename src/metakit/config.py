@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_type_hints, overload
 
 import yaml
 
@@ -391,7 +391,8 @@ def _build(cls: type[T], data: Any, section: str) -> T:
 def section_from_dict(schema: type[T], data: Any, section: str = "") -> T:
     """Validate one config section (``""``: a whole config) against its dataclass ``schema``.
 
-    Every domain's sections go through here, so they all read numbers the same way (``1e-3``,
+    Every domain's sections go through here (:meth:`DomainSection.build` for those the plugins
+    register), so they all read numbers the same way (``1e-3``,
     ``"5e1"`` steps), reject wrong types with one line, and name the closest valid keys for an
     unknown one. Nested dataclass fields are sections of their own.
     """
@@ -470,7 +471,7 @@ class DomainSection:
 
     def build(self, data: Any) -> Any:
         """Validate ``data`` against the section's dataclass, then its ``check()`` (if it has one)."""
-        value = _build(self.schema, {} if data is None else data, "" if self.root else self.name)
+        value = section_from_dict(self.schema, {} if data is None else data, "" if self.root else self.name)
         check = getattr(value, "check", None)
         return check() if callable(check) else value
 
@@ -497,6 +498,10 @@ def domain_section(domain: str) -> DomainSection:
     raise MetakitError(f"domain {domain!r} registers no config section; domains with one: {with_one}.")
 
 
+@overload
+def config_from_dict(data: dict[str, Any], domain: None = None) -> Config: ...
+@overload
+def config_from_dict(data: dict[str, Any], domain: str) -> Any: ...
 def config_from_dict(data: dict[str, Any], domain: str | None = None) -> Any:
     """Validate plain data (parsed YAML) into the config of ``domain`` (``None``: a run :class:`Config`).
 
@@ -572,6 +577,12 @@ def read_saved_config(path: Path, missing: str) -> dict[str, Any]:
     return data
 
 
+@overload
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), domain: None = None) -> Config: ...
+@overload
+def load_config(path: str | Path | None, overrides: Sequence[str], domain: str) -> Any: ...
+@overload
+def load_config(path: str | Path | None, *, domain: str) -> Any: ...
 def load_config(path: str | Path | None, overrides: Sequence[str] = (), domain: str | None = None) -> Any:
     """Read a YAML config file (``None`` = all defaults), apply overrides and validate.
 

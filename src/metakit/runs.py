@@ -195,6 +195,8 @@ class Run:
     ) -> bool:
         """Start a fresh run (:meth:`create`), or check the run to resume (:meth:`resumes`); ``True`` if resuming."""
         if self.resumes(resume, saved, mine, extendable, started or self.root / config_name):
+            if self.writes and not self.paths.record.exists():  # a run started before the record: give it one
+                write_text(self.paths.record, self._record_text())
             return True
         self.create(config_text, config_name, fresh_log)
         return False
@@ -238,7 +240,7 @@ class Run:
         if not self.paths.record.exists():
             # The first run in a folder owns it: a NAS search trains its supernet in its own folder
             # through the classification trainer, and the folder stays a nas run.
-            files[self.paths.record.name] = json.dumps({"domain": self.domain}) + "\n"
+            files[self.paths.record.name] = self._record_text()
         if not self.root.exists():
             try:
                 self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -259,6 +261,9 @@ class Run:
                 shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
         for name, text in files.items():
             write_text(self.root / name, text)
+
+    def _record_text(self) -> str:
+        return json.dumps({"domain": self.domain}) + "\n"
 
     def log(self, record: dict[str, Any], tag: str = "split", step: str = "step") -> None:
         """Append ``record`` to ``metrics.jsonl``; with TensorBoard on, its numbers as ``{record[tag]}/{key}``."""
