@@ -64,7 +64,8 @@ def test_a_run_without_the_record_is_a_classification_run(classification_run, tm
     # Resuming such a run gives it the record.
     (old / "checkpoints").mkdir()
     (old / "checkpoints" / "last.pt").write_bytes((classification_run / "checkpoints" / "last.pt").read_bytes())
-    code, _, err = run(capsys, "train", str(classification_run.parent / "tiny.yaml"), "train.steps=5", "--out", str(old), "--resume")
+    config = classification_run.parent / "tiny.yaml"
+    code, _, err = run(capsys, "train", str(config), "train.steps=5", "--out", str(old), "--resume")
     assert code == 0, err
     assert json.loads((old / "run.json").read_text()) == {"domain": "classification"}
 
@@ -74,7 +75,8 @@ def test_recsys_run_dispatches_evaluate_and_report(tmp_path, capsys):
     code, _, _ = run(capsys, "recsys", "train", str(REPO / "configs" / "recsys-melu-synthetic.yaml"), *RECSYS, "--out", str(out))
     assert code == 0 and run_domain(out) == "recsys"
     code, out_text, _ = run(capsys, "evaluate", str(out), "--json", str(tmp_path / "r.json"))
-    assert code == 0 and set(json.loads((tmp_path / "r.json").read_text())["results"]["warm"]) == {"global_mean", "item_popularity"}
+    scored = json.loads((tmp_path / "r.json").read_text())["results"]["warm"]
+    assert code == 0 and set(scored) == {"global_mean", "item_popularity"}
     (out / "report.md").unlink()
     assert run(capsys, "report", str(out))[0] == 0
     assert "# metakit recsys run `recsys-melu-synthetic`" in (out / "report.md").read_text()
@@ -120,7 +122,7 @@ def test_a_domain_without_the_hook_says_which_commands_it_has(tmp_path, capsys):
 
 @pytest.mark.parametrize("record, message", [
     ("{not json", "does not name the run's domain"),
-    ('{"domain": "chess"}', "unknown domain 'chess'"),
+    ('{"domain": "chess"}', "is a 'chess' run, but no installed plugin is named 'chess'"),
 ])
 def test_a_bad_record_is_one_line(tmp_path, capsys, record, message):
     (tmp_path / "run.json").write_text(record)

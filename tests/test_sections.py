@@ -52,7 +52,8 @@ def test_the_domain_loaders_are_the_one_reader():
     recsys = load_config(RECSYS, ["melu.epochs=3"], domain="recsys")
     assert isinstance(recsys, RecsysConfig) and recsys == load_recsys_config(RECSYS, ["melu.epochs=3"])
     nas = load_config(NAS, ["nas.method=random"])
-    assert isinstance(nas.section("nas"), NasSettings) and nas.section("nas") == load_nas_spec(NAS, ["nas.method=random"]).settings
+    assert isinstance(nas.section("nas"), NasSettings)
+    assert nas.section("nas") == load_nas_spec(NAS, ["nas.method=random"]).settings
     assert isinstance(load_config(TUNE).section("tune"), TuneSection)
     assert load_config(None).section("nas") is None
 

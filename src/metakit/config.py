@@ -352,7 +352,8 @@ def _valid_keys(cls: type) -> list[str]:
     """The keys a section of ``cls`` takes; at the top level of a run config, the domains' sections too."""
     if cls is not Config:
         return [f.name for f in dataclasses.fields(cls)]
-    return [f.name for f in dataclasses.fields(cls) if f.name != "sections"] + [n for n, p in domain_sections().items() if not p.config_root]
+    nested = [name for name, plugin in domain_sections().items() if not plugin.config_root]
+    return [f.name for f in dataclasses.fields(cls) if f.name != "sections"] + nested
 
 
 def _build(cls: type[T], data: Any, section: str) -> T:
@@ -392,9 +393,9 @@ def section_from_dict(schema: type[T], data: Any, section: str = "") -> T:
     """Validate one config section (``""``: a whole config) against its dataclass ``schema``.
 
     Every domain's sections go through here (:meth:`DomainSection.build` for those the plugins
-    register), so they all read numbers the same way (``1e-3``,
-    ``"5e1"`` steps), reject wrong types with one line, and name the closest valid keys for an
-    unknown one. Nested dataclass fields are sections of their own.
+    register), so they all read numbers the same way (``1e-3``, ``"5e1"`` steps), reject wrong
+    types with one line, and name the closest valid keys for an unknown one. Nested dataclass
+    fields are sections of their own.
     """
     return _build(schema, data, section)
 

@@ -218,21 +218,17 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], An
 RUN_COMMANDS = ("evaluate", "report", "predict")
 
 
-def plugin_named(domain: str) -> Plugin:
-    """The plugin of ``domain``, or a one-line error naming the installed ones."""
-    found = plugins()
-    if domain not in found:
-        raise unknown_name("domain", domain, found)
-    return found[domain]
-
-
 def run_hook(domain: str, command: str, run_dir: str) -> Any:
     """The function ``domain`` registers for ``metakit COMMAND RUN_DIR`` (see :data:`RUN_COMMANDS`), imported now.
 
     Raises:
-        MetakitError: the domain has no such hook; the line names the commands it has.
+        MetakitError: no installed plugin is ``domain``, or it has no such hook (the line names the
+            commands it has).
     """
-    plugin = plugin_named(domain)
+    if domain not in plugins():
+        raise MetakitError(f"{run_dir} is a {domain!r} run, but no installed plugin is named {domain!r} "
+                           f"(installed: {', '.join(plugins())}); install the package that adds it.")
+    plugin = plugins()[domain]
     target = getattr(plugin, f"{command}_run")
     if target is None:
         has = [f"metakit {c}" for c in RUN_COMMANDS if getattr(plugin, f"{c}_run")]
