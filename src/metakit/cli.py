@@ -181,8 +181,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_run_dir(command: str, args: argparse.Namespace) -> Any:
+    """The hook of ``args.run_dir``'s domain for ``metakit COMMAND RUN_DIR`` (one line if it has none)."""
+    from metakit.registry import run_hook
+    from metakit.runs import run_domain
+
+    return run_hook(run_domain(args.run_dir), command, args.run_dir)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate a trained run on fixed test episodes."""
+    """Evaluate a trained run of any domain (the one recorded in the run directory)."""
+    return _on_run_dir("evaluate", args)(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild a run's report.md from the files saved in its run directory (any domain)."""
+    from metakit.runs import write_report
+
+    check_output_file(args.json)
+    build = _on_run_dir("report", args)
+    report = build(args.run_dir)
+    write_report(args.run_dir, report)
+    console.print(f"report: {Path(args.run_dir) / 'report.md'}")
+    write_json_option(args.json, {"run": str(args.run_dir), "files": sorted([*report.text, *report.data, *report.plots])})
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Adapt a trained run to your classes and label your items (the run's domain decides how; see below)."""
+    return _on_run_dir("predict", args)(args)
+
+
+def evaluate_classification(args: argparse.Namespace) -> int:
+    """Evaluate a trained classification run on fixed test episodes."""
     check_output_file(args.json)
     _evaluate(args.run_dir, args, episodes=args.episodes, ways=args.ways, shots=args.shots, queries=args.queries,
               checkpoint=args.checkpoint, split=args.split, overrides=args.overrides)
@@ -190,7 +221,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def predict_classification(args: argparse.Namespace) -> int:
     """Adapt a trained run to your classes (the support set) and label your items (the query set).
 
     Images: --support is a folder SUPPORT/<class>/<image>, --query an image or a folder of images
@@ -531,9 +562,10 @@ def add_core_commands(sub: argparse._SubParsersAction) -> None:
                        resume="continue the run in --out from its last checkpoint",
                        evaluate="evaluate on the test split after training")
 
-    p = sub.add_parser("evaluate", help="evaluate a trained run on fixed test episodes (mean ± 95%% CI)",
-                       description=cmd_evaluate.__doc__)
-    p.add_argument("run_dir", help="a run directory written by metakit train")
+    p = sub.add_parser("evaluate", help="evaluate a trained run (classification: fixed test episodes, mean ± 95%% CI)",
+                       description=cmd_evaluate.__doc__ + " The options below are classification's; other domains "
+                       "evaluate with their own settings.")
+    p.add_argument("run_dir", help="a run directory (metakit train, rl train, recsys train, nas search)")
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="evaluation-time overrides of the run's config, e.g. learner.eval_inner_steps=10")
     p.add_argument("--episodes", type=positive_int, help="number of fixed test episodes (default: config eval.episodes, 1000)")
@@ -545,8 +577,11 @@ def add_core_commands(sub: argparse._SubParsersAction) -> None:
     add_common_options(p)
     p.set_defaults(func=cmd_evaluate)
 
+    add_run_dir_command(sub, "report", cmd_report, help="rebuild a run's report.md from its saved files (any domain)",
+                        run_dir_help="a run directory (metakit train, rl train, recsys train, ...)")
+
     p = sub.add_parser("predict", help="adapt a trained run to your classes and label your images or texts (CSV out)",
-                       description=cmd_predict.__doc__)
+                       description=predict_classification.__doc__)
     p.add_argument("run_dir", help="a run directory written by metakit train")
     p.add_argument("--support", required=True, metavar="PATH",
                    help="labelled examples: a folder PATH/<class>/<image>, or a CSV/JSONL file for text runs")

@@ -7,9 +7,12 @@ here. Every unknown key fails with one line naming it and the closest valid keys
 
 This is the one config system of every domain. Config files, and the ``config.yaml`` a run saves,
 are read here only (:func:`read_yaml_mapping`, :func:`read_saved_config`); ``key=value``
-overrides are parsed here (:func:`parse_overrides`); each domain declares its sections as
-dataclasses (``rl``, ``recsys``, ``nas``...) and validates them with :func:`section_from_dict`, so
-numbers, types and "did you mean" work the same everywhere.
+overrides are parsed here (:func:`parse_overrides`). Each domain registers its own section in its
+plugin (``Plugin.config_section`` and the section's dataclass, ``Plugin.config_schema``), and
+:func:`load_config` validates it with the rest, so numbers, types and "did you mean" work the same
+everywhere. A section sits beside the shared ones (``nas:``, ``tune:``; the domain reads it typed
+from :meth:`Config.section`), or is the whole file for a domain whose files have a layout of their
+own (``load_config(path, domain="rl")`` returns the rl section's dataclass).
 
 Why dataclasses and not pydantic v2: the schema is plain dataclasses plus one validator of under a hundred lines
 (:func:`_build`, :func:`_coerce`). Pydantic would replace the validator but not the open sections,
@@ -29,7 +32,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_type_hints, overload
 
 import yaml
 
@@ -252,13 +255,23 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    #: Domain sections (``nas``, ``tune``): section name -> the typed section its plugin registers.
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    def section(self, name: str) -> Any:
+        """The typed domain section ``name`` (e.g. ``nas``), or ``None`` when the config has none."""
+        return self.sections.get(name)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data, with open sections flattened as they are written in YAML."""
-        out = asdict(self)
+        sections = self.sections
+        out = asdict(dataclasses.replace(self, sections={}))
+        del out["sections"]
         for section in ("dataset", "backbone", "learner"):
             opts = out[section].pop("options")
             out[section].update(opts)
+        for name, value in sections.items():
+            out[name] = value.to_dict() if hasattr(value, "to_dict") else asdict(value)
         return out
 
     def to_yaml(self) -> str:
@@ -269,7 +282,11 @@ class Config:
 T = TypeVar("T")
 # An override such as backbone.hidden=32 without a name configures the default backbone.
 _DEFAULT_NAMES = {"backbone": "conv4", "learner": "protonet"}
-_OPEN = {DatasetConfig, NamedConfig}
+
+
+def _is_open(cls: type) -> bool:
+    """Whether ``cls`` is an open section: its unknown keys are ``options`` for what its name builds."""
+    return any(f.name == "options" for f in dataclasses.fields(cls))
 
 
 def _number(name: str, value: Any, what: str) -> float | int | None:
@@ -331,8 +348,17 @@ def _coerce(section: str, key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def _valid_keys(cls: type) -> list[str]:
+    """The keys a section of ``cls`` takes; at the top level of a run config, the domains' sections too."""
+    if cls is not Config:
+        return [f.name for f in dataclasses.fields(cls)]
+    nested = [name for name, plugin in domain_sections().items() if not plugin.config_root]
+    return [f.name for f in dataclasses.fields(cls) if f.name != "sections"] + nested
+
+
 def _build(cls: type[T], data: Any, section: str) -> T:
-    if isinstance(data, str) and cls in _OPEN:
+    is_open = _is_open(cls)
+    if isinstance(data, str) and is_open:
         data = {"name": data}
     if not isinstance(data, dict):
         raise MetakitError(f"config section {section or 'top level'} must be a mapping, got {data!r}.")
@@ -343,16 +369,18 @@ def _build(cls: type[T], data: Any, section: str) -> T:
     for key, value in data.items():
         key = str(key)
         if key == "options" or key not in fields:
-            if cls in _OPEN:
+            if is_open:
                 options.update(value if key == "options" and isinstance(value, dict) else {key: value})
                 continue
-            raise _unknown_key(section, key, list(fields))
+            raise _unknown_key(section, key, _valid_keys(cls))
         hint = hints[key]
+        if key == "sections" and cls is Config:  # filled from the domain sections, never written as such
+            raise _unknown_key(section, key, _valid_keys(cls))
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, key)
         else:
             kwargs[key] = _coerce(section, key, value, hint)
-    if cls in _OPEN:
+    if is_open:
         if "name" not in kwargs and cls is NamedConfig:
             if section not in _DEFAULT_NAMES:
                 raise MetakitError(f"config section {section} needs a name.")
@@ -364,9 +392,10 @@ def _build(cls: type[T], data: Any, section: str) -> T:
 def section_from_dict(schema: type[T], data: Any, section: str = "") -> T:
     """Validate one config section (``""``: a whole config) against its dataclass ``schema``.
 
-    Every domain's sections go through here, so they all read numbers the same way (``1e-3``,
-    ``"5e1"`` steps), reject wrong types with one line, and name the closest valid keys for an
-    unknown one. Nested dataclass fields are sections of their own.
+    Every domain's sections go through here (:meth:`DomainSection.build` for those the plugins
+    register), so they all read numbers the same way (``1e-3``, ``"5e1"`` steps), reject wrong
+    types with one line, and name the closest valid keys for an unknown one. Nested dataclass
+    fields are sections of their own.
     """
     return _build(schema, data, section)
 
@@ -431,9 +460,66 @@ def check_threads(key: str, threads: int | None) -> None:
         )
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Validate plain data (parsed YAML) into a :class:`Config`."""
-    config = _build(Config, dict(data), "")
+@dataclass(frozen=True)
+class DomainSection:
+    """A config section a plugin registers (:class:`metakit.registry.Plugin`): its name, dataclass and layout."""
+
+    domain: str
+    name: str
+    schema: type
+    root: bool
+    example: str | None
+
+    def build(self, data: Any) -> Any:
+        """Validate ``data`` against the section's dataclass, then its ``check()`` (if it has one)."""
+        value = section_from_dict(self.schema, {} if data is None else data, "" if self.root else self.name)
+        check = getattr(value, "check", None)
+        return check() if callable(check) else value
+
+
+def domain_sections() -> dict[str, Any]:
+    """The plugins that register a config section, by section name (``nas``, ``tune``, ``rl``, ...)."""
+    from metakit.registry import plugins
+
+    return {p.config_section: p for p in plugins().values() if p.config_section and p.config_schema}
+
+
+def domain_section(domain: str) -> DomainSection:
+    """The config section of plugin ``domain``, its dataclass imported now; one line if it registers none.
+
+    Only the sections a config uses are imported, so reading a classification config imports no domain.
+    """
+    from metakit.registry import load_target
+
+    for p in domain_sections().values():
+        if p.name == domain:
+            schema = load_target(p.config_schema, f"config section {p.config_section!r} of plugin {p.name!r}")
+            return DomainSection(p.name, p.config_section, schema, p.config_root, p.config_example)
+    with_one = ", ".join(p.name for p in domain_sections().values())
+    raise MetakitError(f"domain {domain!r} registers no config section; domains with one: {with_one}.")
+
+
+@overload
+def config_from_dict(data: dict[str, Any], domain: None = None) -> Config: ...
+@overload
+def config_from_dict(data: dict[str, Any], domain: str) -> Any: ...
+def config_from_dict(data: dict[str, Any], domain: str | None = None) -> Any:
+    """Validate plain data (parsed YAML) into the config of ``domain`` (``None``: a run :class:`Config`).
+
+    A run config's domain sections (``nas:``, ``tune:``) are validated by the dataclass their
+    plugin registers and kept, typed, in :attr:`Config.sections`. A domain whose section is its
+    files' top level (rl, recsys) gets that section's dataclass back instead of a :class:`Config`.
+    """
+    if domain is not None:
+        section = domain_section(domain)
+        if section.root:
+            return section.build(dict(data))
+    data = dict(data)
+    nested = [p for name, p in domain_sections().items() if not p.config_root and name in data]
+    # Domain sections first: their errors came first when each domain read its own section.
+    sections = {p.config_section: domain_section(p.name).build(data.pop(p.config_section)) for p in nested}
+    config = _build(Config, data, "")
+    config.sections = sections
     check_threads("train.threads", config.train.threads)
     if not DEVICE_PATTERN.fullmatch(config.train.device):
         raise MetakitError(f"unknown train.device {config.train.device!r}; use cpu, cuda, cuda:N, mps or auto.")
@@ -492,7 +578,18 @@ def read_saved_config(path: Path, missing: str) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config file (``None`` = all defaults), apply overrides and validate."""
-    data = {} if path is None else read_yaml_mapping(path)
-    return config_from_dict(merge(data, parse_overrides(overrides)))
+@overload
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), domain: None = None) -> Config: ...
+@overload
+def load_config(path: str | Path | None, overrides: Sequence[str], domain: str) -> Any: ...
+@overload
+def load_config(path: str | Path | None, *, domain: str) -> Any: ...
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), domain: str | None = None) -> Any:
+    """Read a YAML config file (``None`` = all defaults), apply overrides and validate.
+
+    ``domain`` names a domain whose config files have a layout of their own (``rl``, ``recsys``);
+    without it the file is a run :class:`Config`, with any domain sections (``nas:``, ``tune:``) in it.
+    """
+    example = (domain_section(domain).example if domain else None) or "configs/quickstart.yaml"
+    data = {} if path is None else read_yaml_mapping(path, example)
+    return config_from_dict(merge(data, parse_overrides(overrides)), domain)

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from metakit.registry import Plugin
 
-_COMMANDS = ("quickstart", "train", "evaluate", "predict", "serve", "compare", "cross-domain", "continual",
+_COMMANDS = ("quickstart", "train", "evaluate", "report", "predict", "serve", "compare", "cross-domain", "continual",
              "reproduce", "datasets", "plugins")
 
 plugin = Plugin(
     name="classification",
     summary="few-shot classification and regression: meta-train, evaluate, compare, predict and serve (the core)",
     commands=dict.fromkeys(_COMMANDS, "metakit.cli:add_core_commands"),
+    evaluate_run="metakit.cli:evaluate_classification",
+    report_run="metakit.reporting:run_report",
+    predict_run="metakit.cli:predict_classification",
     backbones={
         "timm": "metakit.pretrained:timm_backbone",
         "torchvision": "metakit.pretrained:torchvision_backbone",

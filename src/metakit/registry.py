@@ -54,6 +54,19 @@ class Plugin:
             tensors the run's learner takes, as the run's
             :class:`~metakit.predict.InputSpec` ``spec`` says; :mod:`metakit.predict` asks it
             (:func:`input_preparer`), so the core need not know how a domain encodes its inputs.
+        config_schema: the dataclass of that section, which :mod:`metakit.config` validates it
+            against (unknown keys, types, "did you mean"); its ``check()`` method, if any, then
+            rejects impossible values.
+        config_root: whether the section's keys sit at the top level of the domain's own config
+            files instead of under ``config_section:`` beside the shared sections (rl and recsys:
+            their ``train`` and ``eval`` mean something else than classification's).
+        config_example: a config file of the domain, named by the errors about its config files.
+        evaluate_run: ``f(args) -> int``, what ``metakit evaluate RUN_DIR`` runs on the domain's
+            run directories (``args.run_dir``, ``args.json``, ``args.no_progress`` and the
+            classification options, which it may ignore).
+        report_run: ``f(run_dir) -> metakit.runs.Report``, the report rebuilt from the files in
+            the domain's run directory, for ``metakit report RUN_DIR``.
+        predict_run: ``f(args) -> int``, what ``metakit predict RUN_DIR`` runs on the domain's runs.
     """
 
     name: str
@@ -64,6 +77,12 @@ class Plugin:
     datasets: Mapping[str, str] = field(default_factory=dict)
     config_section: str | None = None
     inputs: Mapping[str, str] = field(default_factory=dict)
+    config_schema: str | None = None
+    config_root: bool = False
+    config_example: str | None = None
+    evaluate_run: str | None = None
+    report_run: str | None = None
+    predict_run: str | None = None
 
     def targets(self, kind: str) -> Mapping[str, str]:
         """The names this plugin adds of ``kind`` (``learner``, ``backbone`` or ``dataset``)."""
@@ -208,6 +227,32 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], An
         return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
 
     return __getattr__
+
+
+#: The core commands that act on a run directory, each dispatched to the hook of the run's domain.
+RUN_COMMANDS = ("evaluate", "report", "predict")
+
+
+def run_hook(domain: str, command: str, run_dir: str) -> Any:
+    """The function ``domain`` registers for ``metakit COMMAND RUN_DIR`` (see :data:`RUN_COMMANDS`), imported now.
+
+    Raises:
+        MetakitError: no installed plugin is ``domain``, or it has no such hook (the line names the
+            commands it has).
+    """
+    if domain not in plugins():
+        raise MetakitError(f"{run_dir} is a {domain!r} run, but no installed plugin is named {domain!r} "
+                           f"(installed: {', '.join(plugins())}); install the package that adds it.")
+    plugin = plugins()[domain]
+    target = getattr(plugin, f"{command}_run")
+    if target is None:
+        has = [f"metakit {c}" for c in RUN_COMMANDS if getattr(plugin, f"{c}_run")]
+        own = [f"metakit {c}" for c in plugin.commands]
+        offer = "; ".join(p for p in (f"{', '.join(has)} RUN_DIR work on them" if has else "",
+                                       f"see {', '.join(own)} --help" if own else "") if p)
+        raise MetakitError(f"{run_dir} is a {domain} run, and metakit {command} does not support {domain} runs"
+                           f"{'; ' + offer if offer else ''}.")
+    return load_target(target, f"{command} hook of plugin {plugin.name!r}")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

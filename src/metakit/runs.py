@@ -3,6 +3,7 @@
 Layout::
 
     RUN_DIR/
+      run.json               the run's domain ({"domain": "rl"}), which metakit evaluate/report/predict dispatch on
       config.yaml            resolved config (re-run it to reproduce the run)
       metrics.jsonl          one JSON record per log point (train and val)
       checkpoints/last.pt    full training state, for --resume
@@ -60,6 +61,7 @@ class RunPaths:
 
     root: Path
 
+    record = _file("run.json", "The run's domain.")
     config = _file("config.yaml", "Resolved config.")
     metrics = _file("metrics.jsonl", "JSONL metrics log.")
     last = _file("checkpoints/last.pt", "Full training state for resuming.")
@@ -78,6 +80,20 @@ def run_config_data(run_dir: str | Path, kind: str = "metakit", command: str = "
     """
     missing = f"{run_dir} is not a {kind + ' ' if kind else ''}run directory (no config.yaml); pass the --out of {command}."
     return read_saved_config(RunPaths(Path(run_dir)).config, missing)
+
+
+def run_domain(run_dir: str | Path) -> str:
+    """The domain that wrote ``run_dir`` (its ``run.json``); ``classification`` for runs from before the record."""
+    path = RunPaths(Path(run_dir)).record
+    if not path.is_file():
+        return "classification"
+    try:
+        domain = json.loads(path.read_text(encoding="utf-8")).get("domain")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        domain = None
+    if not isinstance(domain, str):
+        raise MetakitError(f"{path} does not name the run's domain; restore it, or delete it if the run is a classification run.")
+    return domain
 
 
 def load_run_config(run_dir: str | Path) -> Config:
@@ -162,12 +178,14 @@ class Run:
         root: the run directory.
         writes: whether this process writes files (the non-main processes of distributed training
             read checkpoints but leave the writing to the main one).
+        domain: the plugin that writes the run, recorded in ``run.json`` when the run starts.
     """
 
-    def __init__(self, root: str | Path, writes: bool = True) -> None:
+    def __init__(self, root: str | Path, writes: bool = True, domain: str = "classification") -> None:
         self.paths = RunPaths(Path(root))
         self.root = self.paths.root
         self.writes = writes
+        self.domain = domain
         self.tensorboard: Any = None
 
     def start(
@@ -177,6 +195,8 @@ class Run:
     ) -> bool:
         """Start a fresh run (:meth:`create`), or check the run to resume (:meth:`resumes`); ``True`` if resuming."""
         if self.resumes(resume, saved, mine, extendable, started or self.root / config_name):
+            if self.writes and not self.paths.record.exists():  # a run started before the record: give it one
+                write_text(self.paths.record, self._record_text())
             return True
         self.create(config_text, config_name, fresh_log)
         return False
@@ -210,12 +230,17 @@ class Run:
         """Start a fresh run: the directory appears at once holding its config (and an empty log, with ``fresh_log``).
 
         Into an existing folder (one that holds other runs' files, or none) the files are written
-        one by one, each atomically. The fresh log matters: lines an earlier run left in the folder
+        one by one, each atomically; ``run.json`` records the domain unless the folder has a record
+        already. The fresh log matters: lines an earlier run left in the folder
         (another domain's run, or one whose checkpoint was deleted) would break the learning curve.
         """
         if not self.writes:
             return
         files = {config_name: config_text, **({self.paths.metrics.name: ""} if fresh_log else {})}
+        if not self.paths.record.exists():
+            # The first run in a folder owns it: a NAS search trains its supernet in its own folder
+            # through the classification trainer, and the folder stays a nas run.
+            files[self.paths.record.name] = self._record_text()
         if not self.root.exists():
             try:
                 self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +261,9 @@ class Run:
                 shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
         for name, text in files.items():
             write_text(self.root / name, text)
+
+    def _record_text(self) -> str:
+        return json.dumps({"domain": self.domain}) + "\n"
 
     def log(self, record: dict[str, Any], tag: str = "split", step: str = "step") -> None:
         """Append ``record`` to ``metrics.jsonl``; with TensorBoard on, its numbers as ``{record[tag]}/{key}``."""

@@ -12,4 +12,6 @@ plugin = Plugin(
     summary="hyperparameter optimisation with Optuna, warm-started from earlier studies",
     commands={"tune": "metakit.hpo.cli:add_tune_parser"},
     config_section="tune",
+    config_schema="metakit.hpo.space:TuneSection",
+    config_example="configs/glyphs-maml-tune.yaml",
 )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,32 @@ from metakit.errors import MetakitError, unknown_name
 SAMPLERS = ("grid", "random", "tpe", "cmaes")
 PRUNERS = ("none", "median", "hyperband")
 _PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "values"}
-_SETTING_KEYS = {"sampler", "pruner", "trials", "space", "seed"}
 #: A grid over an integer range larger than this is almost certainly a mistake (e.g. a missing step).
 MAX_GRID_POINTS = 10_000
+
+
+@dataclass
+class TuneSection:
+    """The ``tune:`` section, the config section the hpo plugin registers (see the module docstring).
+
+    ``load_config`` validates a tunable config with it (keys and types); :func:`parse_tune` then
+    reads the section into a :class:`TuneSpec`, checking each parameter of the space.
+    """
+
+    sampler: str = "tpe"
+    pruner: str = "median"
+    trials: int = 20
+    space: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+
+    def check(self) -> TuneSection:
+        """Reject an unknown sampler or pruner; returns ``self``."""
+        check_sampler(self.sampler.lower())
+        check_pruner(self.pruner.lower())
+        return self
+
+
+_SETTING_KEYS = {f.name for f in fields(TuneSection)}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def cmd_nas_evaluate(args: argparse.Namespace) -> int:
     from metakit.nas.evaluate import evaluate_search, evaluation_markdown
 
     check_output_file(args.json)
-    report = evaluate_search(args.run_dir, only=args.only, episodes=args.episodes, progress=not args.no_progress)
+    report = evaluate_search(args.run_dir, only=getattr(args, "only", None), episodes=args.episodes, progress=not args.no_progress)
     console.print(evaluation_markdown(report), markup=False, highlight=False)
     write_json_option(args.json, report)
     return 0

@@ -14,4 +14,7 @@ plugin = Plugin(
     commands={"nas": "metakit.nas.cli:add_nas_parser"},
     backbones={"supernet": "metakit.nas.network:supernet", "nas": "metakit.nas.network:nas"},
     config_section="nas",
+    config_schema="metakit.nas.search:NasSettings",
+    config_example="configs/nas-glyphs-metanas.yaml",
+    evaluate_run="metakit.nas.cli:cmd_nas_evaluate",
 )

@@ -1,7 +1,7 @@
 """``metakit nas search``: find a cell architecture whose objective is fast adaptation across tasks.
 
 A NAS config is an ordinary run config whose backbone is the ``supernet`` (it defines the search
-space) plus a ``nas:`` section, removed before the rest is validated::
+space) plus a ``nas:`` section, which the nas plugin registers (:class:`NasSettings`)::
 
     backbone: {name: supernet, channels: 8, cells: 3, nodes: 3, reductions: [0, 2]}
     learner: {name: reptile, ...}          # any learner; MetaNAS proper uses reptile or fomaml
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from metakit.config import (
-    Config, call_with_options, config_from_dict, merge, parse_overrides, read_yaml_mapping, section_from_dict, yaml_dump,
+    Config, call_with_options, config_from_dict, merge, parse_overrides, read_yaml_mapping, yaml_dump,
 )
 from metakit.errors import MetakitError, unknown_name
 from metakit.nas.genotype import Genotype, check_discretization, discretize, draw, input_label, random_genotype
@@ -75,25 +75,25 @@ class NasSettings:
     evaluate: dict[str, Any] = field(default_factory=dict)
 
 
+    def check(self) -> NasSettings:
+        """Reject values no search can use (the types are checked already); returns ``self``."""
+        if self.method not in METHODS:
+            raise unknown_name("nas.method", self.method, METHODS)
+        for key in _INTS:
+            low = 0 if key in ("random_architectures", "warmup_steps") else 1
+            if getattr(self, key) < low:
+                raise MetakitError(f"nas.{key} must be an integer >= {low}, got {getattr(self, key)!r}.")
+        if self.param_tolerance <= 0:
+            raise MetakitError(f"nas.param_tolerance must be a number > 0, got {self.param_tolerance!r}.")
+        for key in ("backbone", "evaluate") + (("conv4",) if self.conv4 is not None else ()):
+            if not isinstance(getattr(self, key), dict):
+                raise MetakitError(f"nas.{key} must be a mapping, got {getattr(self, key)!r}.")
+        if "name" in self.backbone or "genotype" in self.backbone:
+            raise MetakitError("nas.backbone holds options of the nas backbone (e.g. channels); leave out name and genotype.")
+        return self
+
+
 _INTS = ("warmup_steps", "edges_per_node", "ops_per_edge", "candidates", "candidate_steps", "random_architectures")
-
-
-def _settings(data: Any) -> NasSettings:
-    s = section_from_dict(NasSettings, {} if data is None else data, "nas")
-    if s.method not in METHODS:
-        raise unknown_name("nas.method", s.method, METHODS)
-    for key in _INTS:  # integers already (section_from_dict); here their ranges
-        low = 0 if key in ("random_architectures", "warmup_steps") else 1
-        if getattr(s, key) < low:
-            raise MetakitError(f"nas.{key} must be an integer >= {low}, got {getattr(s, key)!r}.")
-    if s.param_tolerance <= 0:
-        raise MetakitError(f"nas.param_tolerance must be a number > 0, got {s.param_tolerance!r}.")
-    for key in ("backbone", "evaluate") + (("conv4",) if s.conv4 is not None else ()):
-        if not isinstance(getattr(s, key), dict):
-            raise MetakitError(f"nas.{key} must be a mapping, got {getattr(s, key)!r}.")
-    if "name" in s.backbone or "genotype" in s.backbone:
-        raise MetakitError("nas.backbone holds options of the nas backbone (e.g. channels); leave out name and genotype.")
-    return s
 
 
 @dataclass
@@ -134,9 +134,10 @@ class NasSpec:
 
 def spec_from_dict(data: dict[str, Any], source: str = "<dict>") -> NasSpec:
     """Validate a NAS config's plain data (parsed YAML)."""
-    data = dict(data)
-    settings = _settings(data.pop("nas", None))
-    config = config_from_dict(data)
+    # The nas plugin registers NasSettings as the config's nas section; a config without one searches with the defaults.
+    config = config_from_dict({"nas": None, **data})
+    settings = config.section("nas")
+    config.sections = {}
     if config.backbone.name != "supernet":
         raise MetakitError(
             f"nas search needs backbone.name: supernet (it defines the search space), got {config.backbone.name!r}."
@@ -210,7 +211,7 @@ def search(spec: NasSpec, out: str | Path, resume: bool = False, progress: bool 
     """Run the search described by ``spec`` into run directory ``out``; returns ``search.json``'s content."""
     out = Path(out)
     console = Console(stderr=True)
-    run, saved_path = Run(out), out / "nas.yaml"
+    run, saved_path = Run(out, domain="nas"), out / "nas.yaml"
     run.resumes(resume, lambda: read_yaml_mapping(saved_path), spec.to_dict(), ("train.steps",), saved_path, "nas search")
     from metakit.experiment import build_experiment
 

@@ -1,7 +1,8 @@
 """The recsys run configuration: YAML validated against dataclasses, with ``key=value`` overrides.
 
-Validated the way :mod:`metakit.config` validates meta-learning configs (its section builder is
-reused: unknown keys fail with the closest valid ones, values are type-checked), then
+The recsys plugin registers :class:`RecsysConfig` as its config section, so :mod:`metakit.config`
+validates it like every other (unknown keys fail with the closest valid ones, values are
+type-checked; ``load_config(path, domain="recsys")``), then
 :meth:`RecsysConfig.check` rejects impossible values (unknown methods or scenarios, bad fractions)
 with one line each.
 """
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from metakit.config import check_threads, merge, parse_overrides, read_yaml_mapping, section_from_dict, yaml_dump
+from metakit.config import check_threads, config_from_dict, load_config, yaml_dump
 from metakit.errors import MetakitError, unknown_name
 from metakit.recsys.tasks import SCENARIOS, TaskRules, check_scenarios
 
@@ -157,10 +158,9 @@ class RecsysConfig:
 
 def recsys_config_from_dict(data: dict[str, Any]) -> RecsysConfig:
     """Validate plain data (parsed YAML) into a checked :class:`RecsysConfig`."""
-    return section_from_dict(RecsysConfig, dict(data), "").check()
+    return config_from_dict(data, "recsys")
 
 
 def load_recsys_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecsysConfig:
     """Read a recsys YAML config, apply ``key=value`` overrides, validate."""
-    loaded = read_yaml_mapping(path, example="configs/recsys-melu-synthetic.yaml")
-    return recsys_config_from_dict(merge(loaded, parse_overrides(list(overrides))))
+    return load_config(path, overrides, "recsys")

@@ -114,7 +114,7 @@ def _progress(enabled: bool) -> Progress:
 def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Fit every method of ``config`` and write the run directory ``out``; returns the training summary."""
     config.check()
-    run = Run(out)
+    run = Run(out, domain="recsys")
     run.create(config.to_yaml(), fresh_log=False)  # the fits log their epochs in training.json
     threads = set_threads(config.threads)
     seed_everything(config.seed)

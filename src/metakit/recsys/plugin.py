@@ -14,4 +14,8 @@ plugin = Plugin(
     summary="cold-start recommendation: MeLU and baselines, users as tasks",
     commands={"recsys": "metakit.recsys.cli:add_recsys_parser"},
     datasets={"ml-100k": "metakit.recsys.movielens:ML100K_SPEC", "ml-1m": "metakit.recsys.movielens:ML1M_SPEC"},
+    # A recsys config file is one RecsysConfig from its top level (data, tasks, model, methods, ...).
+    config_section="recsys", config_schema="metakit.recsys.config:RecsysConfig", config_root=True,
+    config_example="configs/recsys-melu-synthetic.yaml",
+    evaluate_run="metakit.recsys.cli:cmd_recsys_evaluate", report_run="metakit.recsys.report:run_report",
 )

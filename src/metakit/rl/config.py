@@ -3,7 +3,8 @@
 Sections: ``name``, ``seed``, ``algorithm`` (``maml-rl``, ``rl2`` or ``pearl``), ``env`` (``name``,
 ``horizon``, ``options`` passed to the environment), ``policy``, ``train`` (shared loop settings),
 ``maml``, ``rl2`` and ``pearl`` (each algorithm's own settings) and ``eval``. Unknown keys fail with one line
-naming the closest valid keys (the same validation as :mod:`metakit.config`).
+naming the closest valid keys: the rl plugin registers :class:`RLConfig` as its config section,
+which :mod:`metakit.config` validates like every other (``load_config(path, domain="rl")``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metakit.config import merge, parse_overrides, read_yaml_mapping, section_from_dict, yaml_dump
+from metakit.config import config_from_dict, load_config, yaml_dump
 from metakit.errors import MetakitError
 
 ALGORITHMS = ("maml-rl", "rl2", "pearl")
@@ -24,7 +25,7 @@ class EnvConfig:
     """Which task distribution: a name of :data:`metakit.rl.tasks.ENVS` (or a gymnasium id with the protocol).
 
     Any other key of the ``env`` section (e.g. ``task: push-v3`` for ``ml1``) is an option of the
-    environment's constructor, kept in ``options``.
+    environment's constructor, kept in ``options`` (an open section, as ``learner`` is).
     """
 
     name: str = "point2d"
@@ -138,7 +139,7 @@ class RLConfig:
         """The resolved config as YAML."""
         return yaml_dump(self.to_dict())
 
-    def validate(self) -> RLConfig:
+    def check(self) -> RLConfig:
         """Check values that the types alone do not; returns ``self``."""
         if self.algorithm not in ALGORITHMS:
             raise MetakitError(f"unknown algorithm {self.algorithm!r}; use {' or '.join(ALGORITHMS)}.")
@@ -166,24 +167,12 @@ class RLConfig:
 
 def rl_config_from_dict(data: dict[str, Any]) -> RLConfig:
     """Validate plain data (parsed YAML) into an :class:`RLConfig`."""
-    data = dict(data)
-    env = data.get("env")
-    options: dict[str, Any] = {}
-    if isinstance(env, str):
-        data["env"] = {"name": env}
-    elif isinstance(env, dict):
-        # The env section is open: keys other than name/horizon go to the environment's constructor.
-        options = {str(k): v for k, v in env.items() if k not in ("name", "horizon")}
-        data["env"] = {k: v for k, v in env.items() if k in ("name", "horizon")}
-    config = section_from_dict(RLConfig, data, "")
-    config.env.options = options
-    return config.validate()
+    return config_from_dict(data, "rl")
 
 
 def load_rl_config(path: str | Path, overrides: Sequence[str] = ()) -> RLConfig:
     """Read a meta-RL YAML config, apply ``key=value`` overrides and validate."""
-    loaded = read_yaml_mapping(path, "configs/rl-point2d-mamlrl.yaml")
-    return rl_config_from_dict(merge(loaded, parse_overrides(overrides)))
+    return load_config(path, overrides, "rl")
 
 
 def load_rl_run(run_dir: str | Path) -> RLConfig:

@@ -13,4 +13,8 @@ plugin = Plugin(
     name="rl",
     summary="meta-reinforcement learning: MAML-RL, RL² and PEARL on gymnasium, MuJoCo and Meta-World tasks",
     commands={"rl": "metakit.rl.cli:add_rl_parser"},
+    # An rl config file is one RLConfig from its top level: its train and eval sections are not classification's.
+    config_section="rl", config_schema="metakit.rl.config:RLConfig", config_root=True,
+    config_example="configs/rl-point2d-mamlrl.yaml",
+    evaluate_run="metakit.rl.cli:cmd_rl_evaluate", report_run="metakit.rl.report:run_report",
 )

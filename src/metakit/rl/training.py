@@ -130,7 +130,7 @@ class RLTrainer:
 
     def __init__(self, config: RLConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
         self.config, self.root, self.resume, self.progress = config, Path(run_dir), resume, progress
-        self.run = Run(self.root)
+        self.run = Run(self.root, domain="rl")
         self.console = Console(stderr=True)
 
     def checkpoint(self, phase: str) -> Path:
