@@ -3,6 +3,10 @@
 A backbone maps inputs ``[n, *input_shape]`` to features ``[n, out_dim]``; learners put their own
 heads (prototypes, linear layers, ridge regression) on top. Backbones are plain ``nn.Module``\\ s
 with named parameters, so functional learners can call them with ``torch.func.functional_call``.
+
+The backbones trained from scratch are defined here. The pretrained encoders
+(:mod:`metakit.pretrained`) and the domains' backbones (nas, text) are named by their plugins
+(:mod:`metakit.registry`) and imported when first built, so this module imports none of them.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import torch
 from torch import nn
 
 from metakit.config import call_with_options
-from metakit.errors import MetakitError, unknown_name
+from metakit.errors import MetakitError
+from metakit.registry import PluginTable
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+#: Backbone factories by name: the ones below, then those the plugins add (looked up on first use).
+BACKBONES: PluginTable = PluginTable("backbone")
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -30,9 +36,7 @@ def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callabl
 
 def build_backbone(name: str, input_shape: Sequence[int], **options: object) -> nn.Module:
     """Build backbone ``name`` for inputs of ``input_shape``; sets ``module.out_dim``."""
-    if name not in BACKBONES:
-        raise unknown_name("backbone", name, BACKBONES)
-    module = call_with_options(BACKBONES[name], options, f"backbone {name!r}", tuple(input_shape))
+    module = call_with_options(BACKBONES.get_or_fail(name), options, f"backbone {name!r}", tuple(input_shape))
     with torch.no_grad():
         was_training = module.training
         module.eval()
@@ -173,13 +177,3 @@ def projection(
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-# The architecture-search backbones (supernet, nas) register themselves on import.
-from metakit.nas import network as _nas_network  # noqa: E402,F401
-# The sentence encoder over token ids (metakit.text.encoder) registers itself on import; importing
-# it loads no model (transformers and the weights load only when the backbone is built).
-from metakit.text import encoder as _text_encoder  # noqa: E402,F401
-# Pretrained image encoders (timm, torchvision, open_clip, the shipped EfficientNet-Lite0) register
-# themselves on import; their libraries are imported only when one of them is built.
-from metakit import pretrained as _pretrained  # noqa: E402,F401

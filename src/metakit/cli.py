@@ -7,6 +7,10 @@ Exit statuses: 0 success; 2 bad input or an environment problem the user can fix
 paths, permissions, disk space, memory, missing or corrupt files); 1 an internal error, i.e. a bug in
 metakit, reported in one line that asks for ``--debug`` and a report; 130 interrupted.
 ``--debug`` (before or after the command) or ``METAKIT_DEBUG=1`` prints the full traceback too.
+
+The commands come from the plugins (:mod:`metakit.registry`): the classification ones are defined
+here and named by :mod:`metakit.plugin`, each domain's in its own package (``metakit.rl.cli``, ...).
+The ``add_*`` helpers below give every command, a domain's too, the same arguments and behaviour.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,6 +30,7 @@ from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from metakit.errors import MetakitError
+from metakit.registry import add_commands
 
 console = Console()
 err_console = Console(stderr=True)
@@ -43,7 +48,8 @@ QUICKSTART: dict[str, Any] = {
 }
 
 
-def _default_out(name: str) -> Path:
+def default_out(name: str) -> Path:
+    """The run directory a command uses without ``--out``: ``runs/NAME-YYYYMMDD-HHMMSS``."""
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -106,7 +112,8 @@ def check_output_file(path: str | os.PathLike | None, flag: str = "--json") -> N
         raise MetakitError(f"{flag} {path} cannot be written: {probe} is read-only for this user; choose another path.")
 
 
-def _write_json_option(path: str | None, data: Any) -> None:
+def write_json_option(path: str | None, data: Any) -> None:
+    """Write a command's results to its ``--json PATH``, if given, and say so on stderr."""
     if path:
         from metakit.utils import write_json
 
@@ -114,30 +121,32 @@ def _write_json_option(path: str | None, data: Any) -> None:
         err_console.print(f"results written to {path}")
 
 
-def _print_evaluation(result: dict[str, Any]) -> None:
+def _evaluate(run_dir: str | os.PathLike, args: argparse.Namespace, **options: Any) -> dict[str, Any]:
+    """Evaluate a run on fixed test episodes (``options`` go to ``evaluate_run``), print it, write ``--json``."""
+    from metakit.evaluation import evaluate_run
     from metakit.reporting import results_table
 
+    result = evaluate_run(str(run_dir), progress=not args.no_progress, **options)
     title = f"{result['learner']} on {result['dataset']} ({result['split']} split)"
     console.print(results_table(result["results"], title=title))
     if result.get("meta_training_seconds") is not None:
         console.print(f"meta-training time: {result['meta_training_seconds']:.1f} s ({result['threads']} thread(s))")
+    write_json_option(args.json, result)
+    return result
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     """Meta-train ProtoNet on Glyphs, evaluate 5-way 1-shot and 5-shot on held-out blocks."""
     from metakit.config import config_from_dict, merge, parse_overrides
-    from metakit.evaluation import evaluate_run
     from metakit.training import train
 
     config = config_from_dict(merge(QUICKSTART, parse_overrides(args.overrides)))
-    out = check_output_dir(args.out or _default_out("quickstart"))
+    out = check_output_dir(args.out or default_out("quickstart"))
     check_output_file(args.json)
     start = time.perf_counter()
     err_console.print(f"[bold]metakit quickstart[/]: ProtoNet + Conv-4 on Glyphs, run directory {out}")
     train(config, out, progress=not args.no_progress)
-    result = evaluate_run(str(out), progress=not args.no_progress)
-    _print_evaluation(result)
-    _write_json_option(args.json, result)
+    _evaluate(out, args)
     console.print(f"total time {time.perf_counter() - start:.0f} s; report: {out / 'report.md'}")
     return 0
 
@@ -146,13 +155,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Meta-train from a YAML config."""
     from metakit import distributed as dist
     from metakit.config import load_config
-    from metakit.evaluation import evaluate_run
     from metakit.training import train
 
     config = load_config(args.config, args.overrides)
     if dist.init_from_env() and not args.out:
         raise MetakitError("multi-process training needs an explicit --out DIR shared by every process.")
-    out = check_output_dir(args.out or _default_out(config.name))
+    out = check_output_dir(args.out or default_out(config.name))
     check_output_file(args.json)
     is_main = dist.is_main()
     try:
@@ -168,31 +176,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"at step {summary['best_step']}; run directory {out}"
     )
     if args.evaluate:
-        result = evaluate_run(str(out), progress=not args.no_progress)
-        _print_evaluation(result)
-        _write_json_option(args.json, result)
+        _evaluate(out, args)
     console.print(f"report: {out / 'report.md'}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a trained run on fixed test episodes."""
-    from metakit.evaluation import evaluate_run
-
     check_output_file(args.json)
-    result = evaluate_run(
-        args.run_dir,
-        episodes=args.episodes,
-        ways=args.ways,
-        shots=args.shots,
-        queries=args.queries,
-        checkpoint=args.checkpoint,
-        split=args.split,
-        progress=not args.no_progress,
-        overrides=args.overrides,
-    )
-    _print_evaluation(result)
-    _write_json_option(args.json, result)
+    _evaluate(args.run_dir, args, episodes=args.episodes, ways=args.ways, shots=args.shots, queries=args.queries,
+              checkpoint=args.checkpoint, split=args.split, overrides=args.overrides)
     console.print(f"report: {Path(args.run_dir) / 'report.md'}")
     return 0
 
@@ -262,7 +255,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                           f"episode's queries are one batch); items were labelled in batches of at most {args.batch_size}.")
     console.print(f"adapted to {model.ways} classes and labelled {len(rows):,} items in {seconds:.2f} s "
                   f"({len(rows) / max(seconds, 1e-9):,.0f} items/s, {threads} thread(s)); predictions: {args.out}")
-    _write_json_option(args.json, {
+    write_json_option(args.json, {
         "run": str(args.run_dir), "checkpoint": args.checkpoint, "support": str(args.support), "query": str(args.query),
         "classes": model.classes, "temperature": model.temperature, "calibration": model.calibration,
         "min_confidence": args.min_confidence, "top_k": args.top_k, "items": len(rows), "unknown": unknown,
@@ -287,38 +280,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  announce=announce)
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    """Tune a config's hyperparameters with Optuna (search space in its tune: section), optionally warm-started."""
-    from metakit.hpo.space import load_tune_spec
-    from metakit.hpo.tune import TuneOptions, tune
-
-    spec = load_tune_spec(args.config, args.overrides)
-    out = check_output_dir(args.out or Path("runs") / f"tune-{spec.base.get('name', 'run')}")
-    check_output_file(args.json)
-    options = TuneOptions(
-        trials=args.trials, sampler=args.sampler, pruner=args.pruner, storage=args.storage, study=args.study,
-        seed=args.seed, warm_start=args.warm_start, warm_start_method=args.warm_start_method,
-        warm_start_size=args.warm_start_size, metafeatures=args.metafeatures, heartbeat=args.heartbeat,
-        progress=not args.no_progress,
-    )
-    try:
-        summary = tune(spec, out, options)
-    except KeyboardInterrupt:
-        err_console.print(f"interrupted; results so far in {out}; run the same command again to resume the study")
-        return 130
-    counts = ", ".join(f"{v} {k.lower()}" for k, v in summary["counts"].items())
-    if summary["best_trial"] is None:
-        console.print(f"study {summary['study']}: no completed trial ({counts}); see {out / 'trials.md'}")
-        return 1
-    console.print(
-        f"study {summary['study']}: {counts}; best trial {summary['best_trial']} {summary['metric']} "
-        f"{summary['best_value']:.4f} {summary['best_params']}"
-    )
-    console.print(f"best config: {out / 'best.yaml'}; trials, plots and report in {out}")
-    _write_json_option(args.json, summary)
-    return 0
-
-
 def cmd_datasets_export(args: argparse.Namespace) -> int:
     """Write a few-shot task of an image dataset as PNG files: DIR/support/<class>/, DIR/query/, DIR/query_labels.csv."""
     from metakit.config import parse_overrides
@@ -338,17 +299,20 @@ def cmd_datasets_export(args: argparse.Namespace) -> int:
         f"{summary.out / 'query'}, their true labels in {summary.out / 'query_labels.csv'}"
     )
     console.print(f"next: metakit predict RUN_DIR --support {summary.out / 'support'} --query {summary.out / 'query'}")
-    _write_json_option(args.json, summary.to_dict())
+    write_json_option(args.json, summary.to_dict())
     return 0
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     """List the datasets: source, license, local status; or export a task of one as image files."""
-    from metakit.datasets import DATASETS
+    from metakit.datasets import DATASETS, get_dataset
+    from metakit.registry import names
 
     if args.action == "export":
         return cmd_datasets_export(args)
     check_output_file(args.json)
+    for name in names("dataset"):  # the plugins' datasets join the table when first asked for
+        get_dataset(name)
     table = Table(title="metakit datasets")
     table.add_column("name", no_wrap=True)
     for col in ("source", "license", "local status"):
@@ -363,7 +327,28 @@ def cmd_datasets(args: argparse.Namespace) -> int:
                      "source": spec.source, "license": spec.license, "status": status})
         table.add_row(spec.name, spec.source, spec.license, status)
     console.print(table)
-    _write_json_option(args.json, rows)
+    write_json_option(args.json, rows)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List the installed plugins (metakit's domains and outside packages) and what each one adds."""
+    from metakit.registry import KINDS, plugins
+
+    check_output_file(args.json)
+    table = Table(title="metakit plugins")
+    for col in ("plugin", "adds", "summary"):
+        table.add_column(col, overflow="fold")
+    rows = []
+    for plugin in plugins().values():
+        adds = {"commands": list(plugin.commands), **{f"{k}s": list(plugin.targets(k)) for k in KINDS}}
+        rows.append({"name": plugin.name, "summary": plugin.summary, **adds, "config_section": plugin.config_section})
+        shown = [f"{what}: {', '.join(names)}" for what, names in adds.items() if names]
+        if plugin.config_section:
+            shown.append(f"config section: {plugin.config_section}")
+        table.add_row(plugin.name, "; ".join(shown), plugin.summary)
+    console.print(table)
+    write_json_option(args.json, rows)
     return 0
 
 
@@ -378,7 +363,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from metakit.compare import compare_markdown
 
     console.print(compare_markdown(report))
-    _write_json_option(args.json, report)
+    write_json_option(args.json, report)
     console.print(f"table, plots and JSON in {out}")
     return 0
 
@@ -392,7 +377,7 @@ def cmd_cross_domain(args: argparse.Namespace) -> int:
     report = cross_domain(args.runs, args.datasets, out, ways=args.ways, shots=args.shots, episodes=args.episodes,
                           progress=not args.no_progress)
     console.print((out / "cross_domain.md").read_text())
-    _write_json_option(args.json, report)
+    write_json_option(args.json, report)
     return 0
 
 
@@ -406,7 +391,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     report = continual(args.run_dir, tasks=args.tasks, sequences=args.sequences, steps=args.steps, ways=args.ways,
                        shots=args.shots, out=args.out, progress=not args.no_progress)
     console.print(continual_markdown([report]))
-    _write_json_option(args.json, report)
+    write_json_option(args.json, report)
     return 0
 
 
@@ -436,7 +421,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
     config = load_config(config_path(row), overrides)
-    out = check_output_dir(args.out or _default_out(row.name))
+    out = check_output_dir(args.out or default_out(row.name))
     check_output_file(args.json)
     train(config, out, resume=args.resume, progress=not args.no_progress)
     result = evaluate_run(str(out), episodes=args.episodes, progress=not args.no_progress, overrides=list(row.eval_overrides))
@@ -452,94 +437,99 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     console.print(table)
     if row.note:
         console.print(row.note)
-    _write_json_option(args.json, {"row": row.name, "paper": row.paper, "published": row.published,
+    write_json_option(args.json, {"row": row.name, "paper": row.paper, "published": row.published,
                                    "published_ci": row.published_ci, **result})
     return 0
 
 
-def cmd_nas_search(args: argparse.Namespace) -> int:
-    """Architecture search across tasks: MetaNAS (architecture weights meta-learned with the weights) or random search."""
-    from metakit.nas.search import load_nas_spec, search
-
-    spec = load_nas_spec(args.config, args.overrides)
-    out = check_output_dir(args.out or _default_out(f"nas-{spec.base['name']}"))
-    check_output_file(args.json)
-    summary = search(spec, out, resume=args.resume, progress=not args.no_progress)
-    console.print((out / "search.md").read_text(encoding="utf-8"), markup=False, highlight=False)
-    console.print(f"search took {summary['search_seconds']:.1f} s; next: metakit nas evaluate {out}")
-    _write_json_option(args.json, summary)
-    return 0
+def add_common_options(p: argparse.ArgumentParser, json: bool = True) -> None:
+    """Add ``--no-progress`` (and ``--json PATH`` unless ``json`` is false), which every command takes."""
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    if json:
+        p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
 
 
-def cmd_nas_evaluate(args: argparse.Namespace) -> int:
-    """Meta-train the found architecture, Conv-4 and random architectures from scratch; one table."""
-    from metakit.nas.evaluate import evaluate_search, evaluation_markdown
+def add_config_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    help: str,
+    config_help: str,
+    overrides_help: str,
+    out_help: str = "run directory (default runs/NAME-TIMESTAMP)",
+    resume: str | None = None,
+    evaluate: str | None = None,
+) -> argparse.ArgumentParser:
+    """Add a command that runs a YAML config: ``NAME CONFIG [KEY=VALUE ...] --out DIR``.
 
-    check_output_file(args.json)
-    report = evaluate_search(args.run_dir, only=args.only, episodes=args.episodes, progress=not args.no_progress)
-    console.print(evaluation_markdown(report), markup=False, highlight=False)
-    _write_json_option(args.json, report)
-    return 0
+    ``resume`` and ``evaluate``, when given, are the help of ``--resume`` and ``--evaluate``. The
+    command's description is ``func``'s docstring. Returns the subparser, for extra options.
+    """
+    p = sub.add_parser(name, help=help, description=func.__doc__)
+    p.add_argument("config", help=config_help)
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=overrides_help)
+    p.add_argument("--out", metavar="DIR", help=out_help)
+    if resume:
+        p.add_argument("--resume", action="store_true", help=resume)
+    if evaluate:
+        p.add_argument("--evaluate", action="store_true", help=evaluate)
+    add_common_options(p)
+    p.set_defaults(func=func)
+    return p
 
 
-def cmd_recsys_train(args: argparse.Namespace) -> int:
-    """Fit MeLU and the recommendation baselines from a recsys YAML config (users as tasks)."""
-    from metakit.recsys.config import load_recsys_config
-    from metakit.recsys.experiment import train_recsys
-
-    config = load_recsys_config(args.config, args.overrides)
-    out = check_output_dir(args.out or _default_out(config.name))
-    check_output_file(args.json)
-    summary = train_recsys(config, out, progress=not args.no_progress)
-    console.print(f"{summary['data']}; fitted {len(summary['methods'])} methods in {summary['train_seconds']:.1f} s; "
-                  f"run directory {out}")
-    if args.evaluate:
-        return cmd_recsys_evaluate(argparse.Namespace(run_dir=str(out), json=args.json, no_progress=args.no_progress))
-    console.print(f"report: {out / 'report.md'}")
-    return 0
+def add_run_dir_command(
+    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help: str, run_dir_help: str
+) -> argparse.ArgumentParser:
+    """Add a command that reads a run directory: ``NAME RUN_DIR``. Returns the subparser, for extra options."""
+    p = sub.add_parser(name, help=help, description=func.__doc__)
+    p.add_argument("run_dir", help=run_dir_help)
+    add_common_options(p)
+    p.set_defaults(func=func)
+    return p
 
 
-def cmd_recsys_evaluate(args: argparse.Namespace) -> int:
-    """Score a recsys run on its scenarios: MAE, RMSE, nDCG@k per method, ± 95% CI over users."""
-    from metakit.recsys.experiment import evaluate_recsys
-    from metakit.recsys.report import results_table
+def add_command_group(sub: argparse._SubParsersAction, name: str, help: str, description: str) -> argparse._SubParsersAction:
+    """Add a command ``NAME`` with subcommands of its own (``metakit rl train``); returns their subparsers.
 
-    check_output_file(args.json)
-    result = evaluate_recsys(args.run_dir, progress=not args.no_progress)
-    console.print(results_table(result))
-    _write_json_option(args.json, result)
-    console.print(f"report: {Path(args.run_dir) / 'report.md'}")
-    return 0
+    ``NAME`` alone prints the group's help and exits with status 2, as it names no work to do.
+    """
+    group = sub.add_parser(name, help=help, description=description)
+    group.set_defaults(func=lambda _args: (group.print_help(), 2)[1])
+    return group.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every command."""
+    """The argument parser for every command: the plugins' (:mod:`metakit.registry`) and ``--debug`` on each."""
     parser = _Parser(prog="metakit", description="Meta-learning: train, evaluate and compare few-shot learners.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--debug", action="store_true",
                         help="print the full traceback of any error (also METAKIT_DEBUG=1), for bug reports")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    _add_debug_everywhere(parser)
+    return parser
 
-    def common(p: argparse.ArgumentParser, json: bool = True) -> None:
-        p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-        if json:
-            p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
 
+def _add_one_setting(p: argparse.ArgumentParser) -> None:
+    """``--ways`` and ``--shots`` of a command that evaluates one setting (cross-domain, continual)."""
+    p.add_argument("--ways", type=positive_int, help="ways (default: each run's first eval ways)")
+    p.add_argument("--shots", type=positive_int, help="shots (default: each run's first eval shots)")
+
+
+def add_core_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the classification commands (train, evaluate, predict, ...), which the core plugin declares."""
     p = sub.add_parser("quickstart", help="meta-train ProtoNet on the embedded Glyphs dataset and evaluate it (~3 min)",
                        description=cmd_quickstart.__doc__)
     p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/quickstart-TIMESTAMP)")
-    common(p)
+    add_common_options(p)
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("train", help="meta-train from a YAML config", description=cmd_train.__doc__)
-    p.add_argument("config", help="YAML config file, e.g. configs/glyphs-protonet.yaml")
-    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200 learner.distance=cosine")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--evaluate", action="store_true", help="evaluate on the test split after training")
-    common(p)
-    p.set_defaults(func=cmd_train)
+    add_config_command(sub, "train", cmd_train, help="meta-train from a YAML config",
+                       config_help="YAML config file, e.g. configs/glyphs-protonet.yaml",
+                       overrides_help="config overrides, e.g. train.steps=200 learner.distance=cosine",
+                       resume="continue the run in --out from its last checkpoint",
+                       evaluate="evaluate on the test split after training")
 
     p = sub.add_parser("evaluate", help="evaluate a trained run on fixed test episodes (mean ± 95%% CI)",
                        description=cmd_evaluate.__doc__)
@@ -552,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=positive_int, help="queries per class (default: config eval.queries)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which weights (default best)")
     p.add_argument("--split", default="test", help="class split to evaluate on (default test)")
-    common(p)
+    add_common_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="adapt a trained run to your classes and label your images or texts (CSV out)",
@@ -574,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text", help="text runs: the column holding the sentences (default text)")
     p.add_argument("--label-column", default="label", help="text runs: the support file's label column (default label)")
     p.add_argument("--show", type=int, default=20, metavar="N", help="rows printed in the terminal (default 20)")
-    common(p)
+    add_common_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="a web page (and JSON API) to label images or texts with a trained run",
@@ -598,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ways", type=positive_int, nargs="+", help="ways to evaluate every run at (default: first run's eval.ways)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the configs that get trained")
     p.add_argument("--out", metavar="DIR", help="where runs, table and plots go (default runs/compare-TIMESTAMP)")
-    common(p)
+    add_common_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("cross-domain", help="evaluate runs on other datasets: the cross-domain matrix",
@@ -606,24 +596,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--datasets", nargs="+", required=True, metavar="NAME[:key=value,...]",
                    help="test datasets, e.g. glyphs omniglot:root=path/images_background.zip")
-    p.add_argument("--ways", type=positive_int, help="ways (default: each run's first eval ways)")
-    p.add_argument("--shots", type=positive_int, help="shots (default: each run's first eval shots)")
+    _add_one_setting(p)
     p.add_argument("--episodes", type=positive_int, help="fixed test episodes per cell (default: eval.episodes)")
     p.add_argument("--out", metavar="DIR", help="where the matrix goes (default runs/cross-domain-TIMESTAMP)")
-    common(p)
+    add_common_options(p)
     p.set_defaults(func=cmd_cross_domain)
 
-    p = sub.add_parser("continual", help="task-incremental evaluation: accuracy matrix, ACC, BWT, forgetting",
-                       description=cmd_continual.__doc__)
-    p.add_argument("run_dir", help="a run directory")
+    p = add_run_dir_command(sub, "continual", cmd_continual, run_dir_help="a run directory",
+                            help="task-incremental evaluation: accuracy matrix, ACC, BWT, forgetting")
     p.add_argument("--tasks", type=int, default=5, help="tasks per sequence (default 5)")
     p.add_argument("--sequences", type=positive_int, default=20, help="sequences to average over (default 20)")
     p.add_argument("--steps", type=int, help="adaptation steps per task (default: the learner's own)")
-    p.add_argument("--ways", type=positive_int, help="ways (default: first eval ways)")
-    p.add_argument("--shots", type=positive_int, help="shots (default: first eval shots)")
+    _add_one_setting(p)
     p.add_argument("--out", metavar="DIR", help="report directory (default RUN_DIR/continual)")
-    common(p)
-    p.set_defaults(func=cmd_continual)
 
     p = sub.add_parser("reproduce", help="re-run a published table row and print ours beside the paper's",
                        description=cmd_reproduce.__doc__)
@@ -634,65 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=positive_int, help="fixed test episodes (default 1000)")
     p.add_argument("--out", metavar="DIR", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    common(p)
+    add_common_options(p)
     p.set_defaults(func=cmd_reproduce)
-
-    p = sub.add_parser("tune", help="Optuna study over a config's tune: search space (grid/random/TPE/CMA-ES, pruning, warm start)",
-                       description=cmd_tune.__doc__)
-    p.add_argument("config", help="YAML config with a tune: section (space, sampler, pruner, trials)")
-    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.steps=200")
-    p.add_argument("--trials", type=positive_int, help="finished trials the study should reach (default: tune.trials)")
-    p.add_argument("--sampler", help="grid, random, tpe or cmaes (default: tune.sampler, tpe)")
-    p.add_argument("--pruner", help="none, median or hyperband (default: tune.pruner, median)")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage shared by workers: sqlite:///f.db, postgresql://..., "
-                   "or a journal file journal:PATH (default: sqlite file OUT/study.db)")
-    p.add_argument("--study", metavar="NAME", help="study name in the storage (default: the config's name)")
-    p.add_argument("--out", metavar="DIR", help="where trials, best.yaml, tables and plots go (default runs/tune-NAME)")
-    p.add_argument("--seed", type=int, help="sampler seed (default: tune.seed or the config's seed)")
-    p.add_argument("--warm-start", metavar="FROM", help="portfolio file, or a storage of prior studies to learn from")
-    p.add_argument("--warm-start-method", default="knn", help="knn (nearest tasks by meta-features), portfolio or surrogate")
-    p.add_argument("--warm-start-size", type=positive_int, default=5, help="configurations enqueued first (default 5)")
-    p.add_argument("--metafeatures", default="numpy", choices=("numpy", "pymfe", "none"),
-                   help="meta-feature backend for the task description stored with the study (default numpy)")
-    p.add_argument("--heartbeat", type=int, default=60, help="seconds between trial heartbeats in RDB storages (0: off)")
-    common(p)
-    p.set_defaults(func=cmd_tune)
-
-    nas = sub.add_parser("nas", help="architecture search across tasks (MetaNAS): search, evaluate",
-                         description="Search a cell architecture for fast adaptation, then compare it from scratch.")
-    nas_sub = nas.add_subparsers(dest="nas_command", metavar="NAS_COMMAND")
-    p = nas_sub.add_parser("search", help="search with MetaNAS or random search; writes genotype.json and its drawing",
-                           description=cmd_nas_search.__doc__)
-    p.add_argument("config", help="NAS config (supernet backbone + nas: section), e.g. configs/nas-glyphs-metanas.yaml")
-    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.steps=100 nas.method=random")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/nas-NAME-TIMESTAMP)")
-    p.add_argument("--resume", action="store_true", help="continue the search in --out")
-    common(p)
-    p.set_defaults(func=cmd_nas_search)
-    p = nas_sub.add_parser("evaluate", help="found vs Conv-4 vs random architectures, meta-trained from scratch",
-                           description=cmd_nas_evaluate.__doc__)
-    p.add_argument("run_dir", help="a run directory written by metakit nas search")
-    p.add_argument("--only", nargs="+", metavar="NAME", help="train/evaluate only these models (found, conv4, random-N)")
-    p.add_argument("--episodes", type=positive_int, help="fixed test episodes (default: config eval.episodes)")
-    common(p)
-    p.set_defaults(func=cmd_nas_evaluate)
-    nas.set_defaults(func=lambda _args: (nas.print_help(), 2)[1])
-
-    p = sub.add_parser("recsys", help="cold-start recommendation: MeLU and baselines, users as tasks (train, evaluate)",
-                       description="Cold-start recommendation with MeLU (Lee et al., KDD 2019) on MovieLens or synthetic ratings.")
-    rsub = p.add_subparsers(dest="recsys_command", metavar="COMMAND", required=True)
-    rp = rsub.add_parser("train", help="fit MeLU and the baselines from a recsys config", description=cmd_recsys_train.__doc__)
-    rp.add_argument("config", help="recsys YAML config, e.g. configs/recsys-melu-synthetic.yaml")
-    rp.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. melu.epochs=10")
-    rp.add_argument("--out", metavar="DIR", help="run directory (default runs/NAME-TIMESTAMP)")
-    rp.add_argument("--evaluate", action="store_true", help="score every scenario after training")
-    common(rp)
-    rp.set_defaults(func=cmd_recsys_train)
-    rp = rsub.add_parser("evaluate", help="score a recsys run: MAE, RMSE, nDCG per scenario ± 95%% CI",
-                         description=cmd_recsys_evaluate.__doc__)
-    rp.add_argument("run_dir", help="a run directory written by metakit recsys train")
-    common(rp)
-    rp.set_defaults(func=cmd_recsys_evaluate)
 
     p = sub.add_parser("datasets", help="list datasets (source, license, local status), or export a task as images",
                        description=cmd_datasets.__doc__)
@@ -709,11 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="also write the list (or the export summary) as JSON to PATH")
     p.set_defaults(func=cmd_datasets)
 
-    from metakit.rl.cli import add_rl_parser  # `metakit rl train|evaluate`; imports nothing heavy
-
-    add_rl_parser(sub, common)
-    _add_debug_everywhere(parser)
-    return parser
+    p = sub.add_parser("plugins", help="list the installed plugins and what each adds (commands, learners, ...)",
+                       description=cmd_plugins.__doc__)
+    p.add_argument("--json", metavar="PATH", help="also write the list as JSON to PATH")
+    p.set_defaults(func=cmd_plugins)
 
 
 def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
@@ -760,7 +687,11 @@ def _error(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (see the module docstring for their meaning)."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except MetakitError as exc:  # a plugin that does not load: no command can run, but say why in one line
+        _error(rich_escape(str(exc)))
+        return 2
     args = parser.parse_args(argv)
     if args.version:
         from metakit import __version__

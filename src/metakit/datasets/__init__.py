@@ -15,6 +15,7 @@ from typing import Any
 from metakit.datasets.base import ClassDataset, class_split, group_split, rotate_classes
 from metakit.config import call_with_options
 from metakit.errors import MetakitError, unknown_name
+from metakit.registry import find, names
 
 __all__ = [
     "ClassDataset",
@@ -81,7 +82,10 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 def get_dataset(name: str) -> DatasetSpec:
     """Return the spec registered as ``name`` or raise a one-line error with close names."""
     if name not in DATASETS:
-        raise unknown_name("dataset", name, DATASETS)
+        spec = find("dataset", name)  # a plugin's dataset, imported on first use
+        if spec is None:
+            raise unknown_name("dataset", name, {*DATASETS, *names("dataset")})
+        register_dataset(spec)
     return DATASETS[name]
 
 

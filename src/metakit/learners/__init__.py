@@ -1,7 +1,8 @@
 """Learners: one file a method, all behind :class:`~metakit.learners.base.Learner`.
 
 Register a learner with :func:`register_learner`; configs name it (``learner.name``) and its
-constructor's keyword arguments are its options.
+constructor's keyword arguments are its options. A package outside metakit adds one through a
+plugin instead (:mod:`metakit.registry`, ``docs/extending.md``); it is imported on first use.
 """
 
 from __future__ import annotations
@@ -12,10 +13,16 @@ from typing import Any
 from torch import nn
 
 from metakit.config import call_with_options
-from metakit.errors import unknown_name
 from metakit.learners.base import Learner, NonFiniteLoss, Predictor, TaskInfo
+from metakit.registry import PluginTable
 
-LEARNERS: dict[str, type[Learner]] = {}
+
+def _adopt(name: str, cls: type[Learner]) -> None:
+    register_learner(name)(cls)
+
+
+#: Learner classes by name: the built-in ones, then those the plugins add (looked up on first use).
+LEARNERS: PluginTable = PluginTable("learner", adopt=_adopt)
 
 
 def register_learner(name: str) -> Callable[[type[Learner]], type[Learner]]:
@@ -31,9 +38,7 @@ def register_learner(name: str) -> Callable[[type[Learner]], type[Learner]]:
 
 def build_learner(name: str, backbone: nn.Module, task: TaskInfo, **options: Any) -> Learner:
     """Build learner ``name`` on ``backbone`` for ``task``, validating ``options``."""
-    if name not in LEARNERS:
-        raise unknown_name("learner", name, LEARNERS)
-    return call_with_options(LEARNERS[name], options, f"learner {name!r}", backbone, task)
+    return call_with_options(LEARNERS.get_or_fail(name), options, f"learner {name!r}", backbone, task)
 
 
 # Importing the modules registers the built-in learners.

@@ -8,10 +8,14 @@
 - :mod:`~metakit.nas.evaluate`: ``metakit nas evaluate`` (found vs random vs Conv-4, from scratch).
 """
 
-from metakit.nas.genotype import Genotype, discretize, random_genotype
-from metakit.nas.mixed import MixedOp, SuperNet
-from metakit.nas.network import NASNetwork, derive
-from metakit.nas.space import DEFAULT_OPS, OPS, SearchSpace
+from metakit.registry import lazy_exports
+
+# Imported on first use, so that loading the nas plugin (metakit.nas.plugin) for the CLI imports no torch.
+__getattr__ = lazy_exports(__name__, {
+    "Genotype": "genotype", "discretize": "genotype", "random_genotype": "genotype", "MixedOp": "mixed",
+    "SuperNet": "mixed", "NASNetwork": "network", "derive": "network", "DEFAULT_OPS": "space", "OPS": "space",
+    "SearchSpace": "space",
+})
 
 __all__ = [
     "DEFAULT_OPS", "OPS", "Genotype", "MixedOp", "NASNetwork", "SearchSpace", "SuperNet", "derive", "discretize",

@@ -9,6 +9,9 @@ tasks, the four scenarios), :mod:`~metakit.recsys.melu` (the model and its meta-
 :mod:`~metakit.recsys.report`. ``metakit recsys train|evaluate`` is the command line.
 """
 
-from metakit.recsys.tasks import SCENARIOS
+from metakit.registry import lazy_exports
+
+# Imported on first use, so that loading the recsys plugin (metakit.recsys.plugin) for the CLI imports no torch.
+__getattr__ = lazy_exports(__name__, {"SCENARIOS": "tasks"})
 
 __all__ = ["SCENARIOS"]

@@ -7,8 +7,13 @@ use them like any other dataset (``configs/text-*.yaml``). Importing this packag
 sentence-transformers; only encoding a dataset that is not cached does.
 """
 
-from metakit.text.datasets import IntentData, domain_splits, load_banking77, load_clinc150, load_hwu64
-from metakit.text.embeddings import DEFAULT_ENCODER, Encoder, embed_texts, register_encoder
+from metakit.registry import lazy_exports
+
+# Imported on first use, so that loading the text plugin (metakit.text.plugin) for the CLI imports no torch.
+__getattr__ = lazy_exports(__name__, {
+    **dict.fromkeys(("IntentData", "domain_splits", "load_banking77", "load_clinc150", "load_hwu64"), "datasets"),
+    **dict.fromkeys(("DEFAULT_ENCODER", "Encoder", "embed_texts", "register_encoder"), "embeddings"),
+})
 
 __all__ = [
     "DEFAULT_ENCODER",
