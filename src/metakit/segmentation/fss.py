@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from metakit.errors import MetakitError
 from metakit.segmentation.scenes import SceneSet
 
-__all__ = ["ExportSummary", "export_fss", "load_fss_folder"]
+__all__ = ["ExportSummary", "export_fss", "fss_spec", "fss_status", "load_fss_folder"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg")
 _SPLITS = ("train", "val", "test")
@@ -91,6 +91,7 @@ def load_fss_folder(
     threshold: int | None = None,
     fractions: Sequence[float] = (0.7, 0.1, 0.2),
     split_seed: int = 0,
+    split: str = "class",
 ) -> dict[str, SceneSet]:
     """Load an ``fss-folder`` dataset as ``train``/``val``/``test`` :class:`SceneSet` s.
 
@@ -101,6 +102,8 @@ def load_fss_folder(
         threshold: ``None`` (default): masks must be binary (0/255 or 0/1). A number: mask pixels
             ``>= threshold`` are foreground, for masks saved with anti-aliased edges.
         fractions, split_seed: the seeded class split, used when ``root/splits`` does not exist.
+        split: ``class``, the only split of this layout (its classes have no groups); a config
+            must say so (``dataset.split: class``), since a config's default is ``group``.
 
     Each image is one scene with one object: its class's mask (instances are the mask's
     connected components, see :func:`metakit.segmentation.metrics.connected_components`).
@@ -111,6 +114,8 @@ def load_fss_folder(
     """
     from metakit.segmentation.metrics import connected_components
 
+    if split != "class":
+        raise MetakitError(f"fss-folder splits by class (no groups); set dataset.split: class, got {split!r}.")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise MetakitError(f"fss-folder root {root} is not a folder; set dataset.root to a folder of <class>/<n>.jpg + <n>.png.")
@@ -148,7 +153,7 @@ def load_fss_folder(
             raise MetakitError(f"the {split} classes of {root} hold no .jpg images; add <n>.jpg files with <n>.png masks.")
         out[split] = SceneSet(
             name=f"fss-folder/{split}", images=torch.stack(images), labels=torch.stack(labels).long(),
-            instances=torch.stack(instances), class_names=list(names), min_pixels=1,
+            instances=torch.stack(instances), class_names=list(names), min_pixels=1, strict=True,
         )
     return out
 
@@ -205,3 +210,24 @@ def export_fss(sets: dict[str, SceneSet], out: str | Path, per_class: int | None
         (out / "splits").mkdir(parents=True, exist_ok=True)
         (out / "splits" / f"{split}.txt").write_text("".join(f"{n}\n" for n in written[split]), encoding="utf-8")
     return ExportSummary(out=out, classes=written, images=count)
+
+
+def fss_status() -> str:
+    """One line for ``metakit datasets``: this dataset is the user's own folder."""
+    return "your own folder: set dataset.root (ROOT/<class>/<n>.jpg + <n>.png)"
+
+
+def fss_spec() -> Any:
+    """The ``fss-folder`` dataset as :mod:`metakit.datasets` lists it (the plugin registers it by this function)."""
+    from metakit.datasets import DatasetSpec
+
+    return DatasetSpec(
+        name="fss-folder",
+        summary="your own few-shot segmentation data in FSS-1000's layout: ROOT/<class>/<n>.jpg with mask <n>.png",
+        source="a folder you provide (dataset.root)",
+        license="yours",
+        task_type="segmentation",
+        loader="metakit.segmentation.fss:load_fss_folder",
+        status="metakit.segmentation.fss:fss_status",
+        splits=("class",),
+    )

@@ -33,7 +33,7 @@ from metakit.datasets.base import ClassDataset
 from metakit.errors import MetakitError
 from metakit.utils import atomic_path, cache_dir
 
-__all__ = ["SceneSet", "compose_scenes", "load_scenes", "scenes_status"]
+__all__ = ["SceneSet", "compose_scenes", "load_scenes", "scenes_spec", "scenes_status"]
 
 #: Bump when the composition changes, so cached scenes of an older recipe are not reused.
 _RECIPE = 1
@@ -53,6 +53,8 @@ class SceneSet:
         class_names: the split's classes.
         min_pixels: a class counts as present in a scene (and can be drawn for an episode) only
             with at least this many visible pixels there.
+        strict: a class with too few images for an episode is an error, not skipped (a user's
+            own data, where it is a mistake; see :class:`~metakit.segmentation.episodes.SegmentationEpisodes`).
     """
 
     name: str
@@ -61,6 +63,7 @@ class SceneSet:
     instances: torch.Tensor
     class_names: list[str]
     min_pixels: int = 12
+    strict: bool = False
     _occurrences: dict[int, list[int]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -363,3 +366,18 @@ def scenes_status() -> str:
     if not found:
         return "composed locally on first use from the glyphs (~10 s after glyphs are rendered); nothing cached yet"
     return f"composed locally; {len(found)} cached set(s) in {found[0].parent}"
+
+
+def scenes_spec() -> Any:
+    """The ``seg-glyphs`` dataset as :mod:`metakit.datasets` lists it (the plugin registers it by this function)."""
+    from metakit.datasets import DatasetSpec
+
+    return DatasetSpec(
+        name="seg-glyphs",
+        summary="few-shot segmentation scenes composed from the Glyphs characters (or Omniglot's: source: omniglot)",
+        source="composed locally from the glyphs dataset (fonts shipped with matplotlib)",
+        license="matplotlib's font licenses (DejaVu, STIX); Omniglot is MIT",
+        task_type="segmentation",
+        loader="metakit.segmentation.scenes:load_scenes",
+        status="metakit.segmentation.scenes:scenes_status",
+    )

@@ -1,0 +1,9 @@
+"""Mask-aware learners: adapt on (images, masks), predict per-pixel foreground probabilities.
+
+* :class:`~.panet.PANet` (``seg-panet``): prototype matching with masked average pooling and
+  PANet's prototype alignment regularisation (Wang et al., ICCV 2019), meta-trained.
+* :class:`~.intensity.IntensityBaseline` (``seg-intensity``): no learning; foreground by the
+  support's intensity statistics. The floor every learner has to clear on unseen classes.
+
+All of them are :class:`~.base.MaskLearner` s, registered by the segmentation plugin.
+"""
