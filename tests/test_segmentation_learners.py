@@ -19,6 +19,7 @@ from metakit.errors import MetakitError
 from metakit.learners import TaskInfo
 from metakit.segmentation.experiment import build_seg_experiment, evaluate_seg_run
 from metakit.segmentation.learners.base import masked_average
+from metakit.segmentation.learners.finetune import FineTuneHead
 from metakit.segmentation.learners.intensity import IntensityBaseline
 from metakit.segmentation.learners.panet import PANet
 from metakit.utils import load_checkpoint
@@ -110,6 +111,33 @@ def test_alignment_loss_trains_the_encoder_and_can_be_turned_off() -> None:
         PANet(encoder, TASK, scale=0)
 
 
+def test_foreground_weight_scales_the_foreground_pixels_loss() -> None:
+    logits = torch.zeros(1, 2, 2, 2)
+    masks = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    plain = PANet(_Pixels(), TASK).pixel_loss(logits, masks)
+    weighted = PANet(_Pixels(), TASK, fg_weight=3.0).pixel_loss(logits, masks)
+    assert plain.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
+    # Every pixel's loss is log 2; the weighted mean is still log 2, but the gradients shift to the foreground.
+    logits.requires_grad_(True)
+    PANet(_Pixels(), TASK, fg_weight=3.0).pixel_loss(logits, masks).backward()
+    fg_grad, bg_grad = logits.grad[0, :, 0, 0].abs().sum(), logits.grad[0, :, 1, 1].abs().sum()
+    assert weighted.item() == pytest.approx(plain.item()) and fg_grad == pytest.approx(3 * bg_grad)
+
+
+def test_finetune_head_starts_at_the_prototypes_and_fits_the_support() -> None:
+    task = TaskInfo("segmentation", (2, 8, 8), 1, num_classes=4)
+    support_x, support_y = _two_colour(2)
+    query_x, query_y = _two_colour(5)
+    for steps in (0, 20):
+        learner = FineTuneHead(_Pixels(), task, steps=steps)
+        assert torch.equal(learner.adapt(support_x, support_y, 1)(query_x) >= 0.5, query_y.bool())
+    # Fine-tuning follows the support masks: trained on the swapped masks it segments the other colour.
+    learner = FineTuneHead(_Pixels(), task, steps=20)
+    assert torch.equal(learner.adapt(support_x, 1 - support_y, 1)(query_x) >= 0.5, ~query_y.bool())
+    with pytest.raises(MetakitError, match="steps >= 0"):
+        FineTuneHead(_Pixels(), task, steps=-1)
+
+
 def test_intensity_baseline_finds_bright_foreground_and_has_nothing_to_train() -> None:
     support_y = torch.zeros(1, 8, 8)
     support_y[0, 2:5, 2:5] = 1
@@ -162,7 +190,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mp.setenv("METAKIT_CACHE", str(root / "cache"))
     try:
         runs = {}
-        for name, learner in (("panet", {"name": "seg-panet"}), ("intensity", {"name": "seg-intensity"})):
+        learners = {"panet": {"name": "seg-panet"}, "intensity": {"name": "seg-intensity"}, "finetune": {"name": "seg-finetune"}}
+        for name, learner in learners.items():
             (root / name).mkdir()
             config = _write_config(root / name, _config(learner))
             out = root / f"run-{name}"
@@ -192,6 +221,15 @@ def test_train_writes_a_run_directory_and_evaluate_reports_it(trained, tmp_path)
     report = (run / "report.md").read_text()
     assert "| 1-shot, 2 queries | miou |" in report and "best validation jaccard_distance" in report
     assert (run / "segmentation_grid.png").stat().st_size > 1000
+
+
+def test_finetune_trains_through_the_shared_trainer(trained) -> None:
+    run = trained["finetune"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert len(train) >= 2 and train[-1]["loss"] < train[0]["loss"]
+    result = evaluate_seg_run(run, episodes=4, seeds=1, shots=[1], write=False)
+    assert {r["metric"] for r in result["results"]} == {"miou", "fb_iou", "ap50"}
 
 
 def test_same_seed_same_numbers(trained) -> None:

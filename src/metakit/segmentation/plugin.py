@@ -18,6 +18,7 @@ plugin = Plugin(
     learners={
         "seg-panet": f"{_LEARNERS}.panet:PANet",
         "seg-intensity": f"{_LEARNERS}.intensity:IntensityBaseline",
+        "seg-finetune": f"{_LEARNERS}.finetune:FineTuneHead",
     },
     backbones={"seg-fcn": "metakit.segmentation.backbone:seg_fcn"},
     datasets={

@@ -2,6 +2,8 @@
 
 * :class:`~.panet.PANet` (``seg-panet``): prototype matching with masked average pooling and
   PANet's prototype alignment regularisation (Wang et al., ICCV 2019), meta-trained.
+* :class:`~.finetune.FineTuneHead` (``seg-finetune``): the transfer baseline; a supervised
+  encoder, then a new head fine-tuned on each support set.
 * :class:`~.intensity.IntensityBaseline` (``seg-intensity``): no learning; foreground by the
   support's intensity statistics. The floor every learner has to clear on unseen classes.
 

@@ -30,12 +30,19 @@ class PANet(MaskLearner):
         scale: the cosine similarities are multiplied by this before the softmax (PANet's 20).
         align_weight: the weight of the prototype alignment loss during meta-training (PANet's
             1.0); 0 turns it off.
+        fg_weight: the weight of foreground pixels in the training loss (see
+            :attr:`MaskLearner.fg_weight`); 1 is PANet's plain cross-entropy.
     """
 
-    def __init__(self, backbone: nn.Module, task: TaskInfo, scale: float = 20.0, align_weight: float = 1.0) -> None:
+    def __init__(
+        self, backbone: nn.Module, task: TaskInfo, scale: float = 20.0, align_weight: float = 1.0, fg_weight: float = 1.0
+    ) -> None:
         super().__init__(backbone, task)
-        if scale <= 0 or align_weight < 0:
-            raise MetakitError(f"seg-panet needs scale > 0 and align_weight >= 0, got {scale} and {align_weight}.")
+        if scale <= 0 or align_weight < 0 or fg_weight <= 0:
+            raise MetakitError(
+                f"seg-panet needs scale > 0, align_weight >= 0 and fg_weight > 0, got {scale}, {align_weight} and {fg_weight}."
+            )
+        self.fg_weight = float(fg_weight)
         if not hasattr(backbone, "channels"):
             raise MetakitError("seg-panet needs a fully-convolutional backbone such as seg-fcn.")
         self.scale, self.align_weight = float(scale), float(align_weight)
@@ -73,4 +80,4 @@ class PANet(MaskLearner):
             return query_logits.new_zeros(())  # no predicted foreground: no query prototype to align
         protos = self._prototypes(self._features(query_x), predicted)
         support_logits = self._match(self._features(support_x), protos, support_x.shape[-2:])
-        return self.align_weight * F.cross_entropy(support_logits, support_y.long())
+        return self.align_weight * self.pixel_loss(support_logits, support_y)
