@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-DOMAINS = ("metakit.text", "metakit.rl", "metakit.recsys", "metakit.nas", "metakit.hpo")
+DOMAINS = ("metakit.text", "metakit.rl", "metakit.recsys", "metakit.nas", "metakit.hpo", "metakit.segmentation")
 
 # Circles that other parts of issue #20 remove; a circle may only shrink into one of these.
 KNOWN_CYCLES = [
