@@ -273,3 +273,29 @@ def test_export_command_writes_the_fss_layout(trained, tmp_path, monkeypatch) ->
         fss["dataset"].pop(key)
     exp = build_seg_experiment(config_from_dict({**fss, "eval": {**fss["eval"], "shots": [1]}}))
     assert exp.sets["test"].class_names == test_classes
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "{tmp}/nope.yaml"], "nope.yaml not found"),
+        (["train", "{cfg}", "episodes.ways=3"], "segmentation episodes are 1-way"),
+        (["train", "{cfg}", "learner.name=seg-panett"], "unknown learner 'seg-panett'"),
+        (["train", "{cfg}", "dataset.name=fss-folder", "dataset.root={tmp}/none"], "unknown option 'source'"),
+        (["train", "{cfg}", "eval.shots=[40]"], "need 42 images per class"),
+        (["evaluate", "{tmp}"], "is not a metakit run directory"),
+        (["export", "{cfg}", "dataset.objects=[3,2]", "--out", "{tmp}/x"], "objects must be"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_leaves_nothing(tmp_path, monkeypatch, capsys, args, message) -> None:
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = _write_config(tmp_path, _config())
+    argv = ["segment"] + [a.format(tmp=work, cfg=cfg) for a in args]
+    if args[0] == "train":
+        argv += ["--out", str(work / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in " ".join(err.split()), err
+    assert not list(work.iterdir()), "a failed command left files behind"
