@@ -18,6 +18,7 @@ from metakit.config import config_from_dict
 from metakit.errors import MetakitError
 from metakit.learners import TaskInfo
 from metakit.segmentation.experiment import build_seg_experiment, evaluate_seg_run
+from metakit.segmentation.learners.anil import SegANIL
 from metakit.segmentation.learners.base import masked_average
 from metakit.segmentation.learners.finetune import FineTuneHead
 from metakit.segmentation.learners.intensity import IntensityBaseline
@@ -138,6 +139,35 @@ def test_finetune_head_starts_at_the_prototypes_and_fits_the_support() -> None:
         FineTuneHead(_Pixels(), task, steps=-1)
 
 
+def test_anil_adapts_its_head_on_the_support_and_meta_learns_through_the_steps() -> None:
+    from metakit.episodes import collate
+    from metakit.episodes import Episode
+
+    torch.manual_seed(0)
+    support_x, support_y = _two_colour(2)
+    query_x, query_y = _two_colour(5)
+    learner = SegANIL(_Pixels(), TASK, inner_steps=0, inner_lr=2.0, eval_inner_steps=30)
+    with torch.no_grad():
+        learner.head.weight.zero_()
+        learner.head.bias.zero_()
+    learner.eval()
+    with torch.no_grad():  # as at evaluation: the inner loop turns gradients on for itself
+        probs = learner.adapt(support_x, support_y, 1)(query_x)
+    assert torch.equal(probs >= 0.5, query_y.bool())
+    # Without steps the zero head says 0.5 everywhere: the adaptation did the work.
+    learner.eval_inner_steps = 0
+    assert torch.allclose(learner.adapt(support_x, support_y, 1)(query_x), torch.full((5, 8, 8), 0.5))
+    # Meta-training differentiates through the inner steps into the head's starting point.
+    encoder = nn.Conv2d(2, 8, 3, padding=1)
+    encoder.channels = 8
+    meta = SegANIL(encoder, TASK, inner_steps=2, inner_lr=0.5)
+    batch = collate([Episode(support_x, support_y, query_x, query_y, 1, 2, 5, torch.tensor([0]))])
+    stats = meta.meta_step(batch)
+    assert stats["loss"] > 0 and meta.head.weight.grad.abs().sum() > 0 and encoder.weight.grad.abs().sum() > 0
+    with pytest.raises(MetakitError, match="inner_lr > 0"):
+        SegANIL(_Pixels(), TASK, inner_lr=0)
+
+
 def test_intensity_baseline_finds_bright_foreground_and_has_nothing_to_train() -> None:
     support_y = torch.zeros(1, 8, 8)
     support_y[0, 2:5, 2:5] = 1
@@ -190,7 +220,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mp.setenv("METAKIT_CACHE", str(root / "cache"))
     try:
         runs = {}
-        learners = {"panet": {"name": "seg-panet"}, "intensity": {"name": "seg-intensity"}, "finetune": {"name": "seg-finetune"}}
+        learners = {"panet": {"name": "seg-panet"}, "intensity": {"name": "seg-intensity"}, "finetune": {"name": "seg-finetune"},
+                    "anil": {"name": "seg-anil"}}
         for name, learner in learners.items():
             (root / name).mkdir()
             config = _write_config(root / name, _config(learner))
@@ -241,8 +272,9 @@ def test_same_seed_same_numbers(trained) -> None:
     ]
 
 
-def test_meta_trained_panet_beats_the_no_learning_baseline_on_unseen_classes(trained) -> None:
-    panet = evaluate_seg_run(trained["panet"], episodes=20, seeds=1, shots=[1], write=False)["results"]
+@pytest.mark.parametrize("learner", ["panet", "anil"])
+def test_meta_trained_learners_beat_the_no_learning_baseline_on_unseen_classes(trained, learner) -> None:
+    panet = evaluate_seg_run(trained[learner], episodes=20, seeds=1, shots=[1], write=False)["results"]
     base = evaluate_seg_run(trained["intensity"], episodes=20, seeds=1, shots=[1], write=False)["results"]
     miou = {r["metric"]: r["mean"] for r in panet}["miou"]
     floor = {r["metric"]: r["mean"] for r in base}["miou"]

@@ -19,6 +19,7 @@ plugin = Plugin(
         "seg-panet": f"{_LEARNERS}.panet:PANet",
         "seg-intensity": f"{_LEARNERS}.intensity:IntensityBaseline",
         "seg-finetune": f"{_LEARNERS}.finetune:FineTuneHead",
+        "seg-anil": f"{_LEARNERS}.anil:SegANIL",
     },
     backbones={"seg-fcn": "metakit.segmentation.backbone:seg_fcn"},
     datasets={
