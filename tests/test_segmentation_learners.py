@@ -140,8 +140,7 @@ def test_finetune_head_starts_at_the_prototypes_and_fits_the_support() -> None:
 
 
 def test_anil_adapts_its_head_on_the_support_and_meta_learns_through_the_steps() -> None:
-    from metakit.episodes import collate
-    from metakit.episodes import Episode
+    from metakit.episodes import Episode, collate
 
     torch.manual_seed(0)
     support_x, support_y = _two_colour(2)

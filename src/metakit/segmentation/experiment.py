@@ -25,7 +25,7 @@ import torch
 from metakit.backbones import build_backbone
 from metakit.config import Config, call_with_options
 from metakit.datasets import get_dataset
-from metakit.episodes import FixedEpisodes, episode_seed
+from metakit.episodes import episode_seed
 from metakit.errors import MetakitError, unknown_name
 from metakit.learners import Learner, TaskInfo, build_learner
 from metakit.segmentation.episodes import SegmentationEpisodes
@@ -35,7 +35,7 @@ from metakit.utils import seed_everything
 
 __all__ = ["SegExperiment", "build_seg_experiment", "evaluate_seg_run", "load_seg_sets"]
 
-#: The dataset names of this domain (``metakit datasets`` lists them; the plugin registers them).
+#: The task type of this domain's datasets (their DatasetSpec) and learners (their TaskInfo).
 TASK_TYPE = "segmentation"
 
 
