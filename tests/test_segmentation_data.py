@@ -312,3 +312,18 @@ def test_miou_accumulates_per_class_then_averages_and_fb_iou_by_hand() -> None:
     # Foreground: I 2+4+4 = 10, U 4+5+4 = 13. Background (16 pixels each): I 12+11+12 = 35, U 14+12+12 = 38.
     assert acc.fb_iou() == pytest.approx((10 / 13 + 35 / 38) / 2)
     assert math.isnan(IoUAccumulator().miou()) and math.isnan(IoUAccumulator().fb_iou())
+
+
+def test_omniglot_scenes_keep_alphabets_apart(shared_data, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path))
+    root = shared_data / "omniglot" / "images_background_small1.zip"
+    if not root.is_file():
+        pytest.skip(f"{root} is absent")
+    sets = load_scenes("omniglot", fractions=(0.4, 0.2, 0.4), source_options={"root": str(root)}, max_classes=8,
+                       scenes_per_class=4, image_size=32)
+    source = load_splits("omniglot", split="group", fractions=(0.4, 0.2, 0.4), root=str(root))
+    for split, scenes in sets.items():
+        assert scenes.class_names == source[split].class_names[:8]
+        assert scenes.images.shape[1:] == (1, 32, 32)
+    alphabets = {split: set(source[split].class_groups) for split in sets}
+    assert not alphabets["train"] & alphabets["test"]
