@@ -330,3 +330,36 @@ def test_bad_input_is_one_error_line_and_leaves_nothing(tmp_path, monkeypatch, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in " ".join(err.split()), err
     assert not list(work.iterdir()), "a failed command left files behind"
+
+
+def test_predict_writes_masks_overlays_and_boxes(trained, tmp_path, monkeypatch) -> None:
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    fss = tmp_path / "fss"
+    assert main(["segment", "export", trained["config"], "--out", str(fss), "--per-class", "3", "--no-progress"]) == 0
+    cls = (fss / "splits" / "test.txt").read_text().split()[0]
+    support, query = tmp_path / "support", tmp_path / "query"
+    support.mkdir()
+    (query / "sub").mkdir(parents=True)
+    for n in (0, 1):
+        for ext in ("jpg", "png"):
+            (support / f"{n}.{ext}").write_bytes((fss / cls / f"{n}.{ext}").read_bytes())
+    big = Image.open(fss / cls / "2.jpg").resize((48, 40))  # another size: masks come back at the query's size
+    big.save(query / "sub" / "2.jpg")
+    out = tmp_path / "pred"
+    assert main(["segment", "predict", str(trained["panet"]), "--support", str(support), "--query", str(query),
+                 "--out", str(out), "--no-progress"]) == 0
+    mask = np.asarray(Image.open(out / "sub_2_mask.png"))
+    assert mask.shape == (40, 48) and set(np.unique(mask).tolist()) <= {0, 255}
+    assert Image.open(out / "sub_2_overlay.png").size == (48, 40)
+    boxes = json.loads((out / "boxes.json").read_text())
+    assert boxes["support_images"] == 2 and set(boxes["queries"]) == {"sub_2"}
+    for b in boxes["queries"]["sub_2"]:
+        x0, y0, x1, y1 = b["box"]
+        assert 0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 40 and 0.5 <= b["score"] <= 1
+    (support / "1.png").unlink()
+    assert main(["segment", "predict", str(trained["panet"]), "--support", str(support), "--query", str(query),
+                 "--out", str(tmp_path / "pred2"), "--no-progress"]) == 2
+    assert not (tmp_path / "pred2").exists()

@@ -1,4 +1,4 @@
-"""The ``metakit segment`` command group: ``train CONFIG``, ``evaluate RUN_DIR`` and ``export --out DIR``.
+"""The ``metakit segment`` command group: ``train CONFIG``, ``evaluate RUN_DIR``, ``predict RUN_DIR`` and ``export``.
 
 Added to the ``metakit`` parser by the segmentation plugin (:mod:`metakit.segmentation.plugin`).
 Training runs the shared :class:`metakit.training.Trainer` on the experiment
@@ -63,6 +63,25 @@ def cmd_segment_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment_predict(args: argparse.Namespace) -> int:
+    """Adapt a trained run to your support folder (<n>.jpg + mask <n>.png) and segment your query images.
+
+    Writes <name>_mask.png and <name>_overlay.png per query image, and the instances' boxes in boxes.json.
+    """
+    from metakit.segmentation.predict import predict_folder
+
+    check_output_file(args.json)
+    out = check_output_dir(args.out)
+    result = predict_folder(args.run_dir, args.support, args.query, out, threshold=args.threshold, checkpoint=args.checkpoint)
+    found = sum(len(b) for b in result["queries"].values())
+    console.print(
+        f"adapted to {result['support_images']} support image(s); wrote masks and overlays of {len(result['queries'])} "
+        f"query image(s) to {out}; {found} instance box(es) in {out / 'boxes.json'}"
+    )
+    write_json_option(args.json, result)
+    return 0
+
+
 def cmd_segment_export(args: argparse.Namespace) -> int:
     """Write a config's scenes (default: seg-glyphs) in the fss-folder layout, with its class split."""
     from metakit.config import load_config
@@ -84,7 +103,7 @@ def cmd_segment_export(args: argparse.Namespace) -> int:
 
 
 def add_segment_parser(sub: argparse._SubParsersAction) -> None:
-    """Add ``segment train``, ``segment evaluate`` and ``segment export`` under ``sub``."""
+    """Add ``segment train``, ``evaluate``, ``predict`` and ``export`` under ``sub``."""
     seg = add_command_group(sub, "segment", help="few-shot segmentation: meta-train, evaluate (mIoU, FB-IoU, AP50), export scenes",
                             description="Few-shot segmentation: masks for new classes from a few labelled images.")
     add_config_command(seg, "train", cmd_segment_train, help="meta-train from a YAML config (configs/seg-*.yaml)",
@@ -99,6 +118,14 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=positive_int, default=5, help="episode sets, each from its own seed (default 5)")
     p.add_argument("--shots", type=positive_int, nargs="+", help="shot counts (default: the config's eval.shots)")
     p.add_argument("--split", choices=("test", "val"), default="test", help="which classes (default test)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which weights (default best)")
+    p = add_run_dir_command(seg, "predict", cmd_segment_predict,
+                            help="masks, overlays and boxes for your images from a few labelled ones",
+                            run_dir_help="a run directory written by metakit segment train")
+    p.add_argument("--support", required=True, metavar="DIR", help="<n>.jpg images of one class with masks <n>.png")
+    p.add_argument("--query", required=True, metavar="PATH", help="an image, or a folder of .jpg/.png images")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new folder for the masks, overlays and boxes.json")
+    p.add_argument("--threshold", type=int, metavar="N", help="support mask pixels >= N are foreground (for soft masks)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which weights (default best)")
     p = seg.add_parser("export", help="write the scenes in the fss-folder layout (ROOT/<class>/<n>.jpg + <n>.png)",
                        description=cmd_segment_export.__doc__)
