@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-DOMAINS = ("metakit.text", "metakit.rl", "metakit.recsys", "metakit.nas", "metakit.hpo")
+DOMAINS = ("metakit.text", "metakit.rl", "metakit.recsys", "metakit.nas", "metakit.hpo", "metakit.segmentation")
 
 # Circles still to remove (none: a new circle fails the test below).
 KNOWN_CYCLES: list[set[str]] = []

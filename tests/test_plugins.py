@@ -24,7 +24,7 @@ from metakit.errors import MetakitError
 from metakit.registry import Plugin
 
 EXAMPLE = Path(__file__).resolve().parent / "plugin_example"
-DOMAINS = {"classification", "text", "rl", "recsys", "nas", "hpo"}
+DOMAINS = {"classification", "text", "rl", "recsys", "nas", "hpo", "segmentation"}
 
 
 def install_metadata(site: Path, name: str, entry_points: dict[str, str]) -> None:

@@ -1,0 +1,29 @@
+"""The segmentation plugin: ``metakit segment train|evaluate|export``, its datasets, learners and backbone.
+
+Loading this plugin imports nothing (see :mod:`metakit.registry`). A segmentation config uses the
+shared sections (``dataset``, ``backbone``, ``learner``, ``episodes``, ``train``, ``eval``) with
+this domain's names in them, so it has no config section of its own.
+"""
+
+from __future__ import annotations
+
+from metakit.registry import Plugin
+
+_LEARNERS = "metakit.segmentation.learners"
+
+plugin = Plugin(
+    name="segmentation",
+    summary="few-shot segmentation: masks for new classes from a few labelled images (PANet and baselines)",
+    commands={"segment": "metakit.segmentation.cli:add_segment_parser"},
+    learners={
+        "seg-panet": f"{_LEARNERS}.panet:PANet",
+        "seg-intensity": f"{_LEARNERS}.intensity:IntensityBaseline",
+        "seg-finetune": f"{_LEARNERS}.finetune:FineTuneHead",
+        "seg-anil": f"{_LEARNERS}.anil:SegANIL",
+    },
+    backbones={"seg-fcn": "metakit.segmentation.backbone:seg_fcn"},
+    datasets={
+        "seg-glyphs": "metakit.segmentation.scenes:scenes_spec",
+        "fss-folder": "metakit.segmentation.fss:fss_spec",
+    },
+)

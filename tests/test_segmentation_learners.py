@@ -1,0 +1,365 @@
+"""Few-shot segmentation learners and runs (#22): PANet, the intensity baseline, train/evaluate/export commands.
+
+Runs use scenes of the ``synthetic`` class dataset of ``conftest`` at 32 pixels (``source:
+synthetic``), so meta-training takes seconds; the Glyphs scenes of the shipped config go through
+the same code.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from metakit.cli import main
+from metakit.config import config_from_dict
+from metakit.errors import MetakitError
+from metakit.learners import TaskInfo
+from metakit.segmentation.experiment import build_seg_experiment, evaluate_seg_run
+from metakit.segmentation.learners.anil import SegANIL
+from metakit.segmentation.learners.base import masked_average
+from metakit.segmentation.learners.finetune import FineTuneHead
+from metakit.segmentation.learners.intensity import IntensityBaseline
+from metakit.segmentation.learners.panet import PANet
+from metakit.utils import load_checkpoint
+
+TASK = TaskInfo("segmentation", (2, 8, 8), 1)
+
+
+def _config(learner: dict | None = None, **sections) -> dict:
+    config = {
+        "name": "seg-test",
+        "seed": 0,
+        "dataset": {"name": "seg-glyphs", "source": "synthetic", "image_size": 32, "scenes_per_class": 8},
+        "backbone": {"name": "seg-fcn", "hidden": 16, "layers": 2, "pools": 1},
+        "learner": learner or {"name": "seg-panet"},
+        "episodes": {"ways": 1, "shots": 1, "queries": 2, "meta_batch": 2},
+        "eval": {"ways": [1], "shots": [1, 3], "queries": 2, "episodes": 6, "val_episodes": 6, "seed": 7},
+        "train": {"steps": 60, "lr": 0.003, "val_every": 30, "threads": 1},
+    }
+    for key, value in sections.items():
+        config[key] = {**config[key], **value}
+    return config
+
+
+def _write_config(tmp_path, data: dict) -> str:
+    from metakit.config import yaml_dump
+
+    path = tmp_path / "seg.yaml"
+    path.write_text(yaml_dump(data))
+    return str(path)
+
+
+class _Pixels(nn.Module):
+    """A backbone that returns the image itself: prototype matching then works on the pixel values."""
+
+    channels = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _two_colour(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose foreground is colour (0, 1) and background (1, 0), a random square per image."""
+    g = torch.Generator().manual_seed(n)
+    masks = torch.zeros(n, 8, 8)
+    for i in range(n):
+        y, x = torch.randint(0, 5, (2,), generator=g).tolist()
+        masks[i, y : y + 3, x : x + 3] = 1
+    images = torch.stack([1 - masks, masks], dim=1)
+    return images, masks
+
+
+# -- learners ----------------------------------------------------------------------------------
+
+
+def test_masked_average_pooling_by_hand() -> None:
+    features = torch.tensor([[[[1.0, 3.0], [5.0, 7.0]]], [[[2.0, 2.0], [2.0, 2.0]]]])  # [2, 1, 2, 2]
+    masks = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.5]]])
+    # (1*1 + 7*1 + 2*0.5) / (1 + 1 + 0.5) = 9 / 2.5
+    assert masked_average(features, masks).item() == pytest.approx(3.6)
+
+
+def test_prototype_matching_segments_what_the_support_shows() -> None:
+    learner = PANet(_Pixels(), TASK)
+    support_x, support_y = _two_colour(2)
+    query_x, query_y = _two_colour(5)
+    probs = learner.adapt(support_x, support_y, 1)(query_x)
+    assert probs.shape == (5, 8, 8)
+    assert torch.equal(probs >= 0.5, query_y.bool())
+    assert learner.score(probs, query_y) == 0.0  # Jaccard distance of a perfect mask
+    # Swapping the support masks swaps the prediction: it follows the support, not a fixed colour.
+    assert torch.equal(learner.adapt(support_x, 1 - support_y, 1)(query_x) >= 0.5, ~query_y.bool())
+
+
+def test_alignment_loss_trains_the_encoder_and_can_be_turned_off() -> None:
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1))
+    encoder.channels = 8
+    support_x, support_y = _two_colour(2)
+    query_x, _ = _two_colour(3)
+    learner = PANet(encoder, TASK, align_weight=1.0)
+    logits = learner.segment(support_x, support_y, query_x)
+    loss = learner.extra_loss(support_x, support_y, query_x, logits)
+    assert loss.item() > 0
+    loss.backward()
+    assert encoder[0].weight.grad.abs().sum() > 0
+    off = PANet(encoder, TASK, align_weight=0.0)
+    assert off.extra_loss(support_x, support_y, query_x, logits).item() == 0.0
+    with pytest.raises(MetakitError, match="scale > 0"):
+        PANet(encoder, TASK, scale=0)
+
+
+def test_foreground_weight_scales_the_foreground_pixels_loss() -> None:
+    logits = torch.zeros(1, 2, 2, 2)
+    masks = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    plain = PANet(_Pixels(), TASK).pixel_loss(logits, masks)
+    weighted = PANet(_Pixels(), TASK, fg_weight=3.0).pixel_loss(logits, masks)
+    assert plain.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
+    # Every pixel's loss is log 2; the weighted mean is still log 2, but the gradients shift to the foreground.
+    logits.requires_grad_(True)
+    PANet(_Pixels(), TASK, fg_weight=3.0).pixel_loss(logits, masks).backward()
+    fg_grad, bg_grad = logits.grad[0, :, 0, 0].abs().sum(), logits.grad[0, :, 1, 1].abs().sum()
+    assert weighted.item() == pytest.approx(plain.item()) and fg_grad == pytest.approx(3 * bg_grad)
+
+
+def test_finetune_head_starts_at_the_prototypes_and_fits_the_support() -> None:
+    task = TaskInfo("segmentation", (2, 8, 8), 1, num_classes=4)
+    support_x, support_y = _two_colour(2)
+    query_x, query_y = _two_colour(5)
+    for steps in (0, 20):
+        learner = FineTuneHead(_Pixels(), task, steps=steps)
+        assert torch.equal(learner.adapt(support_x, support_y, 1)(query_x) >= 0.5, query_y.bool())
+    # Fine-tuning follows the support masks: trained on the swapped masks it segments the other colour.
+    learner = FineTuneHead(_Pixels(), task, steps=20)
+    assert torch.equal(learner.adapt(support_x, 1 - support_y, 1)(query_x) >= 0.5, ~query_y.bool())
+    with pytest.raises(MetakitError, match="steps >= 0"):
+        FineTuneHead(_Pixels(), task, steps=-1)
+
+
+def test_anil_adapts_its_head_on_the_support_and_meta_learns_through_the_steps() -> None:
+    from metakit.episodes import Episode, collate
+
+    torch.manual_seed(0)
+    support_x, support_y = _two_colour(2)
+    query_x, query_y = _two_colour(5)
+    learner = SegANIL(_Pixels(), TASK, inner_steps=0, inner_lr=2.0, eval_inner_steps=30)
+    with torch.no_grad():
+        learner.head.weight.zero_()
+        learner.head.bias.zero_()
+    learner.eval()
+    with torch.no_grad():  # as at evaluation: the inner loop turns gradients on for itself
+        probs = learner.adapt(support_x, support_y, 1)(query_x)
+    assert torch.equal(probs >= 0.5, query_y.bool())
+    # Without steps the zero head says 0.5 everywhere: the adaptation did the work.
+    learner.eval_inner_steps = 0
+    assert torch.allclose(learner.adapt(support_x, support_y, 1)(query_x), torch.full((5, 8, 8), 0.5))
+    # Meta-training differentiates through the inner steps into the head's starting point.
+    encoder = nn.Conv2d(2, 8, 3, padding=1)
+    encoder.channels = 8
+    meta = SegANIL(encoder, TASK, inner_steps=2, inner_lr=0.5)
+    batch = collate([Episode(support_x, support_y, query_x, query_y, 1, 2, 5, torch.tensor([0]))])
+    stats = meta.meta_step(batch)
+    assert stats["loss"] > 0 and meta.head.weight.grad.abs().sum() > 0 and encoder.weight.grad.abs().sum() > 0
+    with pytest.raises(MetakitError, match="inner_lr > 0"):
+        SegANIL(_Pixels(), TASK, inner_lr=0)
+
+
+def test_intensity_baseline_finds_bright_foreground_and_has_nothing_to_train() -> None:
+    support_y = torch.zeros(1, 8, 8)
+    support_y[0, 2:5, 2:5] = 1
+    support_x = (0.2 + 0.7 * support_y)[:, None] + 0.01 * torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    learner = IntensityBaseline(nn.Identity(), TaskInfo("segmentation", (1, 8, 8), 1))
+    query_y = torch.zeros(1, 8, 8)
+    query_y[0, 4:8, 0:3] = 1
+    probs = learner.adapt(support_x, support_y, 1)(0.2 + 0.7 * query_y[:, None])
+    assert torch.equal(probs >= 0.5, query_y.bool())
+    assert not list(learner.parameters())
+
+
+def test_fit_then_predict_and_bad_masks() -> None:
+    learner = PANet(_Pixels(), TASK)
+    with pytest.raises(MetakitError, match=r"call fit\(images, masks\)"):
+        learner.predict(torch.zeros(1, 2, 8, 8))
+    images, masks = _two_colour(2)
+    queries, truth = _two_colour(4)
+    out = learner.fit((images * 255).to(torch.uint8), (masks * 255).to(torch.uint8)).predict(queries)
+    assert torch.equal(out >= 0.5, truth.bool())
+    with pytest.raises(MetakitError, match="binary"):
+        learner.fit(images, masks * 0.5)
+    with pytest.raises(MetakitError, match="all empty"):
+        learner.fit(images, torch.zeros_like(masks))
+    with pytest.raises(MetakitError, match=r"masks must be \[n, H, W\]"):
+        learner.fit(images, masks[:1])
+    with pytest.raises(MetakitError, match="1-way"):
+        PANet(_Pixels(), TaskInfo("segmentation", (2, 8, 8), 2))
+
+
+# -- runs: the shared trainer and run layer ----------------------------------------------------
+
+
+def test_config_mistakes_are_one_line() -> None:
+    with pytest.raises(MetakitError, match="segmentation episodes are 1-way"):
+        build_seg_experiment(config_from_dict(_config(episodes={"ways": 5})))
+    with pytest.raises(MetakitError, match="does not handle segmentation tasks"):
+        build_seg_experiment(config_from_dict(_config(learner={"name": "protonet"})))
+    with pytest.raises(MetakitError, match="is a classification dataset; a segmentation run needs"):
+        build_seg_experiment(config_from_dict(_config(dataset={"name": "synthetic"})))
+    with pytest.raises(MetakitError, match="unknown option 'scale' for learner 'seg-intensity'"):
+        build_seg_experiment(config_from_dict(_config(learner={"name": "seg-intensity", "scale": 3})))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A PANet run and a baseline run written by ``metakit segment train`` (built once for the module)."""
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("segruns")
+    mp.setenv("METAKIT_CACHE", str(root / "cache"))
+    try:
+        runs = {}
+        learners = {"panet": {"name": "seg-panet"}, "intensity": {"name": "seg-intensity"}, "finetune": {"name": "seg-finetune"},
+                    "anil": {"name": "seg-anil"}}
+        for name, learner in learners.items():
+            (root / name).mkdir()
+            config = _write_config(root / name, _config(learner))
+            out = root / f"run-{name}"
+            assert main(["segment", "train", config, "--out", str(out), "--no-progress"]) == 0
+            runs[name] = out
+        runs["config"] = str(root / "panet" / "seg.yaml")
+        yield runs
+    finally:
+        mp.undo()
+
+
+def test_train_writes_a_run_directory_and_evaluate_reports_it(trained, tmp_path) -> None:
+    run = trained["panet"]
+    summary = json.loads((run / "training.json").read_text())
+    assert summary["steps"] == 60 and summary["metric"] == "jaccard_distance"
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "learning_curve.png").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"]  # meta-training learns something
+    out = tmp_path / "eval.json"
+    assert main(["segment", "evaluate", str(run), "--episodes", "6", "--seeds", "2", "--no-progress", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {(r["shots"], r["metric"]): r for r in result["results"]}
+    assert set(rows) == {(k, m) for k in (1, 3) for m in ("miou", "fb_iou", "ap50")}
+    for r in rows.values():
+        assert 0 <= r["mean"] <= 1 and r["episodes"] == 12 and len(r["per_seed"]) == 2
+    report = (run / "report.md").read_text()
+    assert "| 1-shot, 2 queries | miou |" in report and "best validation jaccard_distance" in report
+    assert (run / "segmentation_grid.png").stat().st_size > 1000
+
+
+def test_finetune_trains_through_the_shared_trainer(trained) -> None:
+    run = trained["finetune"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert len(train) >= 2 and train[-1]["loss"] < train[0]["loss"]
+    result = evaluate_seg_run(run, episodes=4, seeds=1, shots=[1], write=False)
+    assert {r["metric"] for r in result["results"]} == {"miou", "fb_iou", "ap50"}
+
+
+def test_same_seed_same_numbers(trained) -> None:
+    a = evaluate_seg_run(trained["panet"], episodes=4, seeds=2, write=False)
+    b = evaluate_seg_run(trained["panet"], episodes=4, seeds=2, write=False)
+    timing = "median_adapt_seconds"  # wall time: the one field allowed to differ
+    assert [{k: v for k, v in r.items() if k != timing} for r in a["results"]] == [
+        {k: v for k, v in r.items() if k != timing} for r in b["results"]
+    ]
+
+
+@pytest.mark.parametrize("learner", ["panet", "anil"])
+def test_meta_trained_learners_beat_the_no_learning_baseline_on_unseen_classes(trained, learner) -> None:
+    panet = evaluate_seg_run(trained[learner], episodes=20, seeds=1, shots=[1], write=False)["results"]
+    base = evaluate_seg_run(trained["intensity"], episodes=20, seeds=1, shots=[1], write=False)["results"]
+    miou = {r["metric"]: r["mean"] for r in panet}["miou"]
+    floor = {r["metric"]: r["mean"] for r in base}["miou"]
+    assert miou > floor + 0.05, (miou, floor)
+
+
+def test_resume_continues_the_run(trained, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    config = trained["config"]
+    out = tmp_path / "run"
+    assert main(["segment", "train", config, "train.steps=4", "train.val_every=2", "--out", str(out), "--no-progress"]) == 0
+    # Without --resume the shared trainer refuses to overwrite the run (main prints it as one error line).
+    assert main(["segment", "train", config, "train.steps=4", "--out", str(out), "--no-progress"]) == 2
+    assert main(["segment", "train", config, "train.steps=6", "train.val_every=2", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "training.json").read_text())["steps"] == 6
+    # The checkpoint holds plain tensors: it loads with weights_only=True.
+    assert "learner" in load_checkpoint(out / "checkpoints" / "last.pt", "retrain", keys=("learner",))
+
+
+def test_export_command_writes_the_fss_layout(trained, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "fss"
+    assert main(["segment", "export", trained["config"], "--out", str(out), "--per-class", "3", "--no-progress"]) == 0
+    test_classes = (out / "splits" / "test.txt").read_text().split()
+    assert test_classes and all(len(list((out / c).glob("*.png"))) == 3 for c in test_classes)
+    fss = _config(dataset={"name": "fss-folder", "root": str(out), "split": "class", "channels": 1, "image_size": 32})
+    for key in ("source", "scenes_per_class"):
+        fss["dataset"].pop(key)
+    exp = build_seg_experiment(config_from_dict({**fss, "eval": {**fss["eval"], "shots": [1]}}))
+    assert exp.sets["test"].class_names == test_classes
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "{tmp}/nope.yaml"], "nope.yaml not found"),
+        (["train", "{cfg}", "episodes.ways=3"], "segmentation episodes are 1-way"),
+        (["train", "{cfg}", "learner.name=seg-panett"], "unknown learner 'seg-panett'"),
+        (["train", "{cfg}", "dataset.name=fss-folder", "dataset.root={tmp}/none"], "unknown option 'source'"),
+        (["train", "{cfg}", "eval.shots=[40]"], "need 42 images per class"),
+        (["evaluate", "{tmp}"], "is not a metakit run directory"),
+        (["export", "{cfg}", "dataset.objects=[3,2]", "--out", "{tmp}/x"], "objects must be"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_leaves_nothing(tmp_path, monkeypatch, capsys, args, message) -> None:
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = _write_config(tmp_path, _config())
+    argv = ["segment"] + [a.format(tmp=work, cfg=cfg) for a in args]
+    if args[0] == "train":
+        argv += ["--out", str(work / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in " ".join(err.split()), err
+    assert not list(work.iterdir()), "a failed command left files behind"
+
+
+def test_predict_writes_masks_overlays_and_boxes(trained, tmp_path, monkeypatch) -> None:
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    fss = tmp_path / "fss"
+    assert main(["segment", "export", trained["config"], "--out", str(fss), "--per-class", "3", "--no-progress"]) == 0
+    cls = (fss / "splits" / "test.txt").read_text().split()[0]
+    support, query = tmp_path / "support", tmp_path / "query"
+    support.mkdir()
+    (query / "sub").mkdir(parents=True)
+    for n in (0, 1):
+        for ext in ("jpg", "png"):
+            (support / f"{n}.{ext}").write_bytes((fss / cls / f"{n}.{ext}").read_bytes())
+    big = Image.open(fss / cls / "2.jpg").resize((48, 40))  # another size: masks come back at the query's size
+    big.save(query / "sub" / "2.jpg")
+    out = tmp_path / "pred"
+    assert main(["segment", "predict", str(trained["panet"]), "--support", str(support), "--query", str(query),
+                 "--out", str(out), "--no-progress"]) == 0
+    mask = np.asarray(Image.open(out / "sub_2_mask.png"))
+    assert mask.shape == (40, 48) and set(np.unique(mask).tolist()) <= {0, 255}
+    assert Image.open(out / "sub_2_overlay.png").size == (48, 40)
+    boxes = json.loads((out / "boxes.json").read_text())
+    assert boxes["support_images"] == 2 and set(boxes["queries"]) == {"sub_2"}
+    for b in boxes["queries"]["sub_2"]:
+        x0, y0, x1, y1 = b["box"]
+        assert 0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 40 and 0.5 <= b["score"] <= 1
+    (support / "1.png").unlink()
+    assert main(["segment", "predict", str(trained["panet"]), "--support", str(support), "--query", str(query),
+                 "--out", str(tmp_path / "pred2"), "--no-progress"]) == 2
+    assert not (tmp_path / "pred2").exists()
