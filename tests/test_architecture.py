@@ -142,3 +142,43 @@ def test_the_cli_parser_loads_every_plugin_and_no_torch():
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True).stdout
     plugins = ["metakit.plugin", *(f"{d}.plugin" for d in DOMAINS)]
     assert out.strip() == f"{sorted(plugins)} []"
+
+
+#: The house's floors, bottom to top (docs/architecture.md draws them). A module may import its own
+#: floor and the floors below, never one above: the foundation knows nothing of data, the data layer
+#: nothing of models, and no library module knows the command line that assembles them.
+FLOORS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundation", ("metakit.errors", "metakit.utils", "metakit.config", "metakit.registry", "metakit.inner",
+                    "metakit.runs", "metakit.calibration", "metakit.commands")),
+    ("data", ("metakit.datasets", "metakit.episodes", "metakit.feature_cache")),
+    ("models", ("metakit.backbones", "metakit.pretrained", "metakit.learners")),
+    ("workflows", ("metakit.training", "metakit.evaluation", "metakit.experiment", "metakit.reporting", "metakit.compare",
+                   "metakit.continual", "metakit.pretraining", "metakit.distributed", "metakit.reproduce",
+                   "metakit.predict", "metakit.serve")),
+    ("domains", (*DOMAINS, "metakit.plugin")),
+    # The command line, and the package itself, whose ``metakit.load`` is the Python entry point.
+    ("entry", ("metakit.cli", "metakit.__main__", "metakit")),
+]
+
+
+def floor_of(module: str) -> int:
+    """The floor index of ``module``: its longest matching prefix in :data:`FLOORS`."""
+    best, length = None, -1
+    for i, (_, prefixes) in enumerate(FLOORS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > length:
+                best, length = i, len(p)
+    assert best is not None, f"{module} is on no floor: add it to FLOORS (and to docs/architecture.md)"
+    return best
+
+
+def test_every_module_is_on_a_floor_and_no_arrow_runs_up():
+    graph = import_graph()
+    up = sorted(f"{a} ({FLOORS[floor_of(a)][0]}) -> {b} ({FLOORS[floor_of(b)][0]})"
+                for a, targets in graph.items() for b in targets if floor_of(b) > floor_of(a))
+    assert not up, "imports that run up a floor: " + "; ".join(up)
+
+
+def test_the_floor_check_can_fail():
+    assert floor_of("metakit.learners.maml") == 2 and floor_of("metakit.rl.cli") == 4 and floor_of("metakit") == 5
+    assert floor_of("metakit.cli") > floor_of("metakit.rl.cli") > floor_of("metakit.training") > floor_of("metakit.episodes")

@@ -253,6 +253,18 @@ def test_train_writes_a_run_directory_and_evaluate_reports_it(trained, tmp_path)
     assert (run / "segmentation_grid.png").stat().st_size > 1000
 
 
+def test_core_commands_hand_a_segmentation_run_to_the_domain(trained, tmp_path) -> None:
+    """The run records its domain; `metakit evaluate` and `report` then run segmentation's code on it."""
+    run = trained["panet"]
+    assert json.loads((run / "run.json").read_text())["domain"] == "segmentation"
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--episodes", "4", "--no-progress", "--json", str(out)]) == 0
+    assert {r["metric"] for r in json.loads(out.read_text())["results"]} == {"miou", "fb_iou", "ap50"}
+    (run / "report.md").unlink()
+    assert main(["report", str(run), "--no-progress"]) == 0
+    assert "| miou |" in (run / "report.md").read_text()
+
+
 def test_finetune_trains_through_the_shared_trainer(trained) -> None:
     run = trained["finetune"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -10,7 +10,8 @@ metakit, reported in one line that asks for ``--debug`` and a report; 130 interr
 
 The commands come from the plugins (:mod:`metakit.registry`): the classification ones are defined
 here and named by :mod:`metakit.plugin`, each domain's in its own package (``metakit.rl.cli``, ...).
-The ``add_*`` helpers below give every command, a domain's too, the same arguments and behaviour.
+The building blocks every command uses, a domain's too (``add_config_command``, ``check_output_dir``,
+...), live one floor down in :mod:`metakit.commands`, so domains never import this module.
 """
 
 from __future__ import annotations
@@ -21,19 +22,29 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from rich.console import Console
 from rich.markup import escape as rich_escape
 from rich.table import Table
 
+from metakit.commands import (  # noqa: F401  (re-exported: the names domain commands used to import from here)
+    add_command_group,
+    add_common_options,
+    add_config_command,
+    add_run_dir_command,
+    check_output_dir,
+    check_output_file,
+    console,
+    default_out,
+    err_console,
+    positive_int,
+    write_json_option,
+)
 from metakit.errors import MetakitError
 from metakit.registry import add_commands
 
-console = Console()
-err_console = Console(stderr=True)
 
 #: The main job: ProtoNet on the embedded Glyphs dataset, held-out Unicode blocks at test time.
 QUICKSTART: dict[str, Any] = {
@@ -48,22 +59,6 @@ QUICKSTART: dict[str, Any] = {
 }
 
 
-def default_out(name: str) -> Path:
-    """The run directory a command uses without ``--out``: ``runs/NAME-YYYYMMDD-HHMMSS``."""
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts (episodes, ways, shots, ...): an integer >= 1, so 0 is not silently "the default"."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
-
-
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, like every other metakit error."""
 
@@ -72,53 +67,6 @@ class _Parser(argparse.ArgumentParser):
         err_console.print(f"[bold red]error:[/] {rich_escape(message)}; see {rich_escape(self.prog)} --help",
                           highlight=False, soft_wrap=True)
         sys.exit(2)
-
-
-def _nearest_existing(path: Path) -> Path:
-    probe = path.absolute()
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    return probe
-
-
-def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Fail in one line, before any work starts, if ``path`` cannot become a directory of results.
-
-    Nothing is created: a command that fails later on bad input leaves no empty directory behind.
-    Returns ``path`` as a :class:`~pathlib.Path`.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise MetakitError(f"{flag} {path} is an existing file; give a directory path (it is created if missing).")
-    probe = _nearest_existing(path)
-    if not probe.is_dir():
-        raise MetakitError(f"{flag} {path} cannot be created: {probe} is a file, not a directory; choose another path.")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise MetakitError(f"{flag} {path} cannot be written: {probe} is read-only for this user; choose another path.")
-    return path
-
-
-def check_output_file(path: str | os.PathLike | None, flag: str = "--json") -> None:
-    """Like :func:`check_output_dir` for a file to be written at the end (``--json PATH``)."""
-    if not path:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise MetakitError(f"{flag} {path} is a directory; give a file path such as results.json.")
-    probe = _nearest_existing(path.parent)
-    if not probe.is_dir():
-        raise MetakitError(f"{flag} {path} cannot be written: {probe} is a file, not a directory; choose another path.")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise MetakitError(f"{flag} {path} cannot be written: {probe} is read-only for this user; choose another path.")
-
-
-def write_json_option(path: str | None, data: Any) -> None:
-    """Write a command's results to its ``--json PATH``, if given, and say so on stderr."""
-    if path:
-        from metakit.utils import write_json
-
-        write_json(path, data)
-        err_console.print(f"results written to {path}")
 
 
 def _evaluate(run_dir: str | os.PathLike, args: argparse.Namespace, **options: Any) -> dict[str, Any]:
@@ -471,63 +419,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     write_json_option(args.json, {"row": row.name, "paper": row.paper, "published": row.published,
                                    "published_ci": row.published_ci, **result})
     return 0
-
-
-def add_common_options(p: argparse.ArgumentParser, json: bool = True) -> None:
-    """Add ``--no-progress`` (and ``--json PATH`` unless ``json`` is false), which every command takes."""
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-    if json:
-        p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-
-
-def add_config_command(
-    sub: argparse._SubParsersAction,
-    name: str,
-    func: Callable[[argparse.Namespace], int],
-    help: str,
-    config_help: str,
-    overrides_help: str,
-    out_help: str = "run directory (default runs/NAME-TIMESTAMP)",
-    resume: str | None = None,
-    evaluate: str | None = None,
-) -> argparse.ArgumentParser:
-    """Add a command that runs a YAML config: ``NAME CONFIG [KEY=VALUE ...] --out DIR``.
-
-    ``resume`` and ``evaluate``, when given, are the help of ``--resume`` and ``--evaluate``. The
-    command's description is ``func``'s docstring. Returns the subparser, for extra options.
-    """
-    p = sub.add_parser(name, help=help, description=func.__doc__)
-    p.add_argument("config", help=config_help)
-    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=overrides_help)
-    p.add_argument("--out", metavar="DIR", help=out_help)
-    if resume:
-        p.add_argument("--resume", action="store_true", help=resume)
-    if evaluate:
-        p.add_argument("--evaluate", action="store_true", help=evaluate)
-    add_common_options(p)
-    p.set_defaults(func=func)
-    return p
-
-
-def add_run_dir_command(
-    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help: str, run_dir_help: str
-) -> argparse.ArgumentParser:
-    """Add a command that reads a run directory: ``NAME RUN_DIR``. Returns the subparser, for extra options."""
-    p = sub.add_parser(name, help=help, description=func.__doc__)
-    p.add_argument("run_dir", help=run_dir_help)
-    add_common_options(p)
-    p.set_defaults(func=func)
-    return p
-
-
-def add_command_group(sub: argparse._SubParsersAction, name: str, help: str, description: str) -> argparse._SubParsersAction:
-    """Add a command ``NAME`` with subcommands of its own (``metakit rl train``); returns their subparsers.
-
-    ``NAME`` alone prints the group's help and exits with status 2, as it names no work to do.
-    """
-    group = sub.add_parser(name, help=help, description=description)
-    group.set_defaults(func=lambda _args: (group.print_help(), 2)[1])
-    return group.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
 
 
 def build_parser() -> argparse.ArgumentParser:

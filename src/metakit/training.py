@@ -67,16 +67,19 @@ class Trainer:
         progress: show a rich progress bar.
         on_validation: called as ``on_validation(step, value)`` after every validation (e.g. to
             report to an Optuna trial); an exception it raises stops training (pruning).
+        domain: the plugin whose run this is, recorded in the run directory so that ``metakit
+            evaluate``, ``report`` and ``predict`` hand it to that domain (segmentation trains with
+            this trainer too).
     """
 
     def __init__(
         self, experiment: Experiment, run_dir: str | Path, resume: bool = False, progress: bool = True,
-        on_validation: Callable[[int, float], None] | None = None,
+        on_validation: Callable[[int, float], None] | None = None, domain: str = "classification",
     ) -> None:
         self.exp = experiment
         self.on_validation = on_validation
         self.cfg = experiment.config
-        self.run = Run(run_dir)
+        self.run = Run(run_dir, domain=domain)
         self.paths = self.run.paths
         self.resume = resume
         self.progress = progress

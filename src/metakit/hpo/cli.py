@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from metakit.cli import (
+from metakit.commands import (
     add_config_command, check_output_dir, check_output_file, console, err_console, positive_int, write_json_option,
 )
 from metakit.errors import MetakitError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from metakit.cli import (
+from metakit.commands import (
     add_command_group, add_config_command, add_run_dir_command, check_output_dir, check_output_file, console,
     default_out, positive_int, write_json_option,
 )

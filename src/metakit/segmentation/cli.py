@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from metakit.cli import (
+from metakit.commands import (
     add_command_group, add_common_options, add_config_command, add_run_dir_command, check_output_dir,
     check_output_file, console, default_out, positive_int, write_json_option,
 )
@@ -26,7 +26,8 @@ def cmd_segment_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     out = check_output_dir(args.out or default_out(config.name))
     check_output_file(args.json)
-    summary = Trainer(build_seg_experiment(config), out, resume=args.resume, progress=not args.no_progress).fit()
+    summary = Trainer(build_seg_experiment(config), out, resume=args.resume, progress=not args.no_progress,
+                      domain="segmentation").fit()
     metric = summary["metric"]
     console.print(
         f"trained {summary['steps']} steps in {summary['train_seconds']:.1f} s; best val {metric} "

@@ -8,7 +8,7 @@ queries. :func:`build_seg_experiment` turns it into an object with the interface
 :class:`metakit.training.Trainer` uses (``config``, ``learner``, ``train_source``,
 ``val_source``), so meta-training, checkpoints, resume, ``metrics.jsonl`` and ``report.md`` are
 the run layer's own. :func:`evaluate_seg_run` scores a run the way the field reports it and writes
-``evaluation.json`` in the shape :func:`metakit.reporting.write_report` renders.
+``evaluation.json`` in the shape :func:`metakit.reporting.run_report` renders.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def build_seg_experiment(config: Config) -> SegExperiment:
 
 
 def _row(metric: str, values: list[float], episodes: int, shots: int, queries: int, adapt: float) -> dict[str, Any]:
-    """One result row as :func:`metakit.reporting.write_report` renders it; the CI is over seeds."""
+    """One result row as :func:`metakit.reporting.run_report` renders it; the CI is over seeds."""
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {
@@ -160,12 +160,11 @@ def evaluate_setting(
     return [_row("miou", miou, *shape), _row("fb_iou", fbiou, *shape), _row("ap50", ap50, *shape)], examples
 
 
-def grid_figure(examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], path: Path, title: str) -> None:
-    """query | truth | prediction, one row per example, as a PNG (written atomically)."""
-    from metakit.reporting import _matplotlib
-    from metakit.utils import atomic_path
+def grid_figure(examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], title: str) -> Any:
+    """query | truth | prediction, one row per example: the figure, for the run's report to save."""
+    from metakit.runs import pyplot
 
-    plt = _matplotlib()
+    plt = pyplot()
     fig, axes = plt.subplots(len(examples), 3, figsize=(6, 2 * len(examples)), squeeze=False)
     for row, (image, truth, probs) in zip(axes, examples, strict=True):
         img = image.permute(1, 2, 0).cpu().numpy()
@@ -175,9 +174,7 @@ def grid_figure(examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def evaluate_seg_run(
@@ -196,9 +193,9 @@ def evaluate_seg_run(
     ``seed``). Writes ``evaluation.json``, the report and ``segmentation_grid.png`` (query | truth |
     prediction for a few test episodes) unless ``write`` is false.
     """
-    from metakit.reporting import write_report
-    from metakit.runs import RunPaths, load_run_config, load_weights, read_json
-    from metakit.utils import set_threads, write_json
+    from metakit.reporting import run_report
+    from metakit.runs import Plot, RunPaths, load_run_config, load_weights, read_json, write_report
+    from metakit.utils import set_threads
 
     if seeds < 1:
         raise MetakitError(f"--seeds must be >= 1, got {seeds}.")
@@ -225,7 +222,8 @@ def evaluate_seg_run(
         "parameters": sum(p.numel() for p in exp.learner.parameters()), "overrides": [], "results": results,
     }
     if write:
-        write_json(paths.evaluation, out)
-        grid_figure(examples, paths.root / "segmentation_grid.png", f"{config.learner.name} on {config.dataset.name} ({split})")
-        write_report(paths.root)
+        report = run_report(paths.root, evaluation=out)  # evaluation.json, report.md
+        figure = grid_figure(examples, f"{config.learner.name} on {config.dataset.name} ({split})")
+        report.plots["segmentation_grid.png"] = Plot(figure, dpi=90)
+        write_report(paths.root, report)
     return out

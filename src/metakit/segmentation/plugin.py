@@ -26,4 +26,7 @@ plugin = Plugin(
         "seg-glyphs": "metakit.segmentation.scenes:scenes_spec",
         "fss-folder": "metakit.segmentation.fss:fss_spec",
     },
+    # `metakit evaluate|report RUN_DIR` on a segmentation run; `metakit segment predict` takes masks.
+    evaluate_run="metakit.segmentation.cli:cmd_segment_evaluate",
+    report_run="metakit.reporting:run_report",
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from metakit.cli import add_common_options, console, positive_int, write_json_option
+from metakit.commands import add_common_options, console, positive_int, write_json_option
 from metakit.registry import Plugin
 
 if TYPE_CHECKING:
