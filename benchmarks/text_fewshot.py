@@ -291,8 +291,10 @@ class SetFitPeer:
 class ScoreStore:
     """Per-episode ``(accuracy, seconds)`` of each row, kept in ``--out/scores`` so a rerun continues."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, compute: bool = True) -> None:
         self.folder = folder
+        #: False: report only what is stored (``--stored-only``); a missing cell stays empty.
+        self.compute = compute
 
     def path(self, *parts: str) -> Path:
         """The file of one (row, trained on, tested on, setting)."""
@@ -303,7 +305,7 @@ class ScoreStore:
         """The first ``count`` episodes' scores: those stored, then the rest computed (and stored as they come)."""
         path = self.path(*parts)
         done = [tuple(x) for x in (read_json(path) or {}).get("episodes", [])] if path.is_file() else []
-        if len(done) >= count:
+        if len(done) >= count or not self.compute:
             return done[:count]
         model = learner()
         start = time.perf_counter()
@@ -320,7 +322,7 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
     from metakit.text.datasets import locate, read_banking77, read_hwu64
 
     t0 = time.perf_counter()
-    store = ScoreStore(out / "scores")
+    store = ScoreStore(out / "scores", compute=not args.stored_only)
     configs = {d: REPO / "configs" / f"text-{d}-setfit_style.yaml" for d in DATASETS}
     base_over = {d: [f"dataset.root={roots[d]}", f"train.threads={args.threads}"] for d in DATASETS}
     cfg = load_config(configs[DATASETS[0]], base_over[DATASETS[0]])
@@ -366,7 +368,8 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
                 if want(name) and name != "protonet-lora (no cache)":
                     got = store.scores((f"val {name}", d if meta else "-", d, f"5w{shots}s"), loader(name, d), val_eps,
                                        episodes_of(name, args.val_episodes), console)
-                    validation[(name, d, shots)] = statistics.fmean(a for a, _ in got)
+                    if got:
+                        validation[(name, d, shots)] = statistics.fmean(a for a, _ in got)
 
     rows: list[dict[str, Any]] = []
     scores: dict[tuple[str, str, str], dict[tuple[int, int], list[tuple[float, float]]]] = {}
@@ -378,8 +381,9 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
             if (n, k) not in args.settings_parsed:
                 continue
             per[(n, k)] = store.scores((name, trained_on, test_on, f"{n}w{k}s"), make, eps[(test_on, n, k)], n_eps((n, k)), console)
-        scores[(name, trained_on, test_on)] = per
         results = {}
+        per = {setting: got for setting, got in per.items() if len(got) > 1}  # --stored-only: unmeasured cells
+        scores[(name, trained_on, test_on)] = per
         for (n, k), got in per.items():
             m, ci = mean_ci([a for a, _ in got])
             results[f"{n}w{k}s"] = {"mean": m, "ci95": ci, "episodes": len(got),
@@ -427,6 +431,8 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
                 if not ref:
                     continue
                 shared = min(len(got), len(ref))
+                if shared < 2:
+                    continue
                 m, ci = mean_ci([a[0] - b[0] for a, b in zip(got[:shared], ref[:shared])])
                 diffs[f"{setting[0]}w{setting[1]}s"] = {"mean": m, "ci95": ci, "episodes": shared}
             paired.append({"learner": name, "trained_on": trained_on, "tested_on": test_on, "baseline": base_key[0], "diff": diffs})
@@ -487,6 +493,8 @@ def main() -> None:
                         help="encoder part: the meta-trained runs to score (default both)")
     parser.add_argument("--tested-on", nargs="+", choices=DATASETS, default=list(DATASETS),
                         help="encoder part: the test sets to score (default both)")
+    parser.add_argument("--stored-only", action="store_true",
+                        help="encoder part: report the scores stored so far in --out/scores, compute nothing (cells not measured show '-')")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared", default=str(REPO.parent / "shared" / "data"), help="folder holding banking77/ and hwu64/")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench-text-fewshot"))

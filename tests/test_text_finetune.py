@@ -339,6 +339,7 @@ def _config(tmp_path: Path, data: Path, learner: dict, steps: int = 6) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_meta_train_then_evaluate_on_your_own_csv(tmp_path: Path) -> None:
     from metakit.config import load_config
     from metakit.evaluation import evaluate_run
