@@ -89,6 +89,11 @@ from torch import nn
 
 from metakit.backbones import build_backbone
 from metakit.episodes import Episode
+
+try:
+    from metakit.episodes import MetaBatch
+except ImportError:  # a checkout from before the Episode/MetaBatch split, timed as the baseline of a change
+    MetaBatch = None
 from metakit.learners import TaskInfo, build_learner
 from metakit.learners.gradient import use_batch_statistics
 
@@ -158,14 +163,16 @@ def make_model(ways: int) -> nn.Sequential:
 
 
 def make_batch(ways: int, tasks: int) -> Episode:
+    """A meta-batch ``[tasks, N·K, ...]`` of random images, the same for every implementation."""
     g = torch.Generator().manual_seed(1)
-    return Episode(
+    fields = dict(
         support_x=torch.rand(tasks, ways * SHOTS, *SHAPE, generator=g),
         support_y=torch.arange(ways).repeat_interleave(SHOTS).repeat(tasks, 1),
         query_x=torch.rand(tasks, ways * QUERIES, *SHAPE, generator=g),
         query_y=torch.arange(ways).repeat_interleave(QUERIES).repeat(tasks, 1),
-        ways=ways, shots=SHOTS, queries=QUERIES, batched=True,
+        ways=ways, shots=SHOTS, queries=QUERIES,
     )
+    return MetaBatch(**fields) if MetaBatch is not None else Episode(**fields, batched=True)
 
 
 def synchronize() -> None:
