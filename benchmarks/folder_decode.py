@@ -50,7 +50,7 @@ def timed_load(root: Path, cache: Path, workers: int | None) -> tuple[float, tor
     os.environ["METAKIT_CACHE"] = str(cache)
     start = time.perf_counter()
     ds = load_folder(root, image_size=28, channels=1, invert=True, groups=True, workers=workers)
-    return time.perf_counter() - start, ds.images, ds.class_names
+    return time.perf_counter() - start, ds.inputs, ds.class_names
 
 
 def main() -> None:
@@ -66,7 +66,7 @@ def main() -> None:
         cached, again, _ = timed_load(args.out, Path(tmp, "b"), None)
         os.environ["METAKIT_CACHE"] = str(Path(tmp, "omniglot"))
         reference = load_omniglot(args.zip, image_size=28, download=False)
-    same = torch.equal(images, reference.images) and names == reference.class_names and torch.equal(again, images)
+    same = torch.equal(images, reference.inputs) and names == reference.class_names and torch.equal(again, images)
     print(f"{n:,} Omniglot PNGs (105x105 -> 28x28, 1 channel, inverted) in {args.out}; {os.cpu_count()} CPUs")
     print(f"{'load':<34} {'seconds':>8} {'images/s':>10}")
     for label, secs in (("cold, 1 thread", one), (f"cold, default ({default} threads)", many), ("cached (second load)", cached)):

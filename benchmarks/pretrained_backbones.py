@@ -226,7 +226,7 @@ def rate(args: argparse.Namespace) -> dict[str, Any]:
     from metakit.datasets import load_splits
 
     splits = load_splits("omniglot", split="group", fractions=(0.66667, 0.16667, 0.16666), image_size=28, root=args.root)
-    images = splits["test"].images[: args.rate_images].float().div(255)
+    images = splits["test"].inputs[: args.rate_images].float().div(255)
     out = {}
     for size in (224, args.image_size):
         backbone = build_backbone("pretrained", (1, 28, 28), image_size=size).eval()
