@@ -78,3 +78,37 @@ def test_malformed_yaml(tmp_path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(MetakitError, match="must hold a mapping"):
         load_config(path)
+
+
+def test_options_section_reads_keys_types_and_defaults_from_a_constructor():
+    from metakit.config import options_section, section_from_dict
+
+    class Algo:
+        def __init__(self, policy: object, lr: float = 0.1, steps: int = 3, first_order: bool = False,
+                     gamma: float = 0.99) -> None:
+            pass
+
+    Section = options_section(Algo, "AlgoConfig", "An algorithm's options.", exclude=("gamma",),
+                              extra=(("tasks", int, 7),))
+    got = section_from_dict(Section, {"lr": "1e-2", "steps": 5}, "algo")
+    assert (got.lr, got.steps, got.first_order, got.tasks) == (0.01, 5, False, 7)
+    assert [f for f in Section.__dataclass_fields__] == ["tasks", "lr", "steps", "first_order"]
+    with pytest.raises(MetakitError, match="algo.gamma"):
+        section_from_dict(Section, {"gamma": 0.5}, "algo")  # excluded: the caller fills it
+    with pytest.raises(MetakitError, match="must be an integer"):
+        section_from_dict(Section, {"steps": 1.5}, "algo")
+
+
+def test_rl_sections_follow_the_algorithms_constructors():
+    import inspect
+
+    from metakit.rl.config import MamlConfig, PearlConfig, RL2Config
+    from metakit.rl.maml_rl import MamlRL
+    from metakit.rl.pearl import PEARL
+    from metakit.rl.rl2 import RL2
+
+    for section, algo in ((MamlConfig, MamlRL), (RL2Config, RL2), (PearlConfig, PEARL)):
+        params = inspect.signature(algo).parameters
+        for name, f in section.__dataclass_fields__.items():
+            if name in params and name != "train_tasks":  # PEARL's is the task list built from the count
+                assert f.default == params[name].default, (algo.__name__, name)

@@ -155,6 +155,37 @@ def call_with_options(fn: Callable[..., Any], options: dict[str, Any], what: str
         raise MetakitError(f"bad options for {what}: {exc}.") from None
 
 
+def options_section(
+    fn: Callable[..., Any],
+    name: str,
+    doc: str,
+    exclude: Sequence[str] = (),
+    extra: Sequence[tuple[str, Any, Any]] = (),
+    module: str | None = None,
+) -> type:
+    """A config section (a dataclass) whose keys are ``fn``'s options, with their types and defaults.
+
+    An algorithm declares its options once, in its constructor; the section that configures it is
+    read from that signature instead of being written again as a dataclass, so a new option or a
+    changed default reaches the config file, the resolved ``config.yaml`` and the "did you mean"
+    errors at once. Every parameter with a default becomes a key, except those in ``exclude``
+    (options the caller fills from another section); ``extra`` adds ``(key, type, default)`` keys
+    the caller reads itself (e.g. a count from which it builds a constructor argument). ``module``
+    names the module the section belongs to (in messages and ``repr``).
+    """
+    hints = get_type_hints(fn.__init__ if inspect.isclass(fn) else fn)
+    fields = [(key, hint, field(default=default)) for key, hint, default in extra]
+    skip = {*exclude, *(key for key, _, _ in extra)}
+    for p in inspect.signature(fn).parameters.values():
+        if p.default is not inspect.Parameter.empty and p.name not in skip:
+            fields.append((p.name, hints.get(p.name, Any), field(default=p.default)))
+    cls = dataclasses.make_dataclass(name, fields)
+    cls.__doc__ = doc
+    if module:
+        cls.__module__ = module
+    return cls
+
+
 @dataclass
 class TrainConfig:
     """Meta-training loop settings."""

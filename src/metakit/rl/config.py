@@ -14,8 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metakit.config import config_from_dict, load_config, yaml_dump
+from metakit.config import config_from_dict, load_config, options_section, yaml_dump
 from metakit.errors import MetakitError
+from metakit.rl.maml_rl import MamlRL
+from metakit.rl.pearl import PEARL
+from metakit.rl.rl2 import RL2
 
 ALGORITHMS = ("maml-rl", "rl2", "pearl")
 
@@ -57,50 +60,18 @@ class TrainConfig:
     pretrained_iterations: int | None = None
 
 
-@dataclass
-class MamlConfig:
-    """MAML-RL with ProMP's outer update (clipped surrogate + adaptive KL penalty on the pre-update policy)."""
-
-    inner_lr: float = 0.1
-    inner_steps: int = 1
-    first_order: bool = False
-    outer_lr: float = 1e-3
-    outer_steps: int = 5
-    clip: float = 0.3
-    kl_coef: float = 5e-4
-    kl_target: float = 0.01
-
-
-@dataclass
-class RL2Config:
-    """RL² trained with PPO: a trial is ``episodes_per_trial`` episodes of one task, hidden state kept."""
-
-    episodes_per_trial: int = 2
-    lr: float = 3e-4
-    epochs: int = 4
-    minibatches: int = 4
-    clip: float = 0.2
-    value_coef: float = 0.5
-    entropy_coef: float = 0.0
-    max_grad_norm: float = 0.5
-    reward_scale: float = 1.0
-
-
-@dataclass
-class PearlConfig:
-    """PEARL: SAC + probabilistic context encoder over a fixed set of ``train_tasks`` training tasks."""
-
-    train_tasks: int = 100
-    latent_dim: int = 5
-    hidden: int = 128
-    lr: float = 3e-4
-    tau: float = 0.005
-    alpha: float = 1.0
-    reward_scale: float = 5.0
-    kl_weight: float = 0.1
-    batch_size: int = 256
-    context_size: int = 100
-    updates: int = 50
+# The algorithms' sections are read from their constructors (metakit.config.options_section), so an
+# option and its default are declared once, where the algorithm uses it. gamma and gae_lambda come
+# from the train section, which all algorithms share.
+MamlConfig = options_section(
+    MamlRL, "MamlConfig", "MAML-RL with ProMP's outer update (clipped surrogate + adaptive KL penalty on the pre-update policy).",
+    exclude=("gamma", "gae_lambda"), module=__name__)
+RL2Config = options_section(
+    RL2, "RL2Config", "RL² trained with PPO: a trial is ``episodes_per_trial`` episodes of one task, hidden state kept.",
+    exclude=("gamma", "gae_lambda"), module=__name__)
+PearlConfig = options_section(
+    PEARL, "PearlConfig", "PEARL: SAC + probabilistic context encoder over a fixed set of ``train_tasks`` training tasks.",
+    exclude=("gamma",), extra=(("train_tasks", int, 100),), module=__name__)
 
 
 @dataclass

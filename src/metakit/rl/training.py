@@ -18,7 +18,7 @@ Run directory (the spine's layout, :mod:`metakit.runs`)::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +75,15 @@ def build(config: RLConfig, phase: str = "meta", episodes_per_task: int | None =
     if config.algorithm == "rl2":
         r = config.rl2
         envs = make_vector_env(config.env.name, t.meta_batch, config.env.horizon, config.env.options)
-        algo: MamlRL | RL2 | PEARL = RL2(policy, TrialRunner(envs, horizon), r.episodes_per_trial, r.lr, r.epochs, r.minibatches,
-                                 r.clip, r.value_coef, r.entropy_coef, r.max_grad_norm, t.gamma, t.gae_lambda,
-                                 r.reward_scale)
+        algo: MamlRL | RL2 | PEARL = RL2(policy, TrialRunner(envs, horizon), **asdict(r), gamma=t.gamma,
+                                         gae_lambda=t.gae_lambda)
     else:
         m = config.maml
         episodes = episodes_per_task or t.episodes_per_task
         envs = make_vector_env(config.env.name, t.meta_batch * episodes, config.env.horizon, config.env.options)
         inner_steps = m.inner_steps if phase == "meta" else 0
-        algo = MamlRL(policy, TaskBatchSampler(envs, t.meta_batch, episodes, horizon), m.inner_lr, inner_steps,
-                      m.first_order, m.outer_lr, m.outer_steps, m.clip, m.kl_coef, m.kl_target, t.gamma, t.gae_lambda)
+        algo = MamlRL(policy, TaskBatchSampler(envs, t.meta_batch, episodes, horizon),
+                      **{**asdict(m), "inner_steps": inner_steps}, gamma=t.gamma, gae_lambda=t.gae_lambda)
     return Setup(algo, task_env(source), horizon)
 
 
@@ -97,9 +96,9 @@ def _build_pearl(config: RLConfig, source: Any, horizon: int) -> PEARL:
     train_tasks = task_env(source).sample_tasks(p.train_tasks, np.random.default_rng([config.seed, 99]), "train")
     envs = make_vector_env(config.env.name, config.train.meta_batch, config.env.horizon, config.env.options)
     torch.manual_seed(config.seed)
+    options = {k: v for k, v in asdict(p).items() if k != "train_tasks"}
     return PEARL(envs, obs_dim, action_dim, torch.as_tensor(space.low, dtype=torch.float32),
-                 torch.as_tensor(space.high, dtype=torch.float32), horizon, train_tasks, p.latent_dim, p.hidden, p.lr,
-                 config.train.gamma, p.tau, p.alpha, p.reward_scale, p.kl_weight, p.batch_size, p.context_size, p.updates)
+                 torch.as_tensor(space.high, dtype=torch.float32), horizon, train_tasks, gamma=config.train.gamma, **options)
 
 
 def _time_limit(env: Any) -> int | None:
