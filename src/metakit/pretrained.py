@@ -52,6 +52,7 @@ import hashlib
 import importlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -372,8 +373,30 @@ def _size(kind: str, model: str, native: int, image_size: int | None, fixed: boo
     return int(image_size)
 
 
-def _finish(module: PretrainedBackbone, head: dict[str, Any] | None) -> PretrainedBackbone:
-    """Attach the optional projection ``head`` and check the model runs at its input size."""
+@dataclass
+class _Loaded:
+    """What a library hands a backbone: the network (its classifier removed) and how to feed it."""
+
+    net: nn.Module
+    feature_dim: int
+    native: int  # the side length the model's pretrained config expects
+    fixed: bool  # whether the model takes only ``native`` (ViTs' position embeddings)
+    mean: Sequence[float]
+    std: Sequence[float]
+    interpolation: str
+    blocks: list[list[str]]
+    source: str
+
+
+def _assemble(kind: str, model: str, loaded: _Loaded, freeze: bool | int, image_size: int | None,
+              head: dict[str, Any] | None, cache: bool | None) -> PretrainedBackbone:
+    """The :class:`PretrainedBackbone` around ``loaded``, with the optional projection ``head``, checked to run."""
+    size = _size(kind, model, loaded.native, image_size, loaded.fixed)
+    module = PretrainedBackbone(
+        loaded.net, kind=kind, model_name=model, in_channels=3, size=(size, size), mean=loaded.mean, std=loaded.std,
+        interpolation=loaded.interpolation, feature_dim=loaded.feature_dim, blocks=loaded.blocks, freeze=freeze,
+        head=None, cache=cache, source=loaded.source,
+    )
     if head is not None:
         if not isinstance(head, dict):
             raise MetakitError(f"head must be a mapping of projection options such as {{dims: [256]}}, got {head!r}.")
@@ -393,6 +416,33 @@ def _finish(module: PretrainedBackbone, head: dict[str, Any] | None) -> Pretrain
         ) from None
     module.train(was)
     return module
+
+
+def _hub_backbone(kind: str, load: Callable[[Any, str, Any, str | None, str | None], _Loaded], doc: str,
+                  download: str = "pretrained: true") -> Callable[..., nn.Module]:
+    """Register the backbone ``kind`` of a model library; the options are the same for every library.
+
+    ``load(library, model, pretrained, weights, sha256)`` builds the named model, loads its
+    weights and removes its classifier; ``doc`` becomes the builder's docstring.
+    """
+
+    def backbone(
+        input_shape: tuple[int, ...],
+        model: str = "",
+        pretrained: bool | str = False,
+        weights: str | None = None,
+        sha256: str | None = None,
+        freeze: bool | int = False,
+        image_size: int | None = None,
+        head: dict[str, Any] | None = None,
+        cache: bool | None = None,
+    ) -> nn.Module:
+        library, parsed = _open(kind, input_shape, pretrained, weights, freeze, download)
+        return _assemble(kind, model, load(library, model, pretrained, weights, sha256), parsed, image_size, head, cache)
+
+    backbone.__name__ = backbone.__qualname__ = f"{kind}_backbone"
+    backbone.__doc__ = doc
+    return register_backbone(kind)(backbone)
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,19 +533,18 @@ def _timm_classifier(model: nn.Module) -> list[str]:
     return [head] if isinstance(head, str) else list(head)
 
 
-@register_backbone("timm")
-def timm_backbone(
-    input_shape: tuple[int, ...],
-    model: str = "",
-    pretrained: bool = False,
-    weights: str | None = None,
-    sha256: str | None = None,
-    freeze: bool | int = False,
-    image_size: int | None = None,
-    head: dict[str, Any] | None = None,
-    cache: bool | None = None,
-) -> nn.Module:
-    """Any timm model's pooled features (its classifier removed).
+def _load_timm(timm: Any, model: str, pretrained: Any, weights: str | None, sha256: str | None) -> _Loaded:
+    net = _timm_model(timm, model, "timm", bool(pretrained), {})
+    cfg = timm.data.resolve_data_config({}, model=net)
+    source = _load_local(net, "timm", model, weights, sha256, skip=_timm_classifier(net)) or (
+        "hub" if pretrained else "random init")
+    net.reset_classifier(0)
+    fixed = bool(net.pretrained_cfg.get("fixed_input_size", False))
+    return _Loaded(net, int(net.num_features), int(cfg["input_size"][-1]), fixed, cfg["mean"], cfg["std"],
+                   str(cfg.get("interpolation", "bilinear")), _timm_blocks(timm, net), source)
+
+
+timm_backbone = _hub_backbone("timm", _load_timm, """Any timm model's pooled features (its classifier removed).
 
     Args:
         input_shape: ``(C, H, W)`` of the dataset's images (C 1 or 3; any size).
@@ -507,22 +556,7 @@ def timm_backbone(
         image_size: resize inputs to this size instead of the model's pretrained input size.
         head: projection options (``{dims: [256]}``) for a trainable head after the features.
         cache: embed each image once and train on the vectors (default: when ``freeze: true``).
-    """
-    kind = "timm"
-    timm, freeze = _open(kind, input_shape, pretrained, weights, freeze)
-    net = _timm_model(timm, model, kind, bool(pretrained), {})
-    cfg = timm.data.resolve_data_config({}, model=net)
-    native = int(cfg["input_size"][-1])
-    size = _size(kind, model, native, image_size, bool(net.pretrained_cfg.get("fixed_input_size", False)))
-    source = _load_local(net, kind, model, weights, sha256, skip=_timm_classifier(net)) or (
-        "hub" if pretrained else "random init")
-    net.reset_classifier(0)
-    module = PretrainedBackbone(
-        net, kind=kind, model_name=model, in_channels=3, size=(size, size), mean=cfg["mean"], std=cfg["std"],
-        interpolation=str(cfg.get("interpolation", "bilinear")), feature_dim=int(net.num_features),
-        blocks=_timm_blocks(timm, net), freeze=freeze, head=None, cache=cache, source=source,
-    )
-    return _finish(module, head)
+    """)
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,25 +606,8 @@ def _replace(model: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
-@register_backbone("torchvision")
-def torchvision_backbone(
-    input_shape: tuple[int, ...],
-    model: str = "",
-    pretrained: bool = False,
-    weights: str | None = None,
-    sha256: str | None = None,
-    freeze: bool | int = False,
-    image_size: int | None = None,
-    head: dict[str, Any] | None = None,
-    cache: bool | None = None,
-) -> nn.Module:
-    """Any torchvision classification model's features (its last Linear layer removed).
-
-    Options as for ``timm``; ``pretrained: true`` downloads the model's ``DEFAULT`` weights from
-    download.pytorch.org. Input size and normalisation come from those weights' transforms.
-    """
+def _load_torchvision(tv: Any, model: str, pretrained: Any, weights: str | None, sha256: str | None) -> _Loaded:
     kind = "torchvision"
-    tv, freeze = _open(kind, input_shape, pretrained, weights, freeze)
     names = tv.models.list_models(module=tv.models)
     if not isinstance(model, str) or model not in names:
         close = difflib.get_close_matches(str(model), names, n=3, cutoff=0.6)
@@ -598,9 +615,6 @@ def torchvision_backbone(
         raise MetakitError(f"unknown torchvision classification model {model!r}.{hint} Valid: {', '.join(sorted(names))}.")
     default = tv.models.get_model_weights(model).DEFAULT
     preset = default.transforms()
-    native = int(preset.crop_size[0])
-    fixed = model.startswith(("vit_", "swin", "maxvit"))
-    size = _size(kind, model, native, image_size, fixed)
     try:
         net = tv.models.get_model(model, weights=default if pretrained else None)
     except Exception as exc:  # noqa: BLE001 - URLError, OSError, hash mismatch, ...
@@ -616,38 +630,23 @@ def torchvision_backbone(
     feature_dim = net.get_submodule(head_name).in_features
     _replace(net, head_name, nn.Identity())
     interp = getattr(preset.interpolation, "value", str(preset.interpolation))
-    module = PretrainedBackbone(
-        net, kind=kind, model_name=model, in_channels=3, size=(size, size), mean=preset.mean, std=preset.std,
-        interpolation=str(interp), feature_dim=feature_dim, blocks=_generic_blocks(net), freeze=freeze, head=None,
-        cache=cache, source=source,
-    )
-    return _finish(module, head)
+    return _Loaded(net, feature_dim, int(preset.crop_size[0]), model.startswith(("vit_", "swin", "maxvit")), preset.mean,
+                   preset.std, str(interp), _generic_blocks(net), source)
+
+
+torchvision_backbone = _hub_backbone("torchvision", _load_torchvision, """Any torchvision classification model's features (its last Linear layer removed).
+
+    Options as for ``timm``; ``pretrained: true`` downloads the model's ``DEFAULT`` weights from
+    download.pytorch.org. Input size and normalisation come from those weights' transforms.
+    """)
 
 
 # --------------------------------------------------------------------------------------------
 # open_clip
 
 
-@register_backbone("open_clip")
-def open_clip_backbone(
-    input_shape: tuple[int, ...],
-    model: str = "",
-    pretrained: bool | str = False,
-    weights: str | None = None,
-    sha256: str | None = None,
-    freeze: bool | int = False,
-    image_size: int | None = None,
-    head: dict[str, Any] | None = None,
-    cache: bool | None = None,
-) -> nn.Module:
-    """The image tower of an open_clip model (its image embedding, before the text matching).
-
-    ``pretrained`` is ``true`` (the model's first listed pretrained tag) or a tag such as
-    ``laion2b_s34b_b79k``; both download. ``weights`` takes a full CLIP state dict (``visual.*``
-    keys are used) or the image tower's own. Other options as for ``timm``.
-    """
+def _load_open_clip(oc: Any, model: str, pretrained: Any, weights: str | None, sha256: str | None) -> _Loaded:
     kind = "open_clip"
-    oc, freeze = _open(kind, input_shape, pretrained, weights, freeze, download="pretrained:")
     names = oc.list_models()
     if not isinstance(model, str) or model not in names:
         close = difflib.get_close_matches(str(model), names, n=3, cutoff=0.6)
@@ -678,16 +677,19 @@ def open_clip_backbone(
     cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})
     native = cfg.get("size", getattr(visual, "image_size", 224))
     native = int(native[0] if isinstance(native, (tuple, list)) else native)
-    size = _size(kind, model, native, image_size, fixed=hasattr(visual, "positional_embedding"))
     mean = cfg.get("mean", getattr(oc, "OPENAI_DATASET_MEAN", (0.48145466, 0.4578275, 0.40821073)))
     std = cfg.get("std", getattr(oc, "OPENAI_DATASET_STD", (0.26862954, 0.26130258, 0.27577711)))
     feature_dim = int(getattr(visual, "output_dim", 0) or net.text_projection.shape[-1])
-    module = PretrainedBackbone(
-        visual, kind=kind, model_name=model, in_channels=3, size=(size, size), mean=mean, std=std,
-        interpolation=str(cfg.get("interpolation", "bicubic")), feature_dim=feature_dim,
-        blocks=_generic_blocks(visual), freeze=freeze, head=None, cache=cache, source=source,
-    )
-    return _finish(module, head)
+    return _Loaded(visual, feature_dim, native, hasattr(visual, "positional_embedding"), mean, std,
+                   str(cfg.get("interpolation", "bicubic")), _generic_blocks(visual), source)
+
+
+open_clip_backbone = _hub_backbone("open_clip", _load_open_clip, """The image tower of an open_clip model (its image embedding, before the text matching).
+
+    ``pretrained`` is ``true`` (the model's first listed pretrained tag) or a tag such as
+    ``laion2b_s34b_b79k``; both download. ``weights`` takes a full CLIP state dict (``visual.*``
+    keys are used) or the image tower's own. Other options as for ``timm``.
+    """, download="pretrained:")
 
 
 # --------------------------------------------------------------------------------------------
@@ -765,15 +767,10 @@ def shipped_backbone(
     kind = "pretrained"
     _image_input(kind, input_shape)
     timm = _import("timm", kind)
-    freeze = _parse_freeze(freeze)
     net = efficientnet_lite0_classifier()
     cfg = timm.data.resolve_data_config({}, model=net)  # 224 px, mean = std = 0.5 (TF's 127/128 scaling)
-    size = _size(kind, _LITE0_TIMM_NAME, int(cfg["input_size"][-1]), image_size, fixed=False)
     net.reset_classifier(0)
-    module = PretrainedBackbone(
-        net, kind=kind, model_name=_LITE0_TIMM_NAME, in_channels=3, size=(size, size), mean=cfg["mean"],
-        std=cfg["std"], interpolation=str(cfg.get("interpolation", "bicubic")), feature_dim=int(net.num_features),
-        blocks=_timm_blocks(timm, net), freeze=freeze, head=None, cache=cache,
-        source=f"{EFFICIENTNET_LITE0_PACKAGE} (sha256 {EFFICIENTNET_LITE0_SHA256[:16]}...)",
-    )
-    return _finish(module, head)
+    loaded = _Loaded(net, int(net.num_features), int(cfg["input_size"][-1]), False, cfg["mean"], cfg["std"],
+                     str(cfg.get("interpolation", "bicubic")), _timm_blocks(timm, net),
+                     f"{EFFICIENTNET_LITE0_PACKAGE} (sha256 {EFFICIENTNET_LITE0_SHA256[:16]}...)")
+    return _assemble(kind, _LITE0_TIMM_NAME, loaded, _parse_freeze(freeze), image_size, head, cache)
