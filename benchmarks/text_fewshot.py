@@ -20,6 +20,11 @@ on the same fixed episodes (same seed: the same intents, support sets and querie
   - ``protonet-lora + logreg``: the same encoder, logistic regression on the support embeddings;
   - ``protonet-lora + logreg, adapters x0.5``: with half the meta-trained LoRA update (WiSE-FT's
     weight-space mix of trained and pretrained weights, ``backbone.adapter_scale=0.5``);
+  - ``protonet-lora + logreg, fallback``: the same, with ``learner.fallback=true``: a task whose
+    support sentences lie far from the training intents (judged against the training data alone)
+    is handled by the pretrained encoder instead; the runs were meta-trained before the option
+    existed, so their reference of the training intents is filled from the training split
+    (``remember_split``), which is what meta-training with the option collects;
   - ``setfit_style``: that encoder fine-tuned per task on the support pairs (:data:`FINE_TUNE`),
     logistic regression head;
   - ``setfit_style (pretrained)``: the same per-task fine-tuning from the pretrained encoder
@@ -76,6 +81,8 @@ ENCODER_ROWS: dict[str, tuple[tuple[str, ...], bool]] = {
     "protonet-lora + logreg": (("learner.head=logreg",), True),
     # WiSE-FT (Wortsman et al. 2022): half of the meta-trained LoRA update, the paper's default mix.
     "protonet-lora + logreg, adapters x0.5": (("learner.head=logreg", "backbone.adapter_scale=0.5"), True),
+    # Falls back to the pretrained encoder on tasks unlike the training intents (SetFitStyle's fallback).
+    "protonet-lora + logreg, fallback": (("learner.head=logreg", "learner.fallback=true"), True),
     "setfit_style": (FINE_TUNE, True),
     "setfit_style (pretrained)": (("learner.meta_train=false", *FINE_TUNE), False),
     # The same model as protonet-lora without the backbone's caches: what a fresh task costs when
@@ -356,7 +363,14 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
                            not args.no_progress)
 
     def loader(name: str, d: str) -> Callable[[], Any]:
-        return lambda: load_trained(run_of(name, d), overrides=list(ENCODER_ROWS[name][0])).learner
+        def load() -> Any:
+            learner = load_trained(run_of(name, d), overrides=list(ENCODER_ROWS[name][0])).learner
+            if getattr(learner, "fallback", False) and not int(learner.reference_count.sum()):
+                train_split = test_split(configs[d], base_over[d], "train")
+                learner.remember_split(train_split.inputs, train_split.labels)
+            return learner
+
+        return load
 
     # Validation (5-way, validation intents of the training set) of every encoder row, to choose among them.
     validation: dict[tuple[str, str, int], float] = {}
@@ -403,7 +417,8 @@ def encoder_part(args: argparse.Namespace, console: Console, roots: dict[str, st
             add_row("setfit_style (pretrained)", "-", test_on, loader("setfit_style (pretrained)", test_on), token_eps,
                     lambda _: episodes_of("setfit_style", args.encoder_episodes))
         for train_on in args.trained_on:
-            for name in ("protonet-lora", "protonet-lora + logreg", "protonet-lora + logreg, adapters x0.5", "setfit_style"):
+            for name in ("protonet-lora", "protonet-lora + logreg", "protonet-lora + logreg, adapters x0.5",
+                         "protonet-lora + logreg, fallback", "setfit_style"):
                 if want(name) and (train_on == test_on or not name.startswith("setfit_style") or args.ft_cross):
                     add_row(name, train_on, test_on, loader(name, train_on), token_eps,
                             lambda _, name=name: episodes_of(name, args.encoder_episodes))

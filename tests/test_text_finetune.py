@@ -406,3 +406,82 @@ def test_real_minilm_backbone_matches_sentence_transformers() -> None:
     with torch.no_grad():
         assert torch.allclose(net(x), reference, atol=1e-5)  # LoRA starts at zero: the pretrained encoder
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) == (24_576 if HAS_PEFT else 3_548_928)
+
+
+def _fallback_learner(**options) -> torch.nn.Module:  # noqa: ANN003
+    task = TaskInfo("classification", (32,), 4, num_classes=8)
+    learner = build_learner("setfit_style", encoder(train_layers=2, lora_r=4), task, steps=0, fallback=True, **options)
+    texts = [s for intent in INTENTS[:8] for s in sentences(intent, 6)]
+    labels = torch.arange(8).repeat_interleave(6)
+    learner.remember_split(tenc.tokenize_texts(texts, "stub-bert", max_length=32), labels)
+    with torch.no_grad():  # stand-in for meta-training: adapters that change the encoder
+        torch.manual_seed(1)
+        for n, p in learner.backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    return learner.eval()
+
+
+@pytest.mark.skipif(not HAS_PEFT, reason="LoRA needs peft (metakit[text])")
+def test_fallback_uses_the_pretrained_encoder_on_tasks_scored_below_the_threshold() -> None:
+    # The stub's random BERT puts every sentence near every other (cosines ~0.9), so it cannot show
+    # two domains apart (docs/benchmarks.md does, on Banking77 and HWU64); here the threshold is
+    # moved by its quantile around one task's score, and what the learner does on each side is checked.
+    intents = INTENTS[8:12]  # new intents, not in the reference
+    sx = tenc.tokenize_texts([s for i in intents for s in sentences(i, 4)[:2]], "stub-bert", max_length=32)
+    qx = tenc.tokenize_texts([s for i in intents for s in sentences(i, 4)[2:]], "stub-bert", max_length=32)
+    sy = torch.arange(4).repeat_interleave(2)
+    low, high = _fallback_learner(fallback_quantile=0.01), _fallback_learner(fallback_quantile=0.99)
+    assert low.reference_count.tolist() == [6] * 8
+    centroids, tau_low = low.threshold()
+    tau_high = high.threshold()[1]
+    with torch.no_grad():
+        score = low.domain_score(low.pretrained_embeddings(sx), centroids).mean()
+        kept = low.adapt(sx, sy, 4)(qx)
+        fell = high.adapt(sx, sy, 4)(qx)
+    assert tau_low < score < tau_high
+    assert not low.fell_back and high.fell_back
+    as_trained = build_learner("setfit_style", low.backbone, TaskInfo("classification", (32,), 4), steps=0).eval()
+    plain = build_learner("setfit_style", high.backbone, TaskInfo("classification", (32,), 4), steps=0).eval()
+    with torch.no_grad():
+        assert torch.allclose(kept, as_trained.adapt(sx, sy, 4)(qx))  # the meta-trained adapters
+        for n, p in plain.backbone.named_parameters():
+            if "lora_B" in n:
+                p.zero_()
+        assert torch.allclose(fell, plain.adapt(sx, sy, 4)(qx), atol=1e-5)  # exactly the pretrained encoder's head
+    assert not torch.allclose(fell, kept, atol=1e-3)
+
+
+@pytest.mark.skipif(not HAS_PEFT, reason="LoRA needs peft (metakit[text])")
+def test_fallback_reference_is_collected_in_training_saved_and_checked() -> None:
+    from metakit.episodes import MetaBatch
+
+    task = TaskInfo("classification", (32,), 2, num_classes=4)
+    texts = [s for intent in INTENTS[:4] for s in sentences(intent, 3)]
+    rows = tenc.tokenize_texts(texts, "stub-bert", max_length=32).view(4, 3, -1)
+    batch = MetaBatch(support_x=rows[[0, 2], :2].flatten(1, 2).view(1, 4, -1), support_y=torch.tensor([[0, 0, 1, 1]]),
+                      query_x=rows[[0, 2], 2:].flatten(1, 2).view(1, 2, -1), query_y=torch.tensor([[0, 1]]),
+                      ways=2, shots=2, queries=1, classes=torch.tensor([[0, 2]]))
+    losses = []
+    for fallback in (True, False):
+        torch.manual_seed(0)
+        learner = build_learner("setfit_style", encoder(train_layers=2, lora_r=4), task, fallback=fallback).train()
+        torch.manual_seed(5)
+        losses.append(learner.meta_loss(batch)[0].item())
+        if fallback:
+            collected = learner
+    assert losses[0] == losses[1]  # collecting the reference leaves the training run as it was
+    assert collected.reference_count.tolist() == [3, 0, 3, 0]
+    with pytest.raises(MetakitError, match="no reference of the training intents"):
+        collected.threshold()
+    state = collected.state_dict()
+    assert "reference" in state and "reference_count" in state
+    fresh = build_learner("setfit_style", encoder(train_layers=2, lora_r=4), task, fallback=True)
+    fresh.load_state_dict(state)
+    assert fresh.reference_count.tolist() == [3, 0, 3, 0]
+    old = {k: v for k, v in state.items() if not k.startswith("reference")}
+    fresh.load_state_dict(old)  # a run trained before fallback existed loads, with an empty reference
+    with pytest.raises(MetakitError, match="needs backbone lora_r > 0"):
+        build_learner("setfit_style", encoder(train_layers=1, lora_r=0), task, fallback=True)
+    with pytest.raises(MetakitError, match="training split's classes"):
+        build_learner("setfit_style", encoder(train_layers=2, lora_r=4), TaskInfo("classification", (32,), 2), fallback=True)

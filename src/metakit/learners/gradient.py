@@ -22,6 +22,8 @@ choice measured on CPU.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -92,6 +94,12 @@ class GradientLearner(Learner):
               and its bias ``-|p_c|^2``, with ``p_c`` the mean support feature of class ``c``, so
               the inner loop starts from the ProtoNet classifier (squared Euclidean distance) and
               the meta-gradient flows through the prototypes into the backbone.
+        head_scale: with ``head_init: prototypes``, a meta-learned scale ``s`` on the prototype
+            head (this is its starting value; ``None`` keeps the plain head). The logits start as
+            ``s (2 p_c . x - |p_c|^2)``: the argmax stays ProtoNet's, but ``s`` sets how sure the
+            starting head is, and with it how far the inner steps move it, so the outer loop
+            learns how much a task's few examples should change the classifier (a learned
+            temperature, as in TADAM's metric scaling, Oreshkin et al., NeurIPS 2018).
 
     Subclasses take ``**options`` and pass them on here, so these options are every learner's of
     the family without being declared again; :func:`metakit.config.call_with_options` checks
@@ -114,6 +122,7 @@ class GradientLearner(Learner):
         first_order: bool = False,
         adapt: Sequence[str] | None = None,
         head_init: str = "learned",
+        head_scale: float | None = None,
     ) -> None:
         super().__init__(backbone, task)
         if not isinstance(inner_lr, (int, float)) or inner_lr <= 0:
@@ -138,6 +147,13 @@ class GradientLearner(Learner):
                 raise MetakitError(f"head_init={head_init} starts the head per task, so the head must adapt: "
                                    "add 'head' to the learner's adapt list.")
         self.head_init = head_init
+        if head_scale is not None:
+            if head_init != "prototypes":
+                raise MetakitError(f"head_scale scales the prototype head; it needs head_init=prototypes, not {head_init}.")
+            if not isinstance(head_scale, (int, float)) or isinstance(head_scale, bool) or head_scale <= 0:
+                raise MetakitError(f"head_scale must be a number > 0, got {head_scale!r}.")
+            # Registered after ``adapted`` is chosen: an outer-loop parameter, never moved by the inner loop.
+            self.head_log_scale = nn.Parameter(torch.tensor(math.log(head_scale)))
 
     # -- functional forward -------------------------------------------------------------------
 
@@ -181,8 +197,9 @@ class GradientLearner(Learner):
             protos = onehot.T @ feats / onehot.sum(0).clamp_min(1).unsqueeze(1)
             # Rows past this task's ways are never read (head_forward keeps the first ``ways``);
             # zeros keep the head's full shape, which per-parameter step sizes (Meta-SGD) index.
-            head_w = torch.cat([2 * protos, weight.new_zeros(rows - ways, dim)])
-            head_b = torch.cat([-(protos * protos).sum(1), bias.new_zeros(rows - ways)])
+            scale = self.head_log_scale.exp() if hasattr(self, "head_log_scale") else 1.0
+            head_w = torch.cat([scale * 2 * protos, weight.new_zeros(rows - ways, dim)])
+            head_b = torch.cat([-scale * (protos * protos).sum(1), bias.new_zeros(rows - ways)])
             if not head_w.requires_grad:  # a frozen backbone: the head still needs an inner gradient
                 head_w, head_b = head_w.detach().requires_grad_(), head_b.detach().requires_grad_()
         return {**params, "head.weight": head_w, "head.bias": head_b}

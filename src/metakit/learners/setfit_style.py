@@ -25,6 +25,19 @@ fine-tune (Hu et al., "Pushing the Limits of Simple Pipelines for Few-Shot Learn
 With ``meta_train: false`` nothing is meta-trained and every task starts from the pretrained
 encoder, as SetFit does. ``steps: 0`` skips per-task fine-tuning: the head alone on the
 (meta-trained) encoder.
+
+**Falling back on tasks unlike the training intents** (``fallback: true``). Meta-training
+specialises the adapters to the training domain: an encoder meta-trained on banking intents loses
+1-5 points to the untouched pretrained encoder on HWU64's assistant intents (docs/benchmarks.md).
+With ``fallback`` the learner keeps a small reference of the training domain, a few sentences of
+every training intent embedded by the *pretrained* encoder, collected from the training episodes
+as they pass (their ``classes``), and saved with the run. A new task is scored by how close its
+support sentences come to the training intents (the mean over sentences of the largest cosine
+similarity to a training intent's centroid). The threshold is what "a new intent of the same
+domain" looks like: the ``fallback_quantile`` quantile of the same score for the reference's own
+sentences with their own intent left out, the situation of held-out intents. A task below it is
+handled by the pretrained encoder (adapters off); one above, by the meta-trained one. Only the
+training data sets the threshold; nothing is tuned on the tasks it is used for.
 """
 
 from __future__ import annotations
@@ -75,7 +88,14 @@ class SetFitStyle(Learner):
         meta_train: meta-train the encoder's trainable weights with episodic cosine ProtoNet;
             ``False`` leaves the pretrained encoder as it is (nothing to meta-train).
         scale: initial temperature of the cosine ProtoNet logits (learned when meta-training).
+        fallback: use the pretrained encoder (LoRA adapters off) for tasks unlike the training
+            intents; see the module docstring. Needs LoRA adapters and the training split's size.
+        fallback_quantile: the quantile of same-domain held-out scores below which a task falls back.
+        reference_per_class: training sentences of each intent kept as the domain reference.
     """
+
+    #: Whether the last :meth:`adapt` used the pretrained encoder (``fallback``), for reports.
+    fell_back: bool = False
 
     def __init__(
         self,
@@ -88,6 +108,9 @@ class SetFitStyle(Learner):
         C: float = 10.0,
         meta_train: bool = True,
         scale: float = 10.0,
+        fallback: bool = False,
+        fallback_quantile: float = 0.05,
+        reference_per_class: int = 16,
     ) -> None:
         super().__init__(backbone, task)
         names = getattr(backbone, "adaptable", None)
@@ -110,6 +133,92 @@ class SetFitStyle(Learner):
         if not self.meta_train:
             # Nothing is meta-trained: the trainer sees no trainable parameter and only validates.
             self.backbone.requires_grad_(False)
+        self.fallback = bool(fallback)
+        if self.fallback:
+            self._init_reference(task, fallback_quantile, reference_per_class)
+
+    # -- the training domain's reference (fallback) ---------------------------------------------
+
+    def _init_reference(self, task: TaskInfo, quantile: float, per_class: int) -> None:
+        self.adapter_off = {n: torch.zeros_like(p) for n, p in self.backbone.named_parameters() if "lora_B" in n}
+        if not self.adapter_off:
+            raise MetakitError("setfit_style fallback switches LoRA adapters off; it needs backbone lora_r > 0 and train_layers > 0.")
+        if not task.num_classes:
+            raise MetakitError("setfit_style fallback keeps a reference of the training intents; it needs the training split's classes.")
+        if not 0 < quantile < 1 or not isinstance(per_class, int) or per_class < 2:
+            raise MetakitError(f"setfit_style needs 0 < fallback_quantile < 1 and reference_per_class >= 2, got {quantile}, {per_class}.")
+        self.fallback_quantile = float(quantile)
+        dim = self.backbone.out_dim
+        # Saved with the run: the reference is what a later evaluate/predict compares new tasks with.
+        self.register_buffer("reference", torch.zeros(task.num_classes, per_class, dim))
+        self.register_buffer("reference_count", torch.zeros(task.num_classes, dtype=torch.long))
+        self._threshold: tuple[int, torch.Tensor, float] | None = None
+
+    def pretrained_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings of ``x`` by the pretrained encoder (LoRA adapters off), without gradients."""
+        # fork_rng: the adapters' dropout draws random numbers even when their output is zeroed, and
+        # collecting the reference must not change the meta-training run it rides along with.
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            return F.normalize(self.backbone(x, self.adapter_off), dim=-1)
+
+    def remember(self, inputs: torch.Tensor, classes: torch.Tensor) -> None:
+        """Add sentences of training intents ``classes`` (global ids) to the reference, up to its size per intent."""
+        room = self.reference.shape[1] - self.reference_count[classes]
+        keep = []
+        taken: dict[int, int] = {}
+        for i, c in enumerate(classes.tolist()):
+            if taken.get(c, 0) < room[i]:
+                taken[c] = taken.get(c, 0) + 1
+                keep.append(i)
+        if not keep:
+            return
+        emb = self.pretrained_embeddings(inputs[keep])
+        for row, i in zip(emb, keep):
+            c = int(classes[i])
+            self.reference[c, self.reference_count[c]] = row
+            self.reference_count[c] += 1
+
+    def remember_split(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fill the reference from a training split (its first sentences of each intent).
+
+        Meta-training fills it from its episodes; this serves a run trained before ``fallback``
+        existed, since the reference depends on the training data and the pretrained encoder only.
+        """
+        per_class = self.reference.shape[1]
+        rows = torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(self.reference.shape[0])])
+        self.remember(inputs[rows], labels[rows])
+
+    def domain_score(self, embeddings: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+        """Per sentence, the largest cosine similarity to a training intent's centroid."""
+        return (embeddings @ centroids.T).max(-1).values
+
+    def threshold(self) -> tuple[torch.Tensor, float]:
+        """The training intents' centroids and the score below which a task falls back (cached)."""
+        version = int(self.reference_count.sum())
+        if self._threshold is None or self._threshold[0] != version:
+            full = self.reference_count >= 2
+            if int(full.sum()) < 3:
+                raise MetakitError("setfit_style fallback has no reference of the training intents yet "
+                                   "(meta-train with fallback: true, or call remember_split on the training split).")
+            count = self.reference_count[full]
+            mask = torch.arange(self.reference.shape[1])[None, :] < count[:, None]
+            sums = (self.reference[full] * mask[..., None]).sum(1)
+            centroids = F.normalize(sums / count[:, None], dim=-1)
+            # Each reference sentence against the centroids of the other intents: a new intent of the same domain.
+            sentences = self.reference[full][mask]
+            own = torch.arange(len(count)).repeat_interleave(count)
+            sims = sentences @ centroids.T
+            sims[torch.arange(len(own)), own] = -2.0
+            tau = float(torch.quantile(sims.max(-1).values, self.fallback_quantile))
+            self._threshold = (version, centroids, tau)
+        return self._threshold[1], self._threshold[2]
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # A run trained without fallback has no reference: keep the empty one (remember_split fills it).
+        if self.fallback:
+            for name in ("reference", "reference_count"):
+                state_dict.setdefault(prefix + name, getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- meta-training: episodic cosine ProtoNet on the trainable weights -------------------------
 
@@ -120,14 +229,29 @@ class SetFitStyle(Learner):
     def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """ProtoNet's loss; every sentence of the meta-batch goes through the encoder in one call."""
         batch = as_batch(batch)
+        if self.fallback and batch.classes is not None:
+            self._remember_batch(batch)
         fs, fq = embed_tasks(self.backbone, batch)
         return self.query_loss(self.cosine_logits(fq, prototypes(fs, batch.support_y, batch.ways)), batch)
 
+    def _remember_batch(self, batch: MetaBatch) -> None:
+        """Collect reference sentences of the batch's intents while the reference has room for them."""
+        if bool((self.reference_count >= self.reference.shape[1]).all()):
+            return
+        for i in range(batch.num_tasks):
+            task_classes = batch.classes[i]
+            xs = torch.cat([batch.support_x[i], batch.query_x[i]])
+            ys = torch.cat([batch.support_y[i], batch.query_y[i]])
+            self.remember(xs, task_classes[ys])
+
     # -- adaptation: fine-tune a copy on the support pairs, then fit the head ---------------------
 
-    def fine_tune(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
-        """A task's copy of the trainable weights after ``steps`` AdamW steps on :func:`pair_loss`."""
-        own = dict(self.backbone.named_parameters())
+    def fine_tune(self, support_x: torch.Tensor, support_y: torch.Tensor, start: Params | None = None) -> Params:
+        """A task's copy of the trainable weights after ``steps`` AdamW steps on :func:`pair_loss`.
+
+        ``start`` replaces some of the weights it starts from (the adapters switched off on fallback).
+        """
+        own = {**dict(self.backbone.named_parameters()), **(start or {})}
         params = {n: own[n].detach().clone().requires_grad_(True) for n in self.names}
         opt = torch.optim.AdamW(params.values(), lr=self.lr, weight_decay=self.weight_decay)
         with torch.enable_grad():
@@ -139,8 +263,18 @@ class SetFitStyle(Learner):
         return {n: p.detach() for n, p in params.items()}
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int) -> Predictor:
-        """Fine-tune on the support pairs (``steps`` > 0), fit the head on the support embeddings."""
-        params = self.fine_tune(support_x, support_y) if self.steps else None
+        """Fine-tune on the support pairs (``steps`` > 0), fit the head on the support embeddings.
+
+        With ``fallback``, a task unlike the training intents starts from the pretrained encoder.
+        """
+        start = None
+        self.fell_back = False
+        if self.fallback:
+            centroids, tau = self.threshold()
+            score = self.domain_score(self.pretrained_embeddings(support_x), centroids).mean()
+            self.fell_back = bool(score < tau)
+            start = self.adapter_off if self.fell_back else None
+        params = self.fine_tune(support_x, support_y, start) if self.steps else start
         with torch.no_grad():
             fs = self.backbone(support_x, params)
             if self.head == "logreg":
