@@ -102,3 +102,22 @@ def test_bad_head_init_is_one_clear_line(name, options, message):
 def test_regression_keeps_the_learned_head():
     with pytest.raises(MetakitError, match="head_init=prototypes is for classification"):
         build_learner("maml", build_backbone("mlp", (1,), hidden=[8]), TaskInfo("regression", (1,), 1), head_init="prototypes")
+
+
+def test_head_scale_scales_the_prototype_start_and_is_meta_learned():
+    """``head_scale`` multiplies the Proto-MAML start (same argmax, sharper softmax), trains in the outer loop only."""
+    sx, sy, qx = task()
+    plain = build("maml", head_init="prototypes", inner_steps=0, eval_inner_steps=0).eval()
+    scaled = build("maml", head_init="prototypes", inner_steps=0, eval_inner_steps=0, head_scale=4.0).eval()
+    torch.testing.assert_close(scaled.adapt(sx, sy, WAYS)(qx), 4.0 * plain.adapt(sx, sy, WAYS)(qx))
+    assert "head_log_scale" not in scaled.adapted  # never moved by the inner loop
+    learner = build("maml", head_init="prototypes", inner_steps=2, head_scale=2.0).train()
+    qy = torch.arange(WAYS).repeat_interleave(QUERIES)
+    batch = collate([Episode(sx, sy, qx, qy, WAYS, SHOTS, QUERIES)])
+    learner.zero_grad()
+    learner.meta_step(batch)
+    assert learner.head_log_scale.grad is not None and learner.head_log_scale.grad.abs() > 0
+    with pytest.raises(MetakitError, match="needs head_init=prototypes"):
+        build("maml", head_scale=2.0)
+    with pytest.raises(MetakitError, match="head_scale must be a number > 0"):
+        build("maml", head_init="prototypes", head_scale=0)
