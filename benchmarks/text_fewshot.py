@@ -151,7 +151,7 @@ def frozen_part(args: argparse.Namespace, console: Console, roots: dict[str, str
 
     rows: list[dict[str, Any]] = []
     scores: dict[tuple[str, str, str], dict[tuple[int, int], list[float]]] = {}
-    for train_on in DATASETS:
+    for train_on in args.trained_on:
         for name in args.learners:
             start = time.perf_counter()
             run = trained_run(
@@ -505,7 +505,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=[*BASELINES, *ENCODER_ROWS, "SetFit"],
                         help="encoder part: compute only these rows (default all; stored scores of others are not shown)")
     parser.add_argument("--trained-on", nargs="+", choices=DATASETS, default=list(DATASETS),
-                        help="encoder part: the meta-trained runs to score (default both)")
+                        help="the datasets whose meta-trained runs are scored (default both)")
     parser.add_argument("--tested-on", nargs="+", choices=DATASETS, default=list(DATASETS),
                         help="encoder part: the test sets to score (default both)")
     parser.add_argument("--stored-only", action="store_true",
