@@ -19,7 +19,7 @@ from metakit.recsys.tasks import SCENARIOS, TaskRules, check_scenarios
 
 #: Methods a run can train; ``melu`` trains one model per entry of ``melu.local_steps``.
 METHODS = ("global_mean", "item_popularity", "mf", "nn_global", "nn_finetune", "melu")
-SOURCES = ("synthetic", "ml-100k", "ml-1m")
+SOURCES = ("synthetic", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m", "ml-32m")
 
 
 @dataclass
@@ -128,8 +128,8 @@ class RecsysConfig:
         if self.data.source not in SOURCES:
             raise unknown_name("data source", self.data.source, SOURCES)
         check_threads("threads", self.threads)
-        if self.data.format not in ("ml-1m", "ml-100k"):
-            raise MetakitError(f"data.format must be ml-1m or ml-100k, got {self.data.format!r}.")
+        if self.data.format not in ("ml-1m", "ml-100k", "csv"):
+            raise MetakitError(f"data.format must be ml-1m, ml-100k or csv, got {self.data.format!r}.")
         if not isinstance(self.data.synthetic, dict):
             raise MetakitError(f"data.synthetic must be a mapping of generator options, got {self.data.synthetic!r}.")
         self.tasks.check()
