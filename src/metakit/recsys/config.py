@@ -18,7 +18,9 @@ from metakit.errors import MetakitError, unknown_name
 from metakit.recsys.tasks import SCENARIOS, TaskRules, check_scenarios
 
 #: Methods a run can train; ``melu`` trains one model per entry of ``melu.local_steps``.
-METHODS = ("global_mean", "item_popularity", "mf", "nn_global", "nn_finetune", "melu")
+METHODS = ("global_mean", "item_popularity", "mf", "nn_global", "nn_finetune", "melu", "metamf")
+#: Methods that meta-learn (the rest are the baselines they are compared with).
+META_METHODS = ("melu", "metamf")
 SOURCES = ("synthetic", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m", "ml-32m")
 
 
@@ -78,6 +80,25 @@ class MeluSection(MeluTraining):
 
 
 @dataclass
+class MetaMFSection:
+    """Meta-learned MF (:mod:`metakit.recsys.metamf`): sizes, inner steps, outer loop.
+
+    ``factors`` may list several sizes: each is meta-trained and the best on the validation
+    users (MAE averaged over the support sizes of ``eval.support_sizes`` and the full support) kept.
+    """
+
+    factors: list[int] = field(default_factory=lambda: [4, 8])
+    steps: int = 2
+    init_lr: float = 0.5
+    epochs: int = 40
+    meta_batch: int = 32
+    lr: float = 0.01
+    weight_decay: float = 0.1
+    first_order: bool = False
+    temporal: bool = True  # training tasks in time order (earliest ratings predict later ones), as tested
+
+
+@dataclass
 class BaselineSection:
     """Baseline settings; list-valued ones are grids searched on the validation users."""
 
@@ -85,6 +106,9 @@ class BaselineSection:
     mf_factors: list[int] = field(default_factory=lambda: [8, 16, 32])
     mf_regs: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 20.0])
     mf_iters: int = 15
+    # Ridge penalty of a new user's fold-in, chosen on the validation users at few ratings
+    # (empty: the training penalty, as plain fold-in does).
+    mf_foldin_regs: list[float] = field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 20.0, 50.0])
     nn_epochs: int = 20
     nn_batch: int = 256
     nn_lr: float = 1e-3
@@ -94,10 +118,17 @@ class BaselineSection:
 
 @dataclass
 class RecsysEval:
-    """Which scenarios to score and the nDCG cut-offs."""
+    """Which scenarios to score, the nDCG cut-offs, and the cold-start curves.
+
+    ``curve_scenarios`` are also scored at each of ``support_sizes``: a user's earliest that many
+    ratings as support, the same query (the last ``tasks.query``) at every size, on the users
+    with at least ``max(support_sizes)`` support ratings. Empty lists: no curves.
+    """
 
     scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
     ndcg_k: list[int] = field(default_factory=lambda: [1, 3])
+    support_sizes: list[int] = field(default_factory=lambda: [1, 3, 5, 10, 20])
+    curve_scenarios: list[str] = field(default_factory=lambda: ["new_users", "new_users_new_items"])
 
 
 @dataclass
@@ -112,6 +143,7 @@ class RecsysConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     melu: MeluSection = field(default_factory=MeluSection)
+    metamf: MetaMFSection = field(default_factory=MetaMFSection)
     baselines: BaselineSection = field(default_factory=BaselineSection)
     eval: RecsysEval = field(default_factory=RecsysEval)
 
@@ -139,6 +171,17 @@ class RecsysConfig:
         if not self.methods:
             raise MetakitError(f"methods is empty; list some of: {', '.join(METHODS)}.")
         check_scenarios(self.eval.scenarios)
+        if self.eval.curve_scenarios:
+            check_scenarios(self.eval.curve_scenarios)
+        if any(n < 1 for n in self.eval.support_sizes):
+            raise MetakitError(f"eval.support_sizes must hold positive sizes, e.g. [1, 3, 5, 10, 20], got {self.eval.support_sizes}.")
+        m = self.metamf
+        if "metamf" in self.methods and (not m.factors or any(k < 1 for k in m.factors) or m.steps < 1 or m.init_lr <= 0
+                                         or m.epochs < 1 or m.meta_batch < 1 or m.lr <= 0 or m.weight_decay < 0):
+            raise MetakitError("metamf needs factors (a non-empty list of sizes >= 1), steps, epochs, meta_batch >= 1, "
+                               "init_lr and lr > 0 and weight_decay >= 0.")
+        if any(r <= 0 for r in self.baselines.mf_foldin_regs):
+            raise MetakitError(f"baselines.mf_foldin_regs must hold penalties > 0, got {self.baselines.mf_foldin_regs}.")
         if any(k < 1 for k in self.eval.ndcg_k):
             raise MetakitError(f"eval.ndcg_k must hold positive cut-offs, got {self.eval.ndcg_k}.")
         if "melu" in self.methods and (not self.melu.local_steps or any(s < 1 for s in self.melu.local_steps)):

@@ -37,7 +37,10 @@ from metakit.recsys.melu import Features, MetaTrainConfig, RatingNet, meta_train
 from metakit.recsys.metrics import paired_difference, per_user_metrics, summarise
 from metakit.recsys.movielens import RatingsData, load_movielens
 from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
-from metakit.recsys.tasks import SCENARIOS, Split, UserTask, build_split, training_task
+from metakit.recsys.metamf import MetaMF, MetaMFTraining, predict_metamf, train_metamf
+from metakit.recsys.tasks import (
+    SCENARIOS, Split, UserTask, at_support_size, build_split, temporal_training_task, training_task, validation_sets,
+)
 from metakit.runs import Run, progress_bar, run_config_data, write_report
 from metakit.utils import seed_everything, set_threads
 
@@ -51,7 +54,13 @@ DISPLAY = {
     "mf": "biased MF",
     "nn_global": "NN, global",
     "nn_finetune": "NN + fine-tune",
+    "metamf": "meta-MF",
 }
+
+
+def is_meta(key: str) -> bool:
+    """Whether method ``key`` meta-learns (MeLU variants, meta-MF); the others are baselines."""
+    return key.startswith("melu-") or key == "metamf"
 
 
 def _loadable(obj: Any) -> Any:
@@ -123,7 +132,11 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
     split = build_split(data, config.tasks)
     features = Features.from_data(data)
     mu = float(split.train_rating.mean())
+    val_sets = validation_sets(split, config.eval.support_sizes)
     states: dict[str, Any] = {"fingerprint": fingerprint(data)}
+    if not data.has_user_features and any(m in config.methods for m in ("melu", "nn_global", "nn_finetune")):
+        console.print(f"{data.name} has no user demographics: MeLU and the NN baselines see item content only "
+                      f"(every user has the same feature codes); meta-MF and the MF baselines need none.")
     methods: dict[str, dict[str, Any]] = {}
     b = config.baselines
     with _progress(progress) as bar:
@@ -141,9 +154,13 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
             elif key == "item_popularity":
                 states[key] = bl.ItemPopularity(b.popularity_shrinkage).fit(split, data.num_items).state()
             elif key == "mf":
-                mf, scores = bl.select_mf(split, data.num_users, data.num_items, b.mf_factors, b.mf_regs, b.mf_iters, seed)
+                mf, scores = bl.select_mf(split, data.num_users, data.num_items, b.mf_factors, b.mf_regs, b.mf_iters, seed,
+                                          val_sets, b.mf_foldin_regs)
                 states[key] = mf.state()
-                info = {"factors": mf.factors, "reg": mf.reg, "val_mae_by_setting": scores}
+                info = {"factors": mf.factors, "reg": mf.reg, "foldin_reg": mf.foldin_reg if mf.foldin_reg else mf.reg,
+                        "val_mae_by_setting": scores}
+            elif key == "metamf":
+                states[key], info = _fit_metamf(config, features, split, mu, seed, val_sets, epochs)
             elif key in ("nn_global", "nn_finetune"):
                 if "nn_global_weights" not in states:  # fine-tuning starts from the global network
                     g_seed = config.seed + 1000 * list(DISPLAY).index("nn_global")
@@ -210,6 +227,42 @@ def _fit_melu(config: RecsysConfig, key: str, features: Features, split: Split, 
     return best[1], info
 
 
+def _metamf(features: Features, factors: int, steps: int, init_lr: float, mu: float) -> MetaMF:
+    return MetaMF(features.genres.shape[0], features.genres.shape[1], features.num_years, factors, steps, init_lr, mu)
+
+
+def _fit_metamf(config: RecsysConfig, features: Features, split: Split, mu: float, seed: int,
+                val_sets: list[list[UserTask]],
+                epochs: Callable[[str, int], Callable[[int, float, float], None]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Meta-train meta-MF once per size of ``metamf.factors``; keep the best on the validation sets."""
+    m = config.metamf
+    users = sorted(split.train_by_user)
+
+    draw = temporal_training_task if m.temporal else training_task
+
+    def make_tasks(rng: np.random.Generator) -> list[UserTask]:
+        return [t for t in (draw(split, u, config.tasks, rng) for u in users) if t is not None]
+
+    cfg = MetaMFTraining(epochs=m.epochs, meta_batch=m.meta_batch, lr=m.lr, weight_decay=m.weight_decay,
+                         first_order=m.first_order, temporal=m.temporal)
+    best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
+    scores: dict[str, float] = {}
+    for k in m.factors:
+        torch.manual_seed(seed)
+        model = _metamf(features, k, m.steps, m.init_lr, mu)
+        model.mark_trained(split.train_item)
+        label = "meta-MF" + (f" (factors {k})" if len(m.factors) > 1 else "")
+        info = train_metamf(model, features, make_tasks, lambda predict: bl.validation_score(predict, val_sets), cfg,
+                            seed, on_epoch=epochs(label, m.epochs))
+        scores[f"factors={k}"] = info["best_val_mae"]
+        if best is None or info["best_val_mae"] < best[0]:
+            best = (info["best_val_mae"], {"weights": model.state_dict(), "factors": k}, {**info, "factors": k})
+    assert best is not None
+    if len(m.factors) > 1:
+        best[2]["val_mae_by_factors"] = scores
+    return best[1], best[2]
+
+
 def load_recsys_run(run_dir: str | Path) -> RecsysConfig:
     """A recsys run directory's resolved config."""
     data = run_config_data(run_dir, "", "`metakit recsys train`")
@@ -232,6 +285,10 @@ def predictors(config: RecsysConfig, states: dict[str, Any], features: Features)
             out[key] = bl.ItemPopularity.from_state(s).predict
         elif key == "mf":
             out[key] = bl.BiasedMF.from_state(s).predict
+        elif key == "metamf":
+            model = _metamf(features, int(s["factors"]), config.metamf.steps, config.metamf.init_lr, 0.0)
+            model.load_state_dict(s["weights"])
+            out[key] = lambda tasks, model=model: predict_metamf(model, features, tasks)
         else:
             net = _net(config, features, 0.0)
             if key in ("nn_global", "nn_finetune"):
@@ -263,24 +320,42 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
     ks = config.eval.ndcg_k
     results: dict[str, Any] = {}
     paired: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    comparison: dict[str, Any] = {}
+    sizes = sorted(set(config.eval.support_sizes))
+    curve_scenarios = [c for c in config.eval.curve_scenarios if sizes]
     start = time.perf_counter()
     with _progress(progress) as bar:
-        task = bar.add_task("scoring", total=len(config.eval.scenarios) * len(preds), info="")
-        for scenario in config.eval.scenarios:
-            tasks = split.scenarios[scenario]
+        total = (len(config.eval.scenarios) + len(curve_scenarios) * len(sizes)) * len(preds)
+        task = bar.add_task("scoring", total=total, info="")
+
+        def score(label: str, tasks: list[UserTask]) -> tuple[dict[str, Any], dict[str, dict[str, list[float]]]]:
             truths = [t.query_ratings for t in tasks]
             users = [t.user for t in tasks]
-            per_user = {}
-            results[scenario] = {}
+            summaries, per_user = {}, {}
             for key, predict in preds.items():
-                bar.update(task, info=f"{SCENARIOS[scenario]}: {display_name(key)}")
+                bar.update(task, info=f"{label}: {display_name(key)}")
                 per_user[key] = per_user_metrics(predict(tasks), truths, users, ks) if tasks else {"mae": []}
-                results[scenario][key] = summarise(per_user[key]) if tasks else {"users": 0}
+                summaries[key] = summarise(per_user[key]) if tasks else {"users": 0}
                 bar.advance(task)
+            return summaries, per_user
+
+        for scenario in config.eval.scenarios:
+            tasks = split.scenarios[scenario]
+            results[scenario], per_user = score(SCENARIOS[scenario], tasks)
             paired[scenario] = {
-                mk: {bk: paired_difference(per_user[mk]["mae"], per_user[bk]["mae"]) for bk in preds if not bk.startswith("melu-")}
-                for mk in preds if mk.startswith("melu-") and tasks
+                mk: {bk: paired_difference(per_user[mk]["mae"], per_user[bk]["mae"]) for bk in preds if not is_meta(bk)}
+                for mk in preds if is_meta(mk) and tasks
             }
+            comparison.setdefault(scenario, {})["paper"] = best_meta_vs_baseline(results[scenario], per_user)
+        for scenario in curve_scenarios:
+            curves[scenario] = {"users": 0, "sizes": {}}
+            for size in sizes:
+                tasks = at_support_size(split.scenarios[scenario], size, max(sizes))
+                curves[scenario]["users"] = len(tasks)
+                curves[scenario]["sizes"][str(size)], per_user = score(f"{SCENARIOS[scenario]}, {size} ratings", tasks)
+                comparison.setdefault(scenario, {})[str(size)] = best_meta_vs_baseline(
+                    curves[scenario]["sizes"][str(size)], per_user)
     result = {
         "run": str(run_dir),
         "data": data.describe(),
@@ -289,6 +364,9 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
         "methods": {k: display_name(k) for k in preds},
         "results": results,
         "paired_mae_vs_baselines": paired,
+        "curves": curves,
+        "support_sizes": sizes,
+        "best_meta_vs_best_baseline": comparison,
         "ndcg_k": ks,
         "threads": threads,
         "eval_seconds": time.perf_counter() - start,
@@ -299,6 +377,24 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
 
         write_report(run_dir, run_report(run_dir, evaluation=result))
     return result
+
+
+def best_meta_vs_baseline(summaries: dict[str, Any], per_user: dict[str, dict[str, list[float]]]) -> dict[str, Any] | None:
+    """The best meta-learner against the best baseline by MAE on these users, paired (``None``: one side missing).
+
+    ``difference`` is the meta-learner's MAE minus the baseline's, mean ± 95% CI over the same
+    users; ``winner`` is the side whose CI excludes 0 in its favour, or ``"tie"``.
+    """
+    maes = {k: r["mae"]["mean"] for k, r in summaries.items() if "mae" in r}
+    meta = [k for k in maes if is_meta(k)]
+    base = [k for k in maes if not is_meta(k)]
+    if not meta or not base:
+        return None
+    m = min(meta, key=maes.get)
+    b = min(base, key=maes.get)
+    d = paired_difference(per_user[m]["mae"], per_user[b]["mae"])
+    winner = m if d["mean"] + d["ci95"] < 0 else b if d["mean"] - d["ci95"] > 0 else "tie"
+    return {"meta": m, "baseline": b, "meta_mae": maes[m], "baseline_mae": maes[b], "difference": d, "winner": winner}
 
 
 def results_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ The rating of user ``u`` for item ``i`` is the biased-MF form ``mu + b_i + b_u +
   exactly zero;
 * **local** (a user's): ``p_u`` and ``b_u``. A new user starts from a learned prior
   ``(p_0, b_0)`` and takes ``steps`` gradient steps on the squared error of its support ratings
-  through :func:`metakit.inner.adapt`, with step sizes that are meta-learned too, one per
+  through :func:`metakit.inner.adapt` (squared error summed over the support and divided by
+  ``n + c``, ``c`` a learned pseudo-count, so that few ratings move a user less), with step sizes that are meta-learned too, one per
   element, step and tensor (Meta-SGD, Li et al. 2017, with per-step rates as in MAML++).
 
 So the model is trained so that a few steps from the prior fit a new user: the prior, the step
@@ -47,10 +48,12 @@ class MetaMF(nn.Module):
         steps: inner gradient steps (the step sizes are learned per step).
         init_lr: initial value of every learned step size.
         init_rating: initial ``mu`` (the training mean).
+        pseudo_count: initial value of the learned pseudo-count ``c`` that shrinks a user with
+            ``n`` support ratings by ``n / (n + c)`` (see :meth:`adapt`).
     """
 
     def __init__(self, num_items: int, num_genres: int, num_years: int, factors: int = 16, steps: int = 3,
-                 init_lr: float = 0.5, init_rating: float = 3.5) -> None:
+                 init_lr: float = 0.5, init_rating: float = 3.5, pseudo_count: float = 3.0) -> None:
         super().__init__()
         if factors < 1 or steps < 1 or init_lr <= 0:
             raise MetakitError(f"metamf needs factors >= 1, steps >= 1 and init_lr > 0, got {factors}, {steps}, {init_lr}.")
@@ -72,6 +75,7 @@ class MetaMF(nn.Module):
         # Per step, per element; the log keeps them positive.
         self.log_lr_user = nn.Parameter(torch.full((steps, factors), math.log(init_lr)))
         self.log_lr_bias = nn.Parameter(torch.full((steps,), math.log(init_lr)))
+        self.log_pseudo_count = nn.Parameter(torch.tensor(math.log(pseudo_count)))
         # Items trained on; the id part of any other item (a new item) is zero.
         self.register_buffer("trained", torch.zeros(num_items))
 
@@ -79,6 +83,21 @@ class MetaMF(nn.Module):
         """Record which items the training ratings cover (only their id parts are used)."""
         self.trained.zero_()
         self.trained[torch.from_numpy(np.unique(np.asarray(items, dtype=np.int64)))] = 1.0
+
+    def init_items(self, mu: float, factors: np.ndarray, bias: np.ndarray) -> None:
+        """Start the item side from a fitted biased MF (its mean, item factors and item biases).
+
+        Meta-training then starts where plain MF ends and learns the user prior and step sizes
+        (and refines the item side) for few-rating users.
+        """
+        if factors.shape != tuple(self.item_factors.weight.shape):
+            raise MetakitError(f"MF item factors of shape {factors.shape} do not fit meta-MF's {tuple(self.item_factors.weight.shape)}.")
+        with torch.no_grad():
+            self.mu.fill_(float(mu))
+            self.item_factors.weight.copy_(torch.as_tensor(factors, dtype=torch.float32))
+            self.item_bias.weight.copy_(torch.as_tensor(bias, dtype=torch.float32)[:, None])
+            for table in (self.genre_factors.weight, self.year_factors.weight):
+                table.mul_(0.1)  # the content part starts as a small correction to the MF vectors
 
     def items(self, item: torch.Tensor, genres: torch.Tensor, year: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Item vectors ``[..., k]`` and biases ``[...]`` of item indices ``item`` with their content."""
@@ -102,8 +121,12 @@ class MetaMF(nn.Module):
         T = q.shape[0]
         start = {"user": self.user_prior.expand(T, -1), "bias": self.bias_prior.expand(T)}
 
+        # Squared error summed over the support and divided by (n + a learned pseudo-count): a
+        # user with one rating moves n / (n + c) as far as one with many, as a ridge solve would.
+        weight = mask / (mask.sum(-1, keepdim=True) + self.log_pseudo_count.exp())
+
         def support_loss(params: Params, _step: int) -> torch.Tensor:
-            return masked_mse(self.rate(q, b, params), rating, mask).sum()  # the sum: a gradient per task
+            return ((self.rate(q, b, params) - rating) ** 2 * weight).sum()  # the sum: a gradient per task
 
         return inner.adapt(start, support_loss, self.steps, self.step_sizes, first_order=first_order)
 
@@ -115,9 +138,11 @@ class MetaMFTraining:
     epochs: int = 40
     meta_batch: int = 32
     lr: float = 0.01
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.1
     grad_clip: float | None = 10.0
     first_order: bool = False
+    #: Training tasks as the test protocol makes them: the earliest ratings predict the last ones.
+    temporal: bool = True
 
 
 def _rows(features: Features, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -154,13 +179,17 @@ def predict_metamf(model: MetaMF, features: Features, tasks: Sequence[UserTask],
     return out
 
 
-def random_support_size(task: UserTask, rng: np.random.Generator) -> UserTask:
-    """``task`` with its support cut to a log-uniform random size in ``1..len(support)`` (a random subset)."""
+def random_support_size(task: UserTask, rng: np.random.Generator, earliest: bool = False) -> UserTask:
+    """``task`` with its support cut to a log-uniform random size in ``1..len(support)``.
+
+    The kept ratings are a random subset, or with ``earliest`` the earliest ones (the
+    cold-start curves' protocol: a user's first ratings predict its later ones).
+    """
     n = len(task.support_items)
     if n <= 1:
         return task
     size = int(np.clip(np.round(np.exp(rng.uniform(0.0, np.log(n)))), 1, n))
-    keep = np.sort(rng.choice(n, size, replace=False))
+    keep = np.arange(size) if earliest else np.sort(rng.choice(n, size, replace=False))
     return UserTask(task.user, task.support_items[keep], task.support_ratings[keep], task.query_items,
                     task.query_ratings, task.support_times[keep], task.query_times)
 
@@ -189,7 +218,7 @@ def train_metamf(model: MetaMF, features: Features, make_tasks: Callable[[np.ran
     history = []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        tasks = [random_support_size(t, rng) for t in make_tasks(rng)]
+        tasks = [random_support_size(t, rng, cfg.temporal) for t in make_tasks(rng)]
         order = rng.permutation(len(tasks))
         losses = []
         for start in range(0, len(order), cfg.meta_batch):

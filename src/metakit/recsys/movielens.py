@@ -665,7 +665,9 @@ def read_movielens_csv(folder: str | os.PathLike, name: str = "ml-latest-small")
         items[movie] = (title, flags, year)
     ratings = _csv_ratings(folder / "ratings.csv")
     users = {int(u): ("?", 0, "?", "?") for u in np.unique(ratings[0]).tolist()}
-    return _assemble(name, folder, users, items, genres, ratings, "ratings.csv")
+    data = _assemble(name, folder, users, items, genres, ratings, "ratings.csv")
+    data.user_vocab = {f: ["?"] for f in USER_FEATURES}  # every code is 0: one row per user-feature table
+    return data
 
 
 def load_movielens(name: str, root: str | os.PathLike | None = None, download: bool = True) -> RatingsData:
