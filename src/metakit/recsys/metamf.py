@@ -194,6 +194,51 @@ def random_support_size(task: UserTask, rng: np.random.Generator, earliest: bool
                     task.query_ratings, task.support_times[keep], task.query_times)
 
 
+def train_on_tasks(model: nn.Module, param_groups: list[dict[str, object]],
+                   batch_loss: Callable[[list[UserTask]], torch.Tensor],
+                   predict: Callable[[Sequence[UserTask]], list[np.ndarray]],
+                   make_tasks: Callable[[np.random.Generator], list[UserTask]],
+                   score: Callable[[Callable[[Sequence[UserTask]], list[np.ndarray]]], float], cfg: MetaMFTraining,
+                   seed: int, on_epoch: Callable[[int, float, float], None] | None = None, what: str = "meta-MF",
+                   ) -> dict[str, object]:
+    """The outer loop shared by meta-MF and TaNP: Adam on ``batch_loss`` of meta-batches of users.
+
+    Each epoch draws ``make_tasks(rng)``, cuts every task's support to a random size
+    (:func:`random_support_size`), and steps on ``batch_loss(tasks)`` per meta-batch; the
+    validation ``score(predict)`` (lower is better) picks the epoch whose weights are kept.
+    """
+    if cfg.epochs < 1 or cfg.meta_batch < 1 or cfg.lr <= 0:
+        raise MetakitError(f"{what}: epochs, meta_batch and lr must be positive, got {cfg.epochs}, {cfg.meta_batch}, {cfg.lr}.")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(param_groups, lr=cfg.lr)
+    best = (float("inf"), 0, {k: v.clone() for k, v in model.state_dict().items()})
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        tasks = [random_support_size(t, rng, cfg.temporal) for t in make_tasks(rng)]
+        order = rng.permutation(len(tasks))
+        losses = []
+        for start in range(0, len(order), cfg.meta_batch):
+            opt.zero_grad()
+            loss = batch_loss([tasks[j] for j in order[start:start + cfg.meta_batch]])
+            if not torch.isfinite(loss):
+                raise MetakitError(f"the {what} loss became {loss.item()} at epoch {epoch}; lower its lr.")
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(loss.item())
+        val = score(predict)
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_mae": val})
+        if on_epoch is not None:
+            on_epoch(epoch, history[-1]["train_loss"], val)
+        if val < best[0]:
+            best = (val, epoch, {k: v.clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[2])
+    return {"history": history, "best_epoch": best[1], "best_val_mae": best[0]}
+
+
 def train_metamf(model: MetaMF, features: Features, make_tasks: Callable[[np.random.Generator], list[UserTask]],
                  score: Callable[[Callable[[Sequence[UserTask]], list[np.ndarray]]], float], cfg: MetaMFTraining,
                  seed: int, on_epoch: Callable[[int, float, float], None] | None = None) -> dict[str, object]:
@@ -205,40 +250,11 @@ def train_metamf(model: MetaMF, features: Features, make_tasks: Callable[[np.ran
     weight decay (Adam's, on every row at every step), which keeps rarely rated items' vectors
     small; the prior and the step sizes get none.
     """
-    if cfg.epochs < 1 or cfg.meta_batch < 1 or cfg.lr <= 0:
-        raise MetakitError(f"metamf.epochs, meta_batch and lr must be positive, got {cfg.epochs}, {cfg.meta_batch}, {cfg.lr}.")
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
     item_side = [p for n, p in model.named_parameters() if n.startswith(("item_", "genre_", "year_"))]
     rest = [p for n, p in model.named_parameters() if not n.startswith(("item_", "genre_", "year_"))]
-    opt = torch.optim.Adam([{"params": item_side, "weight_decay": cfg.weight_decay},
-                            {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
-    predict = lambda tasks: predict_metamf(model, features, tasks)  # noqa: E731
-    best = (float("inf"), 0, {k: v.clone() for k, v in model.state_dict().items()})
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        tasks = [random_support_size(t, rng, cfg.temporal) for t in make_tasks(rng)]
-        order = rng.permutation(len(tasks))
-        losses = []
-        for start in range(0, len(order), cfg.meta_batch):
-            part = [tasks[j] for j in order[start:start + cfg.meta_batch]]
-            opt.zero_grad()
-            loss = meta_loss(model, features, part, part, cfg.first_order)
-            if not torch.isfinite(loss):
-                raise MetakitError(f"the meta-MF loss became {loss.item()} at epoch {epoch}; lower metamf.lr or metamf.init_lr.")
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            losses.append(loss.item())
-        val = score(predict)
-        history.append({"epoch": epoch, "train_mse": float(np.mean(losses)), "val_mae": val})
-        if on_epoch is not None:
-            on_epoch(epoch, history[-1]["train_mse"], val)
-        if val < best[0]:
-            best = (val, epoch, {k: v.clone() for k, v in model.state_dict().items()})
-    model.load_state_dict(best[2])
-    return {"history": history, "best_epoch": best[1], "best_val_mae": best[0],
-            "learned_lr_user": model.log_lr_user.exp().mean(-1).tolist(),
-            "learned_lr_bias": model.log_lr_bias.exp().tolist()}
+    groups = [{"params": item_side, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    info = train_on_tasks(model, groups, lambda part: meta_loss(model, features, part, part, cfg.first_order),
+                          lambda tasks: predict_metamf(model, features, tasks), make_tasks, score, cfg, seed, on_epoch)
+    return {**info, "learned_lr_user": model.log_lr_user.exp().mean(-1).tolist(),
+            "learned_lr_bias": model.log_lr_bias.exp().tolist(),
+            "learned_pseudo_count": float(model.log_pseudo_count.exp())}
