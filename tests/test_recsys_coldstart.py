@@ -24,6 +24,7 @@ from metakit.recsys import movielens as ml
 from metakit.recsys.melu import Features
 from metakit.recsys.metamf import MetaMF, MetaMFTraining, meta_loss, predict_metamf, train_metamf
 from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
+from metakit.recsys.tanp import TaNP, TaNPTraining, predict_tanp, tanp_loss
 from metakit.recsys.tasks import (
     TaskRules, UserTask, at_support_size, build_split, temporal_training_task, validation_sets,
 )
@@ -267,6 +268,33 @@ def test_meta_mf_training_is_seeded_and_keeps_its_best_epoch(small_data: ml.Rati
     assert bl.validation_score(lambda t: predict_metamf(model, features, t), sets) == pytest.approx(a["best_val_mae"])
 
 
+def test_tanp_reads_users_from_their_support_ratings(small_data: ml.RatingsData) -> None:
+    split = build_split(small_data, TaskRules(new_user_fraction=0.25, new_item_fraction=0.25))
+    features = Features.from_data(small_data)
+    torch.manual_seed(0)
+    model = TaNP(features, embedding_dim=4, hidden=8, latent=4, clusters=3)
+    model.mark_trained(split.train_item)
+    tasks = _tasks(split)
+    loss = tanp_loss(model, features, tasks, TaNPTraining())
+    loss.backward()
+    for name in ("deterministic.0.weight", "latent_mean.weight", "centres", "film.0.weight", "item_embedding.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, f"{name} gets no gradient"
+    with torch.no_grad():
+        for film in model.film:  # a non-trivial modulation, so the support reaches the decoder both ways
+            film.weight.normal_(std=0.5)
+    first = predict_tanp(model, features, tasks)
+    assert [len(p) for p in first] == [len(t.query_items) for t in tasks]
+    np.testing.assert_allclose(np.concatenate(first), np.concatenate(predict_tanp(model, features, tasks)))  # deterministic
+    flipped = [UserTask(t.user, t.support_items, 6.0 - t.support_ratings, t.query_items, t.query_ratings,
+                        t.support_times, t.query_times) for t in tasks]
+    moved = np.abs(np.concatenate(predict_tanp(model, features, flipped)) - np.concatenate(first))
+    assert moved.max() > 1e-4  # other support ratings, other predictions: the user is read from them
+    alone = [predict_tanp(model, features, [t])[0] for t in tasks]
+    for a, b in zip(first, alone):  # padding in a meta-batch changes nothing
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 # -- end to end ----------------------------------------------------------------------------------------
 
 
@@ -277,22 +305,23 @@ def test_cli_cold_start_curves_on_a_csv_release(tmp_path: Path, capsys: pytest.C
                  "model.embedding_dim=4", "model.hidden=[8]", "melu.local_steps=[1]", "melu.epochs=1",
                  "baselines.nn_epochs=1", "baselines.mf_regs=[5.0]", "baselines.mf_factors=[2]", "baselines.mf_iters=2",
                  "baselines.finetune_steps=[1]", "baselines.finetune_lrs=[0.01]", "baselines.mf_foldin_regs=[20.0]",
-                 "melu.local_lr_grid=[]", "metamf.epochs=2", "metamf.factors=[2]", "eval.support_sizes=[1, 3]",
+                 "melu.local_lr_grid=[]", "metamf.epochs=2", "metamf.factors=[2]", "tanp.epochs=1", "tanp.hidden=8", "eval.support_sizes=[1, 3]",
                  "eval.ndcg_k=[3, 10]", "threads=1",
-                 "methods=[global_mean, item_popularity, mf, nn_global, nn_finetune, melu, metamf]"]
+                 "methods=[global_mean, item_popularity, mf, nn_global, nn_finetune, melu, metamf, tanp]"]
     assert main(["recsys", "train", str(REPO / "configs" / "recsys-melu-synthetic.yaml"), *overrides,
                  "--out", str(out), "--evaluate", "--json", str(report), "--no-progress"]) == 0
     assert "no user demographics" in capsys.readouterr().err
     result = json.loads(report.read_text())
     curve = result["curves"]["new_users"]
     assert curve["users"] > 0 and set(curve["sizes"]) == {"1", "3"}
-    assert set(curve["sizes"]["1"]) == {"global_mean", "item_popularity", "mf", "nn_global", "nn_finetune", "melu-1", "metamf"}
+    assert set(curve["sizes"]["1"]) == {"global_mean", "item_popularity", "mf", "nn_global", "nn_finetune", "melu-1", "metamf",
+                                        "tanp"}
     assert {"mae", "rmse", "ndcg@3", "ndcg@10"} <= set(curve["sizes"]["3"]["metamf"])
     for column in ("paper", "1", "3"):
         c = result["best_meta_vs_best_baseline"]["new_users"][column]
-        assert c["meta"] in ("melu-1", "metamf") and c["baseline"] not in ("melu-1", "metamf")
+        assert c["meta"] in ("melu-1", "metamf", "tanp") and c["baseline"] not in ("melu-1", "metamf", "tanp")
         assert c["winner"] in (c["meta"], c["baseline"], "tie")
     text = (out / "report.md").read_text()
     assert "Who wins" in text and "Cold-start curves" in text and (out / "mae_by_support_size.png").is_file()
     training = json.loads((out / "training.json").read_text())
-    assert "metamf" in training["methods"] and training["methods"]["mf"]["foldin_reg"] in (5.0, 20.0)
+    assert {"metamf", "tanp"} <= set(training["methods"]) and training["methods"]["mf"]["foldin_reg"] in (5.0, 20.0)

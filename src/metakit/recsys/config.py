@@ -18,9 +18,9 @@ from metakit.errors import MetakitError, unknown_name
 from metakit.recsys.tasks import SCENARIOS, TaskRules, check_scenarios
 
 #: Methods a run can train; ``melu`` trains one model per entry of ``melu.local_steps``.
-METHODS = ("global_mean", "item_popularity", "mf", "nn_global", "nn_finetune", "melu", "metamf")
+METHODS = ("global_mean", "item_popularity", "mf", "nn_global", "nn_finetune", "melu", "metamf", "tanp")
 #: Methods that meta-learn (the rest are the baselines they are compared with).
-META_METHODS = ("melu", "metamf")
+META_METHODS = ("melu", "metamf", "tanp")
 SOURCES = ("synthetic", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m", "ml-32m")
 
 
@@ -99,6 +99,24 @@ class MetaMFSection:
 
 
 @dataclass
+class TaNPSection:
+    """TaNP (:mod:`metakit.recsys.tanp`): network sizes, loss weights, outer loop (no inner loop)."""
+
+    embedding_dim: int = 16
+    hidden: int = 64
+    latent: int = 32
+    clusters: int = 8
+    decoder_layers: int = 2
+    epochs: int = 30
+    meta_batch: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    kl_weight: float = 1.0
+    cluster_weight: float = 0.1
+    temporal: bool = True
+
+
+@dataclass
 class BaselineSection:
     """Baseline settings; list-valued ones are grids searched on the validation users."""
 
@@ -144,6 +162,7 @@ class RecsysConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     melu: MeluSection = field(default_factory=MeluSection)
     metamf: MetaMFSection = field(default_factory=MetaMFSection)
+    tanp: TaNPSection = field(default_factory=TaNPSection)
     baselines: BaselineSection = field(default_factory=BaselineSection)
     eval: RecsysEval = field(default_factory=RecsysEval)
 
@@ -180,6 +199,12 @@ class RecsysConfig:
                                          or m.epochs < 1 or m.meta_batch < 1 or m.lr <= 0 or m.weight_decay < 0):
             raise MetakitError("metamf needs factors (a non-empty list of sizes >= 1), steps, epochs, meta_batch >= 1, "
                                "init_lr and lr > 0 and weight_decay >= 0.")
+        t = self.tanp
+        if "tanp" in self.methods and (min(t.embedding_dim, t.hidden, t.latent, t.clusters, t.decoder_layers, t.epochs,
+                                           t.meta_batch) < 1 or t.lr <= 0 or min(t.weight_decay, t.kl_weight,
+                                                                                 t.cluster_weight) < 0):
+            raise MetakitError("tanp needs sizes, epochs and meta_batch >= 1, lr > 0 and non-negative weight_decay, "
+                               "kl_weight and cluster_weight.")
         if any(r <= 0 for r in self.baselines.mf_foldin_regs):
             raise MetakitError(f"baselines.mf_foldin_regs must hold penalties > 0, got {self.baselines.mf_foldin_regs}.")
         if any(k < 1 for k in self.eval.ndcg_k):

@@ -38,6 +38,7 @@ from metakit.recsys.metrics import paired_difference, per_user_metrics, summaris
 from metakit.recsys.movielens import RatingsData, load_movielens
 from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
 from metakit.recsys.metamf import MetaMF, MetaMFTraining, predict_metamf, train_metamf
+from metakit.recsys.tanp import TaNP, TaNPTraining, predict_tanp, train_tanp
 from metakit.recsys.tasks import (
     SCENARIOS, Split, UserTask, at_support_size, build_split, temporal_training_task, training_task, validation_sets,
 )
@@ -55,12 +56,13 @@ DISPLAY = {
     "nn_global": "NN, global",
     "nn_finetune": "NN + fine-tune",
     "metamf": "meta-MF",
+    "tanp": "TaNP",
 }
 
 
 def is_meta(key: str) -> bool:
     """Whether method ``key`` meta-learns (MeLU variants, meta-MF); the others are baselines."""
-    return key.startswith("melu-") or key == "metamf"
+    return key.startswith("melu-") or key in ("metamf", "tanp")
 
 
 def _loadable(obj: Any) -> Any:
@@ -134,9 +136,9 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
     mu = float(split.train_rating.mean())
     val_sets = validation_sets(split, config.eval.support_sizes)
     states: dict[str, Any] = {"fingerprint": fingerprint(data)}
-    if not data.has_user_features and any(m in config.methods for m in ("melu", "nn_global", "nn_finetune")):
-        console.print(f"{data.name} has no user demographics: MeLU and the NN baselines see item content only "
-                      f"(every user has the same feature codes); meta-MF and the MF baselines need none.")
+    if not data.has_user_features and any(m in config.methods for m in ("melu", "nn_global", "nn_finetune", "tanp")):
+        console.print(f"{data.name} has no user demographics: MeLU, TaNP and the NN baselines read a user from its "
+                      f"ratings and item content only (every user has the same feature codes); meta-MF and MF need none.")
     methods: dict[str, dict[str, Any]] = {}
     b = config.baselines
     with _progress(progress) as bar:
@@ -161,6 +163,8 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
                         "val_mae_by_setting": scores}
             elif key == "metamf":
                 states[key], info = _fit_metamf(config, features, split, mu, seed, val_sets, epochs)
+            elif key == "tanp":
+                states[key], info = _fit_tanp(config, features, split, mu, seed, val_sets, epochs)
             elif key in ("nn_global", "nn_finetune"):
                 if "nn_global_weights" not in states:  # fine-tuning starts from the global network
                     g_seed = config.seed + 1000 * list(DISPLAY).index("nn_global")
@@ -231,18 +235,39 @@ def _metamf(features: Features, factors: int, steps: int, init_lr: float, mu: fl
     return MetaMF(features.genres.shape[0], features.genres.shape[1], features.num_years, factors, steps, init_lr, mu)
 
 
+def _task_maker(config: RecsysConfig, split: Split, temporal: bool) -> Callable[[np.random.Generator], list[UserTask]]:
+    """The epoch's training tasks, one per training user: in time order (as tested) or a random partition."""
+    users = sorted(split.train_by_user)
+    draw = temporal_training_task if temporal else training_task
+    return lambda rng: [t for t in (draw(split, u, config.tasks, rng) for u in users) if t is not None]
+
+
+def _tanp(config: RecsysConfig, features: Features, mu: float) -> TaNP:
+    t = config.tanp
+    return TaNP(features, t.embedding_dim, t.hidden, t.latent, t.clusters, t.decoder_layers, mu)
+
+
+def _fit_tanp(config: RecsysConfig, features: Features, split: Split, mu: float, seed: int,
+              val_sets: list[list[UserTask]],
+              epochs: Callable[[str, int], Callable[[int, float, float], None]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train TaNP; the epoch is chosen on the validation sets."""
+    t = config.tanp
+    torch.manual_seed(seed)
+    model = _tanp(config, features, mu)
+    model.mark_trained(split.train_item)
+    cfg = TaNPTraining(epochs=t.epochs, meta_batch=t.meta_batch, lr=t.lr, weight_decay=t.weight_decay,
+                       temporal=t.temporal, kl_weight=t.kl_weight, cluster_weight=t.cluster_weight)
+    info = train_tanp(model, features, _task_maker(config, split, t.temporal),
+                      lambda predict: bl.validation_score(predict, val_sets), cfg, seed, on_epoch=epochs("TaNP", t.epochs))
+    return {"weights": model.state_dict()}, info
+
+
 def _fit_metamf(config: RecsysConfig, features: Features, split: Split, mu: float, seed: int,
                 val_sets: list[list[UserTask]],
                 epochs: Callable[[str, int], Callable[[int, float, float], None]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Meta-train meta-MF once per size of ``metamf.factors``; keep the best on the validation sets."""
     m = config.metamf
-    users = sorted(split.train_by_user)
-
-    draw = temporal_training_task if m.temporal else training_task
-
-    def make_tasks(rng: np.random.Generator) -> list[UserTask]:
-        return [t for t in (draw(split, u, config.tasks, rng) for u in users) if t is not None]
-
+    make_tasks = _task_maker(config, split, m.temporal)
     cfg = MetaMFTraining(epochs=m.epochs, meta_batch=m.meta_batch, lr=m.lr, weight_decay=m.weight_decay,
                          first_order=m.first_order, temporal=m.temporal)
     best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
@@ -285,6 +310,10 @@ def predictors(config: RecsysConfig, states: dict[str, Any], features: Features)
             out[key] = bl.ItemPopularity.from_state(s).predict
         elif key == "mf":
             out[key] = bl.BiasedMF.from_state(s).predict
+        elif key == "tanp":
+            tanp = _tanp(config, features, 0.0)
+            tanp.load_state_dict(s["weights"])
+            out[key] = lambda tasks, tanp=tanp: predict_tanp(tanp, features, tasks)
         elif key == "metamf":
             model = _metamf(features, int(s["factors"]), config.metamf.steps, config.metamf.init_lr, 0.0)
             model.load_state_dict(s["weights"])

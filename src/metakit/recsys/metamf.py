@@ -255,6 +255,6 @@ def train_metamf(model: MetaMF, features: Features, make_tasks: Callable[[np.ran
     groups = [{"params": item_side, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     info = train_on_tasks(model, groups, lambda part: meta_loss(model, features, part, part, cfg.first_order),
                           lambda tasks: predict_metamf(model, features, tasks), make_tasks, score, cfg, seed, on_epoch)
-    return {**info, "learned_lr_user": model.log_lr_user.exp().mean(-1).tolist(),
-            "learned_lr_bias": model.log_lr_bias.exp().tolist(),
-            "learned_pseudo_count": float(model.log_pseudo_count.exp())}
+    return {**info, "learned_lr_user": model.log_lr_user.detach().exp().mean(-1).tolist(),
+            "learned_lr_bias": model.log_lr_bias.detach().exp().tolist(),
+            "learned_pseudo_count": float(model.log_pseudo_count.detach().exp())}
