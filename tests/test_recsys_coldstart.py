@@ -6,11 +6,8 @@ Every file is generated here: MovieLens may not be redistributed, and tests neve
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import urllib.request
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,28 +26,17 @@ from metakit.recsys.tasks import (
     TaskRules, UserTask, at_support_size, build_split, temporal_training_task, validation_sets,
 )
 
+from test_imagesets import serve
+from test_recsys import one_line, one_thread, own_cache  # noqa: F401  (autouse fixtures: own cache, one thread)
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = SyntheticSpec(users=120, items=400, max_ratings=120, seed=3)
 
 
 @pytest.fixture(autouse=True)
-def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(ml.ENV_VAR, raising=False)
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads are mocked here; a METAKIT_OFFLINE from the environment would stop them first."""
     monkeypatch.delenv("METAKIT_OFFLINE", raising=False)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    assert "\n" not in str(exc.value)
-    return str(exc.value)
 
 
 def make_csv_release(folder: Path, ratings: list[str] | None = None) -> Path:
@@ -134,16 +120,7 @@ def test_latest_small_reads_its_md5_from_the_file_groupLens_publishes(tmp_path: 
 def test_csv_download_uses_the_official_url_and_renames_only_verified_bytes(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     payload = zip_folder(make_csv_release(tmp_path / "src"), "ml-32m", tmp_path / "payload.zip").read_bytes()
-    requested: list[str] = []
-
-    class Response(io.BytesIO):
-        headers = {"Content-Length": str(len(payload))}
-
-    def urlopen(req: urllib.request.Request, timeout: float | None = None) -> Response:
-        requested.append(req.full_url)
-        return Response(payload)
-
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    requested = serve(monkeypatch, payload)
     with pytest.raises(MetakitError, match="GroupLens publishes d472be332d4daa821edc399621853b57") as exc:
         ml.load_movielens("ml-32m")  # the payload is not the official zip
     one_line(exc)

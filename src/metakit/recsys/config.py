@@ -80,8 +80,28 @@ class MeluSection(MeluTraining):
 
 
 @dataclass
-class MetaMFSection:
-    """Meta-learned MF (:mod:`metakit.recsys.metamf`): sizes, inner steps, outer loop.
+class TaskTraining:
+    """The outer loop of the recommenders trained on users as tasks (meta-MF, TaNP).
+
+    Adam for ``epochs`` over the training users in meta-batches; ``weight_decay`` is L2 on the
+    item side (meta-MF) or on the whole network (TaNP). With ``temporal`` a training task is
+    made the way test tasks are (a user's earliest ratings predict later ones), otherwise it
+    is a random partition of the user's ratings. ``first_order`` drops second-order terms of
+    an inner loop, where there is one.
+    """
+
+    epochs: int = 40
+    meta_batch: int = 32
+    lr: float = 0.01
+    weight_decay: float = 0.1
+    grad_clip: float | None = 10.0
+    first_order: bool = False
+    temporal: bool = True
+
+
+@dataclass
+class MetaMFSection(TaskTraining):
+    """Meta-learned MF (:mod:`metakit.recsys.metamf`): sizes and inner steps, then the outer loop.
 
     ``factors`` may list several sizes: each is meta-trained and the best on the validation
     users (MAE averaged over the support sizes of ``eval.support_sizes`` and the full support) kept.
@@ -90,30 +110,22 @@ class MetaMFSection:
     factors: list[int] = field(default_factory=lambda: [4, 8])
     steps: int = 2
     init_lr: float = 0.5
-    epochs: int = 40
-    meta_batch: int = 32
-    lr: float = 0.01
-    weight_decay: float = 0.1
-    first_order: bool = False
-    temporal: bool = True  # training tasks in time order (earliest ratings predict later ones), as tested
 
 
 @dataclass
-class TaNPSection:
-    """TaNP (:mod:`metakit.recsys.tanp`): network sizes, loss weights, outer loop (no inner loop)."""
+class TaNPSection(TaskTraining):
+    """TaNP (:mod:`metakit.recsys.tanp`): network sizes and loss weights, then the outer loop (it has no inner loop)."""
 
     embedding_dim: int = 16
     hidden: int = 64
     latent: int = 32
     clusters: int = 8
     decoder_layers: int = 2
-    epochs: int = 30
-    meta_batch: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
     kl_weight: float = 1.0
     cluster_weight: float = 0.1
-    temporal: bool = True
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
 
 
 @dataclass
@@ -160,6 +172,7 @@ class RecsysConfig:
     tasks: TaskRules = field(default_factory=TaskRules)
     model: ModelConfig = field(default_factory=ModelConfig)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
+    # One section per method family; a section whose method is not in ``methods`` is unused.
     melu: MeluSection = field(default_factory=MeluSection)
     metamf: MetaMFSection = field(default_factory=MetaMFSection)
     tanp: TaNPSection = field(default_factory=TaNPSection)

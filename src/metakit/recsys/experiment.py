@@ -37,8 +37,8 @@ from metakit.recsys.melu import Features, MetaTrainConfig, RatingNet, meta_train
 from metakit.recsys.metrics import paired_difference, per_user_metrics, summarise
 from metakit.recsys.movielens import RatingsData, load_movielens
 from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
-from metakit.recsys.metamf import MetaMF, MetaMFTraining, predict_metamf, train_metamf
-from metakit.recsys.tanp import TaNP, TaNPTraining, predict_tanp, train_tanp
+from metakit.recsys.metamf import MetaMF, predict_metamf, train_metamf
+from metakit.recsys.tanp import TaNP, predict_tanp, train_tanp
 from metakit.recsys.tasks import (
     SCENARIOS, Split, UserTask, at_support_size, build_split, temporal_training_task, training_task, validation_sets,
 )
@@ -255,10 +255,8 @@ def _fit_tanp(config: RecsysConfig, features: Features, split: Split, mu: float,
     torch.manual_seed(seed)
     model = _tanp(config, features, mu)
     model.mark_trained(split.train_item)
-    cfg = TaNPTraining(epochs=t.epochs, meta_batch=t.meta_batch, lr=t.lr, weight_decay=t.weight_decay,
-                       temporal=t.temporal, kl_weight=t.kl_weight, cluster_weight=t.cluster_weight)
     info = train_tanp(model, features, _task_maker(config, split, t.temporal),
-                      lambda predict: bl.validation_score(predict, val_sets), cfg, seed, on_epoch=epochs("TaNP", t.epochs))
+                      lambda predict: bl.validation_score(predict, val_sets), t, seed, on_epoch=epochs("TaNP", t.epochs))
     return {"weights": model.state_dict()}, info
 
 
@@ -268,8 +266,6 @@ def _fit_metamf(config: RecsysConfig, features: Features, split: Split, mu: floa
     """Meta-train meta-MF once per size of ``metamf.factors``; keep the best on the validation sets."""
     m = config.metamf
     make_tasks = _task_maker(config, split, m.temporal)
-    cfg = MetaMFTraining(epochs=m.epochs, meta_batch=m.meta_batch, lr=m.lr, weight_decay=m.weight_decay,
-                         first_order=m.first_order, temporal=m.temporal)
     best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
     scores: dict[str, float] = {}
     for k in m.factors:
@@ -277,7 +273,7 @@ def _fit_metamf(config: RecsysConfig, features: Features, split: Split, mu: floa
         model = _metamf(features, k, m.steps, m.init_lr, mu)
         model.mark_trained(split.train_item)
         label = "meta-MF" + (f" (factors {k})" if len(m.factors) > 1 else "")
-        info = train_metamf(model, features, make_tasks, lambda predict: bl.validation_score(predict, val_sets), cfg,
+        info = train_metamf(model, features, make_tasks, lambda predict: bl.validation_score(predict, val_sets), m,
                             seed, on_epoch=epochs(label, m.epochs))
         scores[f"factors={k}"] = info["best_val_mae"]
         if best is None or info["best_val_mae"] < best[0]:

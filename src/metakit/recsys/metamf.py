@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 
 from metakit import inner
 from metakit.errors import MetakitError
+from metakit.recsys.config import TaskTraining
 from metakit.recsys.melu import Features, masked_mse, pad_tasks
 from metakit.recsys.tasks import UserTask
 
@@ -131,18 +131,8 @@ class MetaMF(nn.Module):
         return inner.adapt(start, support_loss, self.steps, self.step_sizes, first_order=first_order)
 
 
-@dataclass
-class MetaMFTraining:
-    """Outer-loop settings of :func:`train_metamf`."""
-
-    epochs: int = 40
-    meta_batch: int = 32
-    lr: float = 0.01
-    weight_decay: float = 0.1
-    grad_clip: float | None = 10.0
-    first_order: bool = False
-    #: Training tasks as the test protocol makes them: the earliest ratings predict the last ones.
-    temporal: bool = True
+#: The outer-loop settings of :func:`train_metamf` (the ``metamf`` config section is one).
+MetaMFTraining = TaskTraining
 
 
 def _rows(features: Features, item: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -198,7 +188,7 @@ def train_on_tasks(model: nn.Module, param_groups: list[dict[str, object]],
                    batch_loss: Callable[[list[UserTask]], torch.Tensor],
                    predict: Callable[[Sequence[UserTask]], list[np.ndarray]],
                    make_tasks: Callable[[np.random.Generator], list[UserTask]],
-                   score: Callable[[Callable[[Sequence[UserTask]], list[np.ndarray]]], float], cfg: MetaMFTraining,
+                   score: Callable[[Callable[[Sequence[UserTask]], list[np.ndarray]]], float], cfg: TaskTraining,
                    seed: int, on_epoch: Callable[[int, float, float], None] | None = None, what: str = "meta-MF",
                    ) -> dict[str, object]:
     """The outer loop shared by meta-MF and TaNP: Adam on ``batch_loss`` of meta-batches of users.

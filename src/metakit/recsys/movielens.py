@@ -40,6 +40,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,11 @@ ML1M_GENRES = (
 USER_FEATURES = ("gender", "age", "occupation", "zip")
 
 
+def _length_of(attr: str, doc: str) -> property:
+    """A read-only property: the length of the array ``attr``."""
+    return property(lambda self: len(getattr(self, attr)), doc=doc)
+
+
 @dataclass
 class RatingsData:
     """A ratings dataset with integer-coded side information.
@@ -161,20 +167,9 @@ class RatingsData:
     timestamp: np.ndarray
     item_titles: list[str] = field(default_factory=list)
 
-    @property
-    def num_users(self) -> int:
-        """Number of users."""
-        return len(self.user_ids)
-
-    @property
-    def num_items(self) -> int:
-        """Number of items."""
-        return len(self.item_ids)
-
-    @property
-    def num_ratings(self) -> int:
-        """Number of ratings."""
-        return len(self.rating)
+    num_users = _length_of("user_ids", "Number of users.")
+    num_items = _length_of("item_ids", "Number of items.")
+    num_ratings = _length_of("rating", "Number of ratings.")
 
     @property
     def has_user_features(self) -> bool:
@@ -380,29 +375,12 @@ def movielens_status(name: str) -> str:
     return f"downloaded on first use from {archive.url} into {cache} (or place {archive.filename} there)"
 
 
-def ml100k_status() -> str:
-    """``metakit datasets`` status line for MovieLens 100K."""
-    return movielens_status("ml-100k")
-
-
-def ml1m_status() -> str:
-    """``metakit datasets`` status line for MovieLens 1M."""
-    return movielens_status("ml-1m")
-
-
-def ml_latest_small_status() -> str:
-    """``metakit datasets`` status line for MovieLens latest-small."""
-    return movielens_status("ml-latest-small")
-
-
-def ml25m_status() -> str:
-    """``metakit datasets`` status line for MovieLens 25M."""
-    return movielens_status("ml-25m")
-
-
-def ml32m_status() -> str:
-    """``metakit datasets`` status line for MovieLens 32M."""
-    return movielens_status("ml-32m")
+# The ``metakit datasets`` status line of each release (named by its DatasetSpec's ``status``).
+ml100k_status = partial(movielens_status, "ml-100k")
+ml1m_status = partial(movielens_status, "ml-1m")
+ml_latest_small_status = partial(movielens_status, "ml-latest-small")
+ml25m_status = partial(movielens_status, "ml-25m")
+ml32m_status = partial(movielens_status, "ml-32m")
 
 
 # -- parsing ---------------------------------------------------------------------------------------

@@ -72,7 +72,9 @@ class SyntheticSpec:
 
     users: int = 1000
     items: int = 1500
-    factors: int = 8
+    factors: int = 8  # latent taste dimensions of users and items
+    # Ratings per user: at least min_ratings (MovieLens' own floor is 20), then a long tail with
+    # this median, capped at max_ratings.
     min_ratings: int = 20
     median_extra_ratings: float = 30.0
     max_ratings: int = 250

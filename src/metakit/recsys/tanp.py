@@ -30,7 +30,6 @@ amortised inference, with no inner gradient loop, so it uses the shared outer lo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,7 +38,8 @@ from torch.nn import functional as F
 
 from metakit.errors import MetakitError
 from metakit.recsys.melu import Features, masked_mse, pad_tasks
-from metakit.recsys.metamf import MetaMFTraining, train_on_tasks
+from metakit.recsys.config import TaNPSection
+from metakit.recsys.metamf import train_on_tasks
 from metakit.recsys.tasks import UserTask
 
 
@@ -158,14 +158,8 @@ class TaNP(nn.Module):
         return self.decode(xq, z, o), terms
 
 
-@dataclass
-class TaNPTraining(MetaMFTraining):
-    """Outer-loop settings of :func:`train_tanp` (those of meta-MF) and TaNP's loss weights."""
-
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    kl_weight: float = 1.0
-    cluster_weight: float = 0.1
+#: TaNP's settings: sizes, loss weights and the outer loop (the ``tanp`` config section).
+TaNPTraining = TaNPSection
 
 
 def tanp_loss(model: TaNP, features: Features, tasks: Sequence[UserTask], cfg: TaNPTraining) -> torch.Tensor:
