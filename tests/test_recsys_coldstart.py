@@ -188,6 +188,26 @@ def test_fold_in_uses_its_own_ridge_penalty(small_data: ml.RatingsData) -> None:
     assert scores[f"factors=4,reg=5.0{chosen}"] == min(scores.values())
 
 
+def test_surprise_peer_is_refitted_with_the_support(small_data: ml.RatingsData, monkeypatch: pytest.MonkeyPatch) -> None:
+    split = build_split(small_data, TaskRules(new_user_fraction=0.25, new_item_fraction=0.25))
+    with monkeypatch.context() as m:
+        m.setitem(__import__("sys").modules, "surprise", None)  # as if Surprise were not installed
+        with pytest.raises(MetakitError, match=r"pip install 'metakit\[recsys-peers\]'") as exc:
+            bl.SurpriseSVD.require()
+        one_line(exc)
+    pytest.importorskip("surprise")
+    svd = bl.SurpriseSVD(factors=2, epochs=3).fit(split)
+    tasks = at_support_size(split.scenarios["new_users"], 3)[:5]
+    first = svd.predict(tasks)
+    assert [len(p) for p in first] == [len(t.query_items) for t in tasks]
+    np.testing.assert_allclose(np.concatenate(first), np.concatenate(svd.predict(tasks)))  # seeded refit
+    high = [UserTask(t.user, t.support_items, np.full(3, 5.0, np.float32), t.query_items, t.query_ratings,
+                     t.support_times, t.query_times) for t in tasks]
+    assert np.concatenate(svd.predict(high)).mean() > np.concatenate(first).mean()  # the support reached the model
+    again = bl.SurpriseSVD.from_state(svd.state())
+    np.testing.assert_allclose(np.concatenate(again.predict(tasks)), np.concatenate(first))
+
+
 # -- meta-learned MF ---------------------------------------------------------------------------------
 
 

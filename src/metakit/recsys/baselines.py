@@ -281,3 +281,93 @@ def select_finetune(net: RatingNet, features: Features, val: Sequence[UserTask],
             if score < best[0]:
                 best = (score, s, lr)
     return best[1], best[2], scores
+
+
+class SurpriseSVD:
+    """A recommender library as a peer: Surprise's ``SVD`` (biased MF by SGD, Hug 2020), retrained with the support.
+
+    Surprise has no fold-in: a user it was not trained on gets the mean plus the item's bias.
+    So, as a practitioner using it would, each call to :meth:`predict` refits ``SVD`` on the
+    training ratings **plus the support ratings of the users asked about** (those that are not
+    training users), then predicts their query ratings: the expensive alternative to fold-in.
+
+    Args:
+        factors, reg, epochs, lr: ``SVD(n_factors, reg_all, n_epochs, lr_all)``.
+        seed: Surprise's ``random_state``, so a refit is deterministic.
+    """
+
+    def __init__(self, factors: int = 20, reg: float = 0.05, epochs: int = 20, lr: float = 0.005, seed: int = 0) -> None:
+        if factors < 1 or reg < 0 or epochs < 1 or lr <= 0:
+            raise MetakitError(f"surprise SVD needs factors >= 1, reg >= 0, epochs >= 1 and lr > 0, got "
+                               f"{factors}, {reg}, {epochs}, {lr}.")
+        self.factors, self.reg, self.epochs, self.lr, self.seed = factors, float(reg), epochs, float(lr), seed
+        self.train = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+        self.scale = (1.0, 5.0)
+
+    @staticmethod
+    def require() -> None:
+        """Raise a one-line error naming the install command if Surprise (or pandas) is missing."""
+        try:
+            import pandas  # noqa: F401
+            import surprise  # noqa: F401
+        except ImportError:
+            raise MetakitError("method surprise_svd needs Surprise: pip install 'metakit[recsys-peers]' "
+                               "(or drop surprise_svd from methods).") from None
+
+    def fit(self, split: Split) -> SurpriseSVD:
+        """Keep the training ratings (the model is fitted per query, with the support added)."""
+        self.require()
+        self.train = (split.train_user.astype(np.int64), split.train_item.astype(np.int64),
+                      split.train_rating.astype(np.float64))
+        lo, hi = float(split.train_rating.min()), float(split.train_rating.max())
+        self.scale = (min(lo, 1.0), max(hi, 5.0))
+        return self
+
+    def predict(self, tasks: Sequence[UserTask]) -> list[np.ndarray]:
+        """Refit on training + the new users' support ratings; every query rating's estimate."""
+        import pandas as pd
+        from surprise import SVD, Dataset, Reader
+
+        known = set(np.unique(self.train[0]).tolist())
+        extra = [t for t in tasks if t.user not in known]
+        users = np.concatenate([self.train[0], *[np.full(len(t.support_items), t.user) for t in extra]])
+        items = np.concatenate([self.train[1], *[t.support_items for t in extra]])
+        ratings = np.concatenate([self.train[2], *[t.support_ratings.astype(np.float64) for t in extra]])
+        frame = pd.DataFrame({"user": users, "item": items, "rating": ratings})
+        trainset = Dataset.load_from_df(frame, Reader(rating_scale=self.scale)).build_full_trainset()
+        algo = SVD(n_factors=self.factors, n_epochs=self.epochs, reg_all=self.reg, lr_all=self.lr,
+                   random_state=self.seed)
+        algo.fit(trainset)
+        return [np.array([algo.predict(t.user, int(i), clip=True).est for i in t.query_items.tolist()])
+                for t in tasks]
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`from_state` needs (the training ratings: the model is refitted per query)."""
+        return {"factors": self.factors, "reg": self.reg, "epochs": self.epochs, "lr": self.lr, "seed": self.seed,
+                "user": self.train[0], "item": self.train[1], "rating": self.train[2], "scale": list(self.scale)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SurpriseSVD:
+        """Rebuild from :meth:`state`."""
+        cls.require()
+        out = cls(state["factors"], state["reg"], state["epochs"], state["lr"], state["seed"])
+        out.train = (np.asarray(state["user"]), np.asarray(state["item"]), np.asarray(state["rating"]))
+        out.scale = (float(state["scale"][0]), float(state["scale"][1]))
+        return out
+
+
+def select_surprise(split: Split, factors: Sequence[int], regs: Sequence[float], epochs: int, seed: int,
+                    val_sets: Sequence[Sequence[UserTask]]) -> tuple[SurpriseSVD, dict[str, float]]:
+    """The :class:`SurpriseSVD` setting (``factors`` x ``regs``) with the best validation score."""
+    if not factors or not regs:
+        raise MetakitError("baselines.surprise_factors and surprise_regs must be non-empty lists.")
+    scores: dict[str, float] = {}
+    best: tuple[float, SurpriseSVD | None] = (float("inf"), None)
+    for k in factors:
+        for reg in regs:
+            model = SurpriseSVD(k, reg, epochs, seed=seed).fit(split)
+            scores[f"factors={k},reg={reg}"] = score = validation_score(model.predict, val_sets)
+            if best[1] is None or score < best[0]:
+                best = (score, model)
+    assert best[1] is not None
+    return best[1], scores

@@ -18,7 +18,7 @@ from metakit.errors import MetakitError, unknown_name
 from metakit.recsys.tasks import SCENARIOS, TaskRules, check_scenarios
 
 #: Methods a run can train; ``melu`` trains one model per entry of ``melu.local_steps``.
-METHODS = ("global_mean", "item_popularity", "mf", "nn_global", "nn_finetune", "melu", "metamf", "tanp")
+METHODS = ("global_mean", "item_popularity", "mf", "nn_global", "nn_finetune", "melu", "metamf", "tanp", "surprise_svd")
 #: Methods that meta-learn (the rest are the baselines they are compared with).
 META_METHODS = ("melu", "metamf", "tanp")
 SOURCES = ("synthetic", "ml-100k", "ml-1m", "ml-latest-small", "ml-25m", "ml-32m")
@@ -144,6 +144,10 @@ class BaselineSection:
     nn_lr: float = 1e-3
     finetune_steps: list[int] = field(default_factory=lambda: [1, 5, 20, 50, 100])
     finetune_lrs: list[float] = field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1])
+    # Surprise's SVD (method surprise_svd, the peer library), refitted with the support ratings.
+    surprise_factors: list[int] = field(default_factory=lambda: [10, 50])
+    surprise_regs: list[float] = field(default_factory=lambda: [0.02, 0.1])
+    surprise_epochs: int = 20
 
 
 @dataclass

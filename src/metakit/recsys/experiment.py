@@ -57,6 +57,7 @@ DISPLAY = {
     "nn_finetune": "NN + fine-tune",
     "metamf": "meta-MF",
     "tanp": "TaNP",
+    "surprise_svd": "Surprise SVD (refit)",
 }
 
 
@@ -125,6 +126,8 @@ def _progress(enabled: bool) -> Progress:
 def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Fit every method of ``config`` and write the run directory ``out``; returns the training summary."""
     config.check()
+    if "surprise_svd" in config.methods:  # before any fitting: a missing library is one line, not a late crash
+        bl.SurpriseSVD.require()
     run = Run(out, domain="recsys")
     run.create(config.to_yaml(), fresh_log=False)  # the fits log their epochs in training.json
     threads = set_threads(config.threads)
@@ -163,6 +166,11 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
                         "val_mae_by_setting": scores}
             elif key == "metamf":
                 states[key], info = _fit_metamf(config, features, split, mu, seed, val_sets, epochs)
+            elif key == "surprise_svd":
+                svd, scores = bl.select_surprise(split, b.surprise_factors, b.surprise_regs, b.surprise_epochs, seed,
+                                                 val_sets)
+                states[key] = svd.state()
+                info = {"factors": svd.factors, "reg": svd.reg, "val_mae_by_setting": scores}
             elif key == "tanp":
                 states[key], info = _fit_tanp(config, features, split, mu, seed, val_sets, epochs)
             elif key in ("nn_global", "nn_finetune"):
@@ -306,6 +314,8 @@ def predictors(config: RecsysConfig, states: dict[str, Any], features: Features)
             out[key] = bl.ItemPopularity.from_state(s).predict
         elif key == "mf":
             out[key] = bl.BiasedMF.from_state(s).predict
+        elif key == "surprise_svd":
+            out[key] = bl.SurpriseSVD.from_state(s).predict
         elif key == "tanp":
             tanp = _tanp(config, features, 0.0)
             tanp.load_state_dict(s["weights"])
