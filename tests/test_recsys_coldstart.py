@@ -138,6 +138,17 @@ def test_csv_release_offline_is_one_line_naming_the_url(monkeypatch: pytest.Monk
     one_line(exc)
 
 
+def test_a_run_without_its_data_is_one_line_and_leaves_no_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("METAKIT_OFFLINE", "1")
+    out = tmp_path / "run"
+    assert main(["recsys", "train", str(REPO / "configs" / "recsys-ml100k.yaml"), "data.source=ml-latest-small",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ml-latest-small.zip" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_metakit_datasets_lists_the_csv_releases(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out

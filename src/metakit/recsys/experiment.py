@@ -128,13 +128,14 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
     config.check()
     if "surprise_svd" in config.methods:  # before any fitting: a missing library is one line, not a late crash
         bl.SurpriseSVD.require()
-    run = Run(out, domain="recsys")
-    run.create(config.to_yaml(), fresh_log=False)  # the fits log their epochs in training.json
     threads = set_threads(config.threads)
     seed_everything(config.seed)
     start = time.perf_counter()
+    # Data first: a missing or damaged dataset fails before the run directory is created.
     data = load_ratings(config)
     split = build_split(data, config.tasks)
+    run = Run(out, domain="recsys")
+    run.create(config.to_yaml(), fresh_log=False)  # the fits log their epochs in training.json
     features = Features.from_data(data)
     mu = float(split.train_rating.mean())
     val_sets = validation_sets(split, config.eval.support_sizes)
