@@ -330,6 +330,6 @@ def test_cli_cold_start_curves_on_a_csv_release(tmp_path: Path, capsys: pytest.C
         assert c["meta"] in ("melu-1", "metamf", "tanp") and c["baseline"] not in ("melu-1", "metamf", "tanp")
         assert c["winner"] in (c["meta"], c["baseline"], "tie")
     text = (out / "report.md").read_text()
-    assert "Who wins" in text and "Cold-start curves" in text and (out / "mae_by_support_size.png").is_file()
+    assert "Who wins" in text and "Cold-start curves" in text and "no user demographics" in text and (out / "mae_by_support_size.png").is_file()
     training = json.loads((out / "training.json").read_text())
     assert {"metamf", "tanp"} <= set(training["methods"]) and training["methods"]["mf"]["foldin_reg"] in (5.0, 20.0)

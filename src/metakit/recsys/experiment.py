@@ -195,6 +195,7 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
     run.save("models", _loadable(states))
     summary = {
         "data": data.describe(),
+        "user_demographics": data.has_user_features,
         "fingerprint": states["fingerprint"],
         "split": split.stats,
         "methods": methods,

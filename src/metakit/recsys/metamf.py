@@ -139,7 +139,7 @@ def _rows(features: Features, item: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return item, features.genres[item], features.year[item]
 
 
-def meta_loss(model: MetaMF, features: Features, support: UserTask | Sequence[UserTask], query: Sequence[UserTask],
+def meta_loss(model: MetaMF, features: Features, support: Sequence[UserTask], query: Sequence[UserTask],
               first_order: bool = False) -> torch.Tensor:
     """Mean query MSE after adapting each task's user to its support set (one grouped computation)."""
     s_item, s_rating, s_mask = pad_tasks([t.support_items for t in support], [t.support_ratings for t in support])

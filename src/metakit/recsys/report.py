@@ -210,6 +210,12 @@ def run_report(
         f"local lr {config['melu'].get('local_lr_grid') or config['melu']['local_lr']}"
         f"{' (Meta-SGD: learned element-wise from it)' if config['melu'].get('learn_local_lr') else ''}, "
         f"{'first' if config['melu']['first_order'] else 'second'}-order",
+        *([f"- meta-MF: factors {config['metamf']['factors']}, {config['metamf']['steps']} inner steps with learned "
+           f"step sizes; TaNP: latent {config['tanp']['latent']}, {config['tanp']['clusters']} clusters, "
+           f"kl_weight {config['tanp']['kl_weight']}"] if "metamf" in config and "tanp" in config else []),
+        *([f"- cold-start curves: {', '.join(SCENARIOS[c] for c in config['eval']['curve_scenarios'])} at "
+           f"{config['eval']['support_sizes']} support ratings"]
+          if config["eval"].get("curve_scenarios") and config["eval"].get("support_sizes") else []),
         f"- seed: {config['seed']}; resolved config: `config.yaml`",
         "",
     ]
@@ -219,6 +225,9 @@ def run_report(
             "## Data and training",
             "",
             f"- {training['data']}",
+            *(["- no user demographics in this release: MeLU, TaNP and the NN baselines read a user from its "
+               "ratings and item content only (every user has the same feature codes)"]
+              if training.get("user_demographics") is False else []),
             f"- split: {s['new_users']} new users, {s['new_items']} new items; training: {s['train_users']} users, "
             f"{s['train_ratings']:,} ratings; {s['val_tasks']} validation users (held out, for model selection)",
             "- tasks per scenario: " + ", ".join(f"{SCENARIOS[k]} {v}" for k, v in s["tasks"].items()),
