@@ -102,6 +102,7 @@ def test_csv_zip_placed_by_hand_is_checked_against_the_published_md5(tmp_path: P
     patch_md5(monkeypatch, "ml-25m", hashlib.md5(zip_path.read_bytes()).hexdigest())
     assert ml.load_movielens("ml-25m", root=zip_path, download=False).num_ratings == 5
     assert sorted(p.name for p in ml.movielens_dir().iterdir()) == ["ml-25m"]  # extracted atomically, nothing else
+    assert sorted(p.name for p in (ml.movielens_dir() / "ml-25m").iterdir()) == ["movies.csv", "ratings.csv"]
 
 
 def test_latest_small_reads_its_md5_from_the_file_groupLens_publishes(tmp_path: Path) -> None:

@@ -1,32 +1,38 @@
-"""MovieLens 100K and 1M: the official GroupLens zips, verified, extracted atomically, parsed as-is.
+"""MovieLens 100K, 1M and the CSV releases: the official GroupLens zips, verified, extracted atomically, parsed as-is.
 
 The terms of MovieLens forbid redistribution, so nothing is stored with metakit: the loader
-fetches the official ``ml-100k.zip`` / ``ml-1m.zip`` from GroupLens through
-:func:`metakit.datasets.download.fetch` (sha256-verified, atomic rename, clear offline error), or
-uses a copy placed by hand. Where it looks, in order:
+fetches the official zip (``ml-100k.zip``, ``ml-1m.zip``, ``ml-latest-small.zip``,
+``ml-25m.zip``, ``ml-32m.zip``) from GroupLens through :func:`metakit.datasets.download.fetch`
+(atomic rename, clear offline error), or uses a copy placed by hand. Where it looks, in order:
 
 1. ``root`` (``data.root`` in a recsys config): the zip itself, a folder holding the zip, the
-   extracted ``ml-1m/`` folder, or a folder holding that folder;
+   extracted ``ml-1m/`` (etc.) folder, or a folder holding that folder;
 2. ``$METAKIT_MOVIELENS``, read the same way;
 3. ``$METAKIT_CACHE/movielens/`` (default ``~/.cache/metakit/movielens/``): the extracted folder,
    else the zip (downloaded there when absent).
 
-A zip is always checked against the official sha256 before it is opened, then extracted into a
-temporary folder that is renamed into place, so a half-extracted folder never exists. An extracted
-folder placed by hand cannot be checked against the zip's sha256; its files are parsed strictly
-instead (a malformed line fails with its file and line number).
+A zip is always checked before it is opened: ML-100K and ML-1M against their sha256, the CSV
+releases against the MD5 GroupLens publishes (fixed for ml-25m and ml-32m; for ml-latest-small,
+which GroupLens re-issues, read from GroupLens' ``ml-latest-small.zip.md5`` beside the zip). A
+download is renamed onto the zip's path only once it matched. The zip is then extracted into a
+temporary folder that is renamed into place, so a half-extracted folder never exists (of a CSV
+release only the files read and the README are extracted: ML-25M's tag genome alone is 400 MB).
+An extracted folder placed by hand cannot be checked against the zip's checksum; its files are
+parsed strictly instead (a malformed line fails with its file and line number).
 
-File formats (``../shared/data/FORMATS.md``): both datasets are encoded latin-1. ML-100K has
+File formats (``../shared/data/FORMATS.md``): ML-100K and ML-1M are encoded latin-1. ML-100K has
 ``u.data`` (tab-separated ``user item rating timestamp``), ``u.item`` (``|``-separated, 19 genre
 flags in ``u.genre`` order), ``u.user`` (``id|age|gender|occupation|zip``), ``u.genre`` and
 ``u.occupation``. ML-1M uses ``::``: ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``),
 ``users.dat`` (``UserID::Gender::Age::Occupation::Zip-code``, age and occupation as codes) and
-``movies.dat`` (``MovieID::Title (Year)::Genre|Genre``).
+``movies.dat`` (``MovieID::Title (Year)::Genre|Genre``). The CSV releases are UTF-8 with a header
+row: ``ratings.csv`` (``userId,movieId,rating,timestamp``, half stars 0.5-5.0) and ``movies.csv``
+(``movieId,title,genres``, titles quoted when they hold a comma); they have no user demographics.
 
-Both are decoded into one :class:`RatingsData`: integer-coded user features (gender, age band,
-occupation, first character of the zip code) and item features (genre flags, release year); the
-title is ignored. Ages of ML-100K are banded the way ML-1M codes them, so a model sees the same
-kind of feature on either.
+All are decoded into one :class:`RatingsData`: integer-coded user features (gender, age band,
+occupation, first character of the zip code; all code 0, "unknown", for the CSV releases) and
+item features (genre flags, release year); the title is ignored. Ages of ML-100K are banded the
+way ML-1M codes them, so a model sees the same kind of feature on either.
 """
 
 from __future__ import annotations
@@ -235,7 +241,9 @@ def extract_archive(zip_path: Path, dest: Path, archive: Archive) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".tmp", dir=dest.parent))
             try:
-                zf.extractall(tmp, members=[n for n in names if n.startswith(f"{archive.name}/")])
+                wanted = (*archive.required, "README.txt") if archive.name in CSV_RELEASES else None
+                zf.extractall(tmp, members=[n for n in names if n.startswith(f"{archive.name}/")
+                                            and (wanted is None or Path(n).name in wanted)])
                 if dest.exists():  # another process finished first: keep its copy
                     return dest
                 os.replace(tmp / archive.name, dest)
