@@ -249,6 +249,11 @@ def test_meta_mf_adapts_the_user_only_and_learns_prior_and_step_sizes(small_data
     alone = [predict_metamf(model, features, [t])[0] for t in tasks]
     for a, b in zip(together, alone):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    items = torch.arange(5)
+    _, bias = model.items(items, features.genres[items], features.year[items])
+    model.set_item_offset(np.full(small_data.num_items, 0.5))  # the popularity offset enters every item's bias
+    _, moved = model.items(items, features.genres[items], features.year[items])
+    torch.testing.assert_close(moved - bias, torch.full((5,), 0.5))
     # An item never trained on has no id part: its vector and bias come from its content alone.
     new_item = int(np.flatnonzero(split.new_item)[0])
     with torch.no_grad():
@@ -302,6 +307,10 @@ def test_tanp_reads_users_from_their_support_ratings(small_data: ml.RatingsData)
     alone = [predict_tanp(model, features, [t])[0] for t in tasks]
     for a, b in zip(first, alone):  # padding in a meta-batch changes nothing
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    model.set_item_offset(np.arange(small_data.num_items) % 3)  # a fixed per-item offset moves the output by itself
+    shifted = predict_tanp(model, features, tasks)
+    for a, b, t in zip(shifted, first, tasks):
+        np.testing.assert_allclose(a - b, t.query_items % 3, rtol=1e-4, atol=1e-4)
 
 
 # -- end to end ----------------------------------------------------------------------------------------

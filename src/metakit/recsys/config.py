@@ -87,7 +87,7 @@ class TaskTraining:
     item side (meta-MF) or on the whole network (TaNP). With ``temporal`` a training task is
     made the way test tasks are (a user's earliest ratings predict later ones), otherwise it
     is a random partition of the user's ratings. ``first_order`` drops second-order terms of
-    an inner loop, where there is one.
+    an inner loop, where there is one. ``popularity_offset``: see the field.
     """
 
     epochs: int = 40
@@ -97,6 +97,9 @@ class TaskTraining:
     grad_clip: float | None = 10.0
     first_order: bool = False
     temporal: bool = True
+    # Add each item's shrunk mean training rating (the item-popularity baseline's score, with
+    # baselines.popularity_shrinkage) as a fixed offset, so the model learns a residual to it.
+    popularity_offset: bool = True
 
 
 @dataclass

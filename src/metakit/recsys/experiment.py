@@ -252,6 +252,12 @@ def _task_maker(config: RecsysConfig, split: Split, temporal: bool) -> Callable[
     return lambda rng: [t for t in (draw(split, u, config.tasks, rng) for u in users) if t is not None]
 
 
+def _popularity_offset(config: RecsysConfig, split: Split, features: Features, mu: float) -> np.ndarray:
+    """Each item's item-popularity score minus the training mean (the offset meta-MF and TaNP may learn a residual to)."""
+    num_items = features.genres.shape[0]
+    return bl.ItemPopularity(config.baselines.popularity_shrinkage).fit(split, num_items).scores - mu
+
+
 def _tanp(config: RecsysConfig, features: Features, mu: float) -> TaNP:
     t = config.tanp
     return TaNP(features, t.embedding_dim, t.hidden, t.latent, t.clusters, t.decoder_layers, mu)
@@ -265,6 +271,8 @@ def _fit_tanp(config: RecsysConfig, features: Features, split: Split, mu: float,
     torch.manual_seed(seed)
     model = _tanp(config, features, mu)
     model.mark_trained(split.train_item)
+    if t.popularity_offset:
+        model.set_item_offset(_popularity_offset(config, split, features, mu))
     info = train_tanp(model, features, _task_maker(config, split, t.temporal),
                       lambda predict: bl.validation_score(predict, val_sets), t, seed, on_epoch=epochs("TaNP", t.epochs))
     return {"weights": model.state_dict()}, info
@@ -282,6 +290,8 @@ def _fit_metamf(config: RecsysConfig, features: Features, split: Split, mu: floa
         torch.manual_seed(seed)
         model = _metamf(features, k, m.steps, m.init_lr, mu)
         model.mark_trained(split.train_item)
+        if m.popularity_offset:
+            model.set_item_offset(_popularity_offset(config, split, features, mu))
         label = "meta-MF" + (f" (factors {k})" if len(m.factors) > 1 else "")
         info = train_metamf(model, features, make_tasks, lambda predict: bl.validation_score(predict, val_sets), m,
                             seed, on_epoch=epochs(label, m.epochs))

@@ -78,11 +78,17 @@ class MetaMF(nn.Module):
         self.log_pseudo_count = nn.Parameter(torch.tensor(math.log(pseudo_count)))
         # Items trained on; the id part of any other item (a new item) is zero.
         self.register_buffer("trained", torch.zeros(num_items))
+        # A fixed per-item offset of the bias (see set_item_offset); zero unless set.
+        self.register_buffer("item_offset", torch.zeros(num_items))
 
     def mark_trained(self, items: np.ndarray) -> None:
         """Record which items the training ratings cover (only their id parts are used)."""
         self.trained.zero_()
         self.trained[torch.from_numpy(np.unique(np.asarray(items, dtype=np.int64)))] = 1.0
+
+    def set_item_offset(self, offset: np.ndarray) -> None:
+        """Fix each item's bias offset (e.g. its shrunk mean rating minus ``mu``): the learned biases are a residual to it."""
+        self.item_offset.copy_(torch.as_tensor(np.asarray(offset), dtype=torch.float32))
 
     def init_items(self, mu: float, factors: np.ndarray, bias: np.ndarray) -> None:
         """Start the item side from a fitted biased MF (its mean, item factors and item biases).
@@ -104,7 +110,8 @@ class MetaMF(nn.Module):
         seen = self.trained[item].unsqueeze(-1)
         count = genres.sum(-1, keepdim=True).clamp(min=1.0)
         q = seen * self.item_factors(item) + self.genre_factors(genres) / count + self.year_factors(year)
-        b = seen * self.item_bias(item) + self.genre_bias(genres) / count + self.year_bias(year)
+        b = (seen * self.item_bias(item) + self.genre_bias(genres) / count + self.year_bias(year)
+             + self.item_offset[item].unsqueeze(-1))
         return q, b.squeeze(-1)
 
     def rate(self, q: torch.Tensor, b: torch.Tensor, user: Params) -> torch.Tensor:

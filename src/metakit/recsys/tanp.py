@@ -82,6 +82,8 @@ class TaNP(nn.Module):
         for emb in (*self.user_embeddings, self.year_embedding, self.item_embedding):
             nn.init.normal_(emb.weight, std=0.1)
         self.register_buffer("trained", torch.zeros(features.genres.shape[0]))
+        # A fixed per-item offset of the output (see set_item_offset); zero unless set.
+        self.register_buffer("item_offset", torch.zeros(features.genres.shape[0]))
         x_dim = e * (len(features.user_sizes) + 3)
         self.deterministic = _mlp([x_dim + 1, hidden, hidden, latent])
         self.latent_encoder = _mlp([x_dim + 1, hidden, hidden])
@@ -101,6 +103,10 @@ class TaNP(nn.Module):
         """Record which items the training ratings cover (only their id embeddings are used)."""
         self.trained.zero_()
         self.trained[torch.from_numpy(np.unique(np.asarray(items, dtype=np.int64)))] = 1.0
+
+    def set_item_offset(self, offset: np.ndarray) -> None:
+        """Fix each item's output offset (e.g. its shrunk mean rating minus the mean): the decoder learns a residual."""
+        self.item_offset.copy_(torch.as_tensor(np.asarray(offset), dtype=torch.float32))
 
     def represent(self, features: Features, users: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         """``x`` of every row: user feature, genre, year and item-id embeddings, ``[T, n, x_dim]``."""
@@ -155,7 +161,7 @@ class TaNP(nn.Module):
                      "rating": q_rating, "mask": q_mask}
         else:
             z = prior_mean
-        return self.decode(xq, z, o), terms
+        return self.decode(xq, z, o) + self.item_offset[q_item], terms
 
 
 #: TaNP's settings: sizes, loss weights and the outer loop (the ``tanp`` config section).
