@@ -342,18 +342,14 @@ class SurpriseSVD:
                 for t in tasks]
 
     def state(self) -> dict[str, Any]:
-        """What :meth:`from_state` needs (the training ratings: the model is refitted per query)."""
-        return {"factors": self.factors, "reg": self.reg, "epochs": self.epochs, "lr": self.lr, "seed": self.seed,
-                "user": self.train[0], "item": self.train[1], "rating": self.train[2], "scale": list(self.scale)}
+        """The settings (the ratings stay out of the checkpoint: :meth:`fit` them again from the run's split)."""
+        return {"factors": self.factors, "reg": self.reg, "epochs": self.epochs, "lr": self.lr, "seed": self.seed}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> SurpriseSVD:
-        """Rebuild from :meth:`state`."""
+        """Rebuild the settings from :meth:`state`; call :meth:`fit` before predicting."""
         cls.require()
-        out = cls(state["factors"], state["reg"], state["epochs"], state["lr"], state["seed"])
-        out.train = (np.asarray(state["user"]), np.asarray(state["item"]), np.asarray(state["rating"]))
-        out.scale = (float(state["scale"][0]), float(state["scale"][1]))
-        return out
+        return cls(state["factors"], state["reg"], state["epochs"], state["lr"], state["seed"])
 
 
 def select_surprise(split: Split, factors: Sequence[int], regs: Sequence[float], epochs: int, seed: int,

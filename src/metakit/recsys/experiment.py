@@ -313,8 +313,8 @@ def load_recsys_run(run_dir: str | Path) -> RecsysConfig:
     return recsys_config_from_dict(data)
 
 
-def predictors(config: RecsysConfig, states: dict[str, Any], features: Features) -> dict[str, Predictor]:
-    """A query-prediction function per fitted method of the run."""
+def predictors(config: RecsysConfig, states: dict[str, Any], features: Features, split: Split) -> dict[str, Predictor]:
+    """A query-prediction function per fitted method of the run (``split``: the run's, rebuilt from its config)."""
     out: dict[str, Predictor] = {}
     for key in method_keys(config):
         if key not in states:
@@ -327,7 +327,7 @@ def predictors(config: RecsysConfig, states: dict[str, Any], features: Features)
         elif key == "mf":
             out[key] = bl.BiasedMF.from_state(s).predict
         elif key == "surprise_svd":
-            out[key] = bl.SurpriseSVD.from_state(s).predict
+            out[key] = bl.SurpriseSVD.from_state(s).fit(split).predict
         elif key == "tanp":
             tanp = _tanp(config, features, 0.0)
             tanp.load_state_dict(s["weights"])
@@ -363,7 +363,7 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
                            f"train again on the current data.")
     split = build_split(data, config.tasks)
     features = Features.from_data(data)
-    preds = predictors(config, states, features)
+    preds = predictors(config, states, features, split)
     ks = config.eval.ndcg_k
     results: dict[str, Any] = {}
     paired: dict[str, Any] = {}
