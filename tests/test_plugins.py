@@ -62,7 +62,7 @@ def test_every_domain_registers_itself():
 def test_the_domains_bring_their_datasets_and_how_predict_reads_their_inputs():
     plugins = registry.plugins()
     assert set(plugins["text"].datasets) == {"banking77", "hwu64", "clinc150", "csv", "jsonl"}
-    assert set(plugins["recsys"].datasets) == {"ml-100k", "ml-1m"}
+    assert set(plugins["recsys"].datasets) == {"ml-100k", "ml-1m", "ml-latest-small", "ml-25m", "ml-32m"}
     from metakit.text.inputs import prepare_texts
 
     assert registry.input_preparer("text") is prepare_texts

@@ -491,7 +491,7 @@ def test_cli_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert 0 < warm["mae"]["mean"] < 2 and 0 < warm["ndcg@3"]["mean"] <= 1 and warm["mae"]["ci95"] > 0
     assert "MeLU-5" in (out / "report.md").read_text()
     training = json.loads((out / "training.json").read_text())["methods"]
-    assert set(training["mf"]["val_mae_by_setting"]) == {"factors=2,reg=5.0", "factors=4,reg=5.0"}
+    assert {"factors=2,reg=5.0", "factors=4,reg=5.0"} <= set(training["mf"]["val_mae_by_setting"])
     for key in ("melu-1", "melu-5"):  # MeLU's local lr is chosen on validation users, as the baselines' settings
         by_lr = training[key]["val_mae_by_local_lr"]
         assert set(by_lr) == {"local_lr=0.01", "local_lr=0.1"}

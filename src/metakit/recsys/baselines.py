@@ -114,12 +114,16 @@ class BiasedMF:
         reg: ridge penalty of every per-user and per-item solve (biases and factors alike).
         iters: ALS sweeps (users, then items).
         seed: initialisation of the item factors.
+        foldin_reg: ridge penalty of a new user's fold-in (``None``: ``reg``, plain fold-in).
     """
 
-    def __init__(self, factors: int = 16, reg: float = 5.0, iters: int = 15, seed: int = 0) -> None:
-        if factors < 1 or reg <= 0 or iters < 1:
-            raise MetakitError(f"biased MF needs factors >= 1, reg > 0 and iters >= 1, got {factors}, {reg}, {iters}.")
+    def __init__(self, factors: int = 16, reg: float = 5.0, iters: int = 15, seed: int = 0,
+                 foldin_reg: float | None = None) -> None:
+        if factors < 1 or reg <= 0 or iters < 1 or (foldin_reg is not None and foldin_reg <= 0):
+            raise MetakitError(f"biased MF needs factors >= 1, reg > 0, iters >= 1 and a fold-in reg > 0, got "
+                               f"{factors}, {reg}, {iters}, {foldin_reg}.")
         self.factors, self.reg, self.iters, self.seed = factors, float(reg), iters, seed
+        self.foldin_reg = foldin_reg
         self.mu = 0.0
         self.user_bias = self.item_bias = np.zeros(0)
         self.P = self.Q = np.zeros((0, factors))
@@ -156,7 +160,8 @@ class BiasedMF:
         if len(items) == 0:
             return 0.0, np.zeros(self.factors)
         x = np.c_[np.ones(len(items)), self.Q[items]]
-        w = _ridge(x, ratings.astype(np.float64) - self.mu - self.item_bias[items], self.reg)
+        reg = self.reg if self.foldin_reg is None else self.foldin_reg
+        w = _ridge(x, ratings.astype(np.float64) - self.mu - self.item_bias[items], reg)
         return float(w[0]), w[1:]
 
     def predict(self, tasks: Sequence[UserTask]) -> list[np.ndarray]:
@@ -173,34 +178,51 @@ class BiasedMF:
     def state(self) -> dict[str, Any]:
         """What :meth:`from_state` needs."""
         return {"factors": self.factors, "reg": self.reg, "iters": self.iters, "seed": self.seed, "mu": self.mu,
+                "foldin_reg": self.foldin_reg,
                 "user_bias": self.user_bias, "item_bias": self.item_bias, "P": self.P, "Q": self.Q,
                 "known_users": self.known_users}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BiasedMF:
         """Rebuild from :meth:`state`."""
-        out = cls(state["factors"], state["reg"], state["iters"], state["seed"])
+        out = cls(state["factors"], state["reg"], state["iters"], state["seed"], state.get("foldin_reg"))
         out.mu = state["mu"]
         for name in ("user_bias", "item_bias", "P", "Q", "known_users"):
             setattr(out, name, np.asarray(state[name]))
         return out
 
 
+def validation_score(predict: Callable[[Sequence[UserTask]], list[np.ndarray]],
+                     val_sets: Sequence[Sequence[UserTask]]) -> float:
+    """MAE of ``predict`` averaged over validation task sets (e.g. full support and few ratings); 0 if none."""
+    scores = [mae(predict(tasks), [t.query_ratings for t in tasks]) for tasks in val_sets if tasks]
+    return float(np.mean(scores)) if scores else 0.0
+
+
 def select_mf(split: Split, num_users: int, num_items: int, factors: int | Sequence[int], regs: Sequence[float],
-              iters: int, seed: int) -> tuple[BiasedMF, dict[str, float]]:
-    """Fit one :class:`BiasedMF` per (``factors``, ``reg``) pair; keep the best on the validation users (folded in)."""
+              iters: int, seed: int, val_sets: Sequence[Sequence[UserTask]] | None = None,
+              foldin_regs: Sequence[float] = ()) -> tuple[BiasedMF, dict[str, float]]:
+    """Fit one :class:`BiasedMF` per (``factors``, ``reg``); keep the best on the validation users (folded in).
+
+    ``val_sets`` (default: ``split.val``) are scored by :func:`validation_score`. Each fitted
+    model is also tried with each fold-in penalty of ``foldin_regs`` (besides its own ``reg``),
+    so a new user's ridge is tuned for the support sizes the validation sets hold.
+    """
     sizes = [factors] if isinstance(factors, int) else list(factors)
     if not regs or not sizes:
         raise MetakitError("baselines.mf_regs and mf_factors must be non-empty, e.g. mf_factors: [8, 16], mf_regs: [5.0].")
-    truths = [t.query_ratings for t in split.val]
+    sets = [split.val] if val_sets is None else list(val_sets)
     scores: dict[str, float] = {}
     best: tuple[float, BiasedMF | None] = (float("inf"), None)
     for k in sizes:
         for reg in regs:
             model = BiasedMF(k, reg, iters, seed).fit(split, num_users, num_items)
-            scores[f"factors={k},reg={reg}"] = score = mae(model.predict(split.val), truths) if split.val else 0.0
-            if best[1] is None or score < best[0]:
-                best = (score, model)
+            for fold in [None, *[f for f in foldin_regs if f != reg]]:
+                model.foldin_reg = fold
+                score = validation_score(model.predict, sets)
+                scores[f"factors={k},reg={reg}" + ("" if fold is None else f",foldin_reg={fold}")] = score
+                if best[1] is None or score < best[0]:
+                    best = (score, BiasedMF.from_state(model.state()))
     assert best[1] is not None
     return best[1], scores
 
@@ -259,3 +281,89 @@ def select_finetune(net: RatingNet, features: Features, val: Sequence[UserTask],
             if score < best[0]:
                 best = (score, s, lr)
     return best[1], best[2], scores
+
+
+class SurpriseSVD:
+    """A recommender library as a peer: Surprise's ``SVD`` (biased MF by SGD, Hug 2020), retrained with the support.
+
+    Surprise has no fold-in: a user it was not trained on gets the mean plus the item's bias.
+    So, as a practitioner using it would, each call to :meth:`predict` refits ``SVD`` on the
+    training ratings **plus the support ratings of the users asked about** (those that are not
+    training users), then predicts their query ratings: the expensive alternative to fold-in.
+
+    Args:
+        factors, reg, epochs, lr: ``SVD(n_factors, reg_all, n_epochs, lr_all)``.
+        seed: Surprise's ``random_state``, so a refit is deterministic.
+    """
+
+    def __init__(self, factors: int = 20, reg: float = 0.05, epochs: int = 20, lr: float = 0.005, seed: int = 0) -> None:
+        if factors < 1 or reg < 0 or epochs < 1 or lr <= 0:
+            raise MetakitError(f"surprise SVD needs factors >= 1, reg >= 0, epochs >= 1 and lr > 0, got "
+                               f"{factors}, {reg}, {epochs}, {lr}.")
+        self.factors, self.reg, self.epochs, self.lr, self.seed = factors, float(reg), epochs, float(lr), seed
+        self.train = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+        self.scale = (1.0, 5.0)
+
+    @staticmethod
+    def require() -> None:
+        """Raise a one-line error naming the install command if Surprise (or pandas) is missing."""
+        try:
+            import pandas  # noqa: F401
+            import surprise  # noqa: F401
+        except ImportError:
+            raise MetakitError("method surprise_svd needs Surprise: pip install 'metakit[recsys-peers]' "
+                               "(or drop surprise_svd from methods).") from None
+
+    def fit(self, split: Split) -> SurpriseSVD:
+        """Keep the training ratings (the model is fitted per query, with the support added)."""
+        self.require()
+        self.train = (split.train_user.astype(np.int64), split.train_item.astype(np.int64),
+                      split.train_rating.astype(np.float64))
+        lo, hi = float(split.train_rating.min()), float(split.train_rating.max())
+        self.scale = (min(lo, 1.0), max(hi, 5.0))
+        return self
+
+    def predict(self, tasks: Sequence[UserTask]) -> list[np.ndarray]:
+        """Refit on training + the new users' support ratings; every query rating's estimate."""
+        import pandas as pd
+        from surprise import SVD, Dataset, Reader
+
+        known = set(np.unique(self.train[0]).tolist())
+        extra = [t for t in tasks if t.user not in known]
+        users = np.concatenate([self.train[0], *[np.full(len(t.support_items), t.user) for t in extra]])
+        items = np.concatenate([self.train[1], *[t.support_items for t in extra]])
+        ratings = np.concatenate([self.train[2], *[t.support_ratings.astype(np.float64) for t in extra]])
+        frame = pd.DataFrame({"user": users, "item": items, "rating": ratings})
+        trainset = Dataset.load_from_df(frame, Reader(rating_scale=self.scale)).build_full_trainset()
+        algo = SVD(n_factors=self.factors, n_epochs=self.epochs, reg_all=self.reg, lr_all=self.lr,
+                   random_state=self.seed)
+        algo.fit(trainset)
+        return [np.array([algo.predict(t.user, int(i), clip=True).est for i in t.query_items.tolist()])
+                for t in tasks]
+
+    def state(self) -> dict[str, Any]:
+        """The settings (the ratings stay out of the checkpoint: :meth:`fit` them again from the run's split)."""
+        return {"factors": self.factors, "reg": self.reg, "epochs": self.epochs, "lr": self.lr, "seed": self.seed}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> SurpriseSVD:
+        """Rebuild the settings from :meth:`state`; call :meth:`fit` before predicting."""
+        cls.require()
+        return cls(state["factors"], state["reg"], state["epochs"], state["lr"], state["seed"])
+
+
+def select_surprise(split: Split, factors: Sequence[int], regs: Sequence[float], epochs: int, seed: int,
+                    val_sets: Sequence[Sequence[UserTask]]) -> tuple[SurpriseSVD, dict[str, float]]:
+    """The :class:`SurpriseSVD` setting (``factors`` x ``regs``) with the best validation score."""
+    if not factors or not regs:
+        raise MetakitError("baselines.surprise_factors and surprise_regs must be non-empty lists.")
+    scores: dict[str, float] = {}
+    best: tuple[float, SurpriseSVD | None] = (float("inf"), None)
+    for k in factors:
+        for reg in regs:
+            model = SurpriseSVD(k, reg, epochs, seed=seed).fit(split)
+            scores[f"factors={k},reg={reg}"] = score = validation_score(model.predict, val_sets)
+            if best[1] is None or score < best[0]:
+                best = (score, model)
+    assert best[1] is not None
+    return best[1], scores

@@ -37,7 +37,11 @@ from metakit.recsys.melu import Features, MetaTrainConfig, RatingNet, meta_train
 from metakit.recsys.metrics import paired_difference, per_user_metrics, summarise
 from metakit.recsys.movielens import RatingsData, load_movielens
 from metakit.recsys.synthetic import SyntheticSpec, synthetic_movielens
-from metakit.recsys.tasks import SCENARIOS, Split, UserTask, build_split, training_task
+from metakit.recsys.metamf import MetaMF, predict_metamf, train_metamf
+from metakit.recsys.tanp import TaNP, predict_tanp, train_tanp
+from metakit.recsys.tasks import (
+    SCENARIOS, Split, UserTask, at_support_size, build_split, temporal_training_task, training_task, validation_sets,
+)
 from metakit.runs import Run, progress_bar, run_config_data, write_report
 from metakit.utils import seed_everything, set_threads
 
@@ -51,7 +55,15 @@ DISPLAY = {
     "mf": "biased MF",
     "nn_global": "NN, global",
     "nn_finetune": "NN + fine-tune",
+    "metamf": "meta-MF",
+    "tanp": "TaNP",
+    "surprise_svd": "Surprise SVD (refit)",
 }
+
+
+def is_meta(key: str) -> bool:
+    """Whether method ``key`` meta-learns (MeLU variants, meta-MF); the others are baselines."""
+    return key.startswith("melu-") or key in ("metamf", "tanp")
 
 
 def _loadable(obj: Any) -> Any:
@@ -114,16 +126,23 @@ def _progress(enabled: bool) -> Progress:
 def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Fit every method of ``config`` and write the run directory ``out``; returns the training summary."""
     config.check()
-    run = Run(out, domain="recsys")
-    run.create(config.to_yaml(), fresh_log=False)  # the fits log their epochs in training.json
+    if "surprise_svd" in config.methods:  # before any fitting: a missing library is one line, not a late crash
+        bl.SurpriseSVD.require()
     threads = set_threads(config.threads)
     seed_everything(config.seed)
     start = time.perf_counter()
+    # Data first: a missing or damaged dataset fails before the run directory is created.
     data = load_ratings(config)
     split = build_split(data, config.tasks)
+    run = Run(out, domain="recsys")
+    run.create(config.to_yaml(), fresh_log=False)  # the fits log their epochs in training.json
     features = Features.from_data(data)
     mu = float(split.train_rating.mean())
+    val_sets = validation_sets(split, config.eval.support_sizes)
     states: dict[str, Any] = {"fingerprint": fingerprint(data)}
+    if not data.has_user_features and any(m in config.methods for m in ("melu", "nn_global", "nn_finetune", "tanp")):
+        console.print(f"{data.name} has no user demographics: MeLU, TaNP and the NN baselines read a user from its "
+                      f"ratings and item content only (every user has the same feature codes); meta-MF and MF need none.")
     methods: dict[str, dict[str, Any]] = {}
     b = config.baselines
     with _progress(progress) as bar:
@@ -141,9 +160,20 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
             elif key == "item_popularity":
                 states[key] = bl.ItemPopularity(b.popularity_shrinkage).fit(split, data.num_items).state()
             elif key == "mf":
-                mf, scores = bl.select_mf(split, data.num_users, data.num_items, b.mf_factors, b.mf_regs, b.mf_iters, seed)
+                mf, scores = bl.select_mf(split, data.num_users, data.num_items, b.mf_factors, b.mf_regs, b.mf_iters, seed,
+                                          val_sets, b.mf_foldin_regs)
                 states[key] = mf.state()
-                info = {"factors": mf.factors, "reg": mf.reg, "val_mae_by_setting": scores}
+                info = {"factors": mf.factors, "reg": mf.reg, "foldin_reg": mf.foldin_reg if mf.foldin_reg else mf.reg,
+                        "val_mae_by_setting": scores}
+            elif key == "metamf":
+                states[key], info = _fit_metamf(config, features, split, mu, seed, val_sets, epochs)
+            elif key == "surprise_svd":
+                svd, scores = bl.select_surprise(split, b.surprise_factors, b.surprise_regs, b.surprise_epochs, seed,
+                                                 val_sets)
+                states[key] = svd.state()
+                info = {"factors": svd.factors, "reg": svd.reg, "val_mae_by_setting": scores}
+            elif key == "tanp":
+                states[key], info = _fit_tanp(config, features, split, mu, seed, val_sets, epochs)
             elif key in ("nn_global", "nn_finetune"):
                 if "nn_global_weights" not in states:  # fine-tuning starts from the global network
                     g_seed = config.seed + 1000 * list(DISPLAY).index("nn_global")
@@ -165,6 +195,7 @@ def train_recsys(config: RecsysConfig, out: str | Path, progress: bool = True) -
     run.save("models", _loadable(states))
     summary = {
         "data": data.describe(),
+        "user_demographics": data.has_user_features,
         "fingerprint": states["fingerprint"],
         "split": split.stats,
         "methods": methods,
@@ -210,6 +241,69 @@ def _fit_melu(config: RecsysConfig, key: str, features: Features, split: Split, 
     return best[1], info
 
 
+def _metamf(features: Features, factors: int, steps: int, init_lr: float, mu: float) -> MetaMF:
+    return MetaMF(features.genres.shape[0], features.genres.shape[1], features.num_years, factors, steps, init_lr, mu)
+
+
+def _task_maker(config: RecsysConfig, split: Split, temporal: bool) -> Callable[[np.random.Generator], list[UserTask]]:
+    """The epoch's training tasks, one per training user: in time order (as tested) or a random partition."""
+    users = sorted(split.train_by_user)
+    draw = temporal_training_task if temporal else training_task
+    return lambda rng: [t for t in (draw(split, u, config.tasks, rng) for u in users) if t is not None]
+
+
+def _popularity_offset(config: RecsysConfig, split: Split, features: Features, mu: float) -> np.ndarray:
+    """Each item's item-popularity score minus the training mean (the offset meta-MF and TaNP may learn a residual to)."""
+    num_items = features.genres.shape[0]
+    return bl.ItemPopularity(config.baselines.popularity_shrinkage).fit(split, num_items).scores - mu
+
+
+def _tanp(config: RecsysConfig, features: Features, mu: float) -> TaNP:
+    t = config.tanp
+    return TaNP(features, t.embedding_dim, t.hidden, t.latent, t.clusters, t.decoder_layers, mu)
+
+
+def _fit_tanp(config: RecsysConfig, features: Features, split: Split, mu: float, seed: int,
+              val_sets: list[list[UserTask]],
+              epochs: Callable[[str, int], Callable[[int, float, float], None]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train TaNP; the epoch is chosen on the validation sets."""
+    t = config.tanp
+    torch.manual_seed(seed)
+    model = _tanp(config, features, mu)
+    model.mark_trained(split.train_item)
+    if t.popularity_offset:
+        model.set_item_offset(_popularity_offset(config, split, features, mu))
+    info = train_tanp(model, features, _task_maker(config, split, t.temporal),
+                      lambda predict: bl.validation_score(predict, val_sets), t, seed, on_epoch=epochs("TaNP", t.epochs))
+    return {"weights": model.state_dict()}, info
+
+
+def _fit_metamf(config: RecsysConfig, features: Features, split: Split, mu: float, seed: int,
+                val_sets: list[list[UserTask]],
+                epochs: Callable[[str, int], Callable[[int, float, float], None]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Meta-train meta-MF once per size of ``metamf.factors``; keep the best on the validation sets."""
+    m = config.metamf
+    make_tasks = _task_maker(config, split, m.temporal)
+    best: tuple[float, dict[str, Any], dict[str, Any]] | None = None
+    scores: dict[str, float] = {}
+    for k in m.factors:
+        torch.manual_seed(seed)
+        model = _metamf(features, k, m.steps, m.init_lr, mu)
+        model.mark_trained(split.train_item)
+        if m.popularity_offset:
+            model.set_item_offset(_popularity_offset(config, split, features, mu))
+        label = "meta-MF" + (f" (factors {k})" if len(m.factors) > 1 else "")
+        info = train_metamf(model, features, make_tasks, lambda predict: bl.validation_score(predict, val_sets), m,
+                            seed, on_epoch=epochs(label, m.epochs))
+        scores[f"factors={k}"] = info["best_val_mae"]
+        if best is None or info["best_val_mae"] < best[0]:
+            best = (info["best_val_mae"], {"weights": model.state_dict(), "factors": k}, {**info, "factors": k})
+    assert best is not None
+    if len(m.factors) > 1:
+        best[2]["val_mae_by_factors"] = scores
+    return best[1], best[2]
+
+
 def load_recsys_run(run_dir: str | Path) -> RecsysConfig:
     """A recsys run directory's resolved config."""
     data = run_config_data(run_dir, "", "`metakit recsys train`")
@@ -219,8 +313,8 @@ def load_recsys_run(run_dir: str | Path) -> RecsysConfig:
     return recsys_config_from_dict(data)
 
 
-def predictors(config: RecsysConfig, states: dict[str, Any], features: Features) -> dict[str, Predictor]:
-    """A query-prediction function per fitted method of the run."""
+def predictors(config: RecsysConfig, states: dict[str, Any], features: Features, split: Split) -> dict[str, Predictor]:
+    """A query-prediction function per fitted method of the run (``split``: the run's, rebuilt from its config)."""
     out: dict[str, Predictor] = {}
     for key in method_keys(config):
         if key not in states:
@@ -232,6 +326,16 @@ def predictors(config: RecsysConfig, states: dict[str, Any], features: Features)
             out[key] = bl.ItemPopularity.from_state(s).predict
         elif key == "mf":
             out[key] = bl.BiasedMF.from_state(s).predict
+        elif key == "surprise_svd":
+            out[key] = bl.SurpriseSVD.from_state(s).fit(split).predict
+        elif key == "tanp":
+            tanp = _tanp(config, features, 0.0)
+            tanp.load_state_dict(s["weights"])
+            out[key] = lambda tasks, tanp=tanp: predict_tanp(tanp, features, tasks)
+        elif key == "metamf":
+            model = _metamf(features, int(s["factors"]), config.metamf.steps, config.metamf.init_lr, 0.0)
+            model.load_state_dict(s["weights"])
+            out[key] = lambda tasks, model=model: predict_metamf(model, features, tasks)
         else:
             net = _net(config, features, 0.0)
             if key in ("nn_global", "nn_finetune"):
@@ -259,28 +363,46 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
                            f"train again on the current data.")
     split = build_split(data, config.tasks)
     features = Features.from_data(data)
-    preds = predictors(config, states, features)
+    preds = predictors(config, states, features, split)
     ks = config.eval.ndcg_k
     results: dict[str, Any] = {}
     paired: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    comparison: dict[str, Any] = {}
+    sizes = sorted(set(config.eval.support_sizes))
+    curve_scenarios = [c for c in config.eval.curve_scenarios if sizes]
     start = time.perf_counter()
     with _progress(progress) as bar:
-        task = bar.add_task("scoring", total=len(config.eval.scenarios) * len(preds), info="")
-        for scenario in config.eval.scenarios:
-            tasks = split.scenarios[scenario]
+        total = (len(config.eval.scenarios) + len(curve_scenarios) * len(sizes)) * len(preds)
+        task = bar.add_task("scoring", total=total, info="")
+
+        def score(label: str, tasks: list[UserTask]) -> tuple[dict[str, Any], dict[str, dict[str, list[float]]]]:
             truths = [t.query_ratings for t in tasks]
             users = [t.user for t in tasks]
-            per_user = {}
-            results[scenario] = {}
+            summaries, per_user = {}, {}
             for key, predict in preds.items():
-                bar.update(task, info=f"{SCENARIOS[scenario]}: {display_name(key)}")
+                bar.update(task, info=f"{label}: {display_name(key)}")
                 per_user[key] = per_user_metrics(predict(tasks), truths, users, ks) if tasks else {"mae": []}
-                results[scenario][key] = summarise(per_user[key]) if tasks else {"users": 0}
+                summaries[key] = summarise(per_user[key]) if tasks else {"users": 0}
                 bar.advance(task)
+            return summaries, per_user
+
+        for scenario in config.eval.scenarios:
+            tasks = split.scenarios[scenario]
+            results[scenario], per_user = score(SCENARIOS[scenario], tasks)
             paired[scenario] = {
-                mk: {bk: paired_difference(per_user[mk]["mae"], per_user[bk]["mae"]) for bk in preds if not bk.startswith("melu-")}
-                for mk in preds if mk.startswith("melu-") and tasks
+                mk: {bk: paired_difference(per_user[mk]["mae"], per_user[bk]["mae"]) for bk in preds if not is_meta(bk)}
+                for mk in preds if is_meta(mk) and tasks
             }
+            comparison.setdefault(scenario, {})["paper"] = best_meta_vs_baseline(results[scenario], per_user)
+        for scenario in curve_scenarios:
+            curves[scenario] = {"users": 0, "sizes": {}}
+            for size in sizes:
+                tasks = at_support_size(split.scenarios[scenario], size, max(sizes))
+                curves[scenario]["users"] = len(tasks)
+                curves[scenario]["sizes"][str(size)], per_user = score(f"{SCENARIOS[scenario]}, {size} ratings", tasks)
+                comparison.setdefault(scenario, {})[str(size)] = best_meta_vs_baseline(
+                    curves[scenario]["sizes"][str(size)], per_user)
     result = {
         "run": str(run_dir),
         "data": data.describe(),
@@ -289,6 +411,9 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
         "methods": {k: display_name(k) for k in preds},
         "results": results,
         "paired_mae_vs_baselines": paired,
+        "curves": curves,
+        "support_sizes": sizes,
+        "best_meta_vs_best_baseline": comparison,
         "ndcg_k": ks,
         "threads": threads,
         "eval_seconds": time.perf_counter() - start,
@@ -299,6 +424,24 @@ def evaluate_recsys(run_dir: str | Path, progress: bool = True, write: bool = Tr
 
         write_report(run_dir, run_report(run_dir, evaluation=result))
     return result
+
+
+def best_meta_vs_baseline(summaries: dict[str, Any], per_user: dict[str, dict[str, list[float]]]) -> dict[str, Any] | None:
+    """The best meta-learner against the best baseline by MAE on these users, paired (``None``: one side missing).
+
+    ``difference`` is the meta-learner's MAE minus the baseline's, mean ± 95% CI over the same
+    users; ``winner`` is the side whose CI excludes 0 in its favour, or ``"tie"``.
+    """
+    maes = {k: r["mae"]["mean"] for k, r in summaries.items() if "mae" in r}
+    meta = [k for k in maes if is_meta(k)]
+    base = [k for k in maes if not is_meta(k)]
+    if not meta or not base:
+        return None
+    m = min(meta, key=maes.get)
+    b = min(base, key=maes.get)
+    d = paired_difference(per_user[m]["mae"], per_user[b]["mae"])
+    winner = m if d["mean"] + d["ci95"] < 0 else b if d["mean"] - d["ci95"] > 0 else "tie"
+    return {"meta": m, "baseline": b, "meta_mae": maes[m], "baseline_mae": maes[b], "difference": d, "winner": winner}
 
 
 def results_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -67,10 +67,10 @@ class Batch:
     item: torch.Tensor | None = None  # item indices, for networks with item-id embeddings
 
 
-def make_batch(features: Features, users: Sequence[int], items: Sequence[np.ndarray],
-               ratings: Sequence[np.ndarray] | None = None) -> Batch:
-    """Pad ``items[t]`` (rated by ``users[t]``) into one :class:`Batch` (rating 0 where unknown)."""
-    T = len(users)
+def pad_tasks(items: Sequence[np.ndarray], ratings: Sequence[np.ndarray] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ragged per-task item lists as ``[T, n]`` item indices, ratings (0 where unknown) and a mask of real rows."""
+    T = len(items)
     n = max(1, max((len(i) for i in items), default=1))
     item_idx = torch.zeros(T, n, dtype=torch.long)
     rating = torch.zeros(T, n)
@@ -81,6 +81,15 @@ def make_batch(features: Features, users: Sequence[int], items: Sequence[np.ndar
         mask[t, :m] = 1.0
         if ratings is not None:
             rating[t, :m] = torch.from_numpy(np.asarray(ratings[t], dtype=np.float32))
+    return item_idx, rating, mask
+
+
+def make_batch(features: Features, users: Sequence[int], items: Sequence[np.ndarray],
+               ratings: Sequence[np.ndarray] | None = None) -> Batch:
+    """Pad ``items[t]`` (rated by ``users[t]``) into one :class:`Batch` (rating 0 where unknown)."""
+    T = len(users)
+    item_idx, rating, mask = pad_tasks(items, ratings)
+    n = item_idx.shape[1]
     user_idx = torch.as_tensor(list(users), dtype=torch.long)[:, None].expand(T, n)
     return Batch(features.user[user_idx], features.genres[item_idx], features.year[item_idx], rating, mask, item_idx)
 

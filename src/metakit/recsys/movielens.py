@@ -1,36 +1,44 @@
-"""MovieLens 100K and 1M: the official GroupLens zips, verified, extracted atomically, parsed as-is.
+"""MovieLens 100K, 1M and the CSV releases: the official GroupLens zips, verified, extracted atomically, parsed as-is.
 
 The terms of MovieLens forbid redistribution, so nothing is stored with metakit: the loader
-fetches the official ``ml-100k.zip`` / ``ml-1m.zip`` from GroupLens through
-:func:`metakit.datasets.download.fetch` (sha256-verified, atomic rename, clear offline error), or
-uses a copy placed by hand. Where it looks, in order:
+fetches the official zip (``ml-100k.zip``, ``ml-1m.zip``, ``ml-latest-small.zip``,
+``ml-25m.zip``, ``ml-32m.zip``) from GroupLens through :func:`metakit.datasets.download.fetch`
+(atomic rename, clear offline error), or uses a copy placed by hand. Where it looks, in order:
 
 1. ``root`` (``data.root`` in a recsys config): the zip itself, a folder holding the zip, the
-   extracted ``ml-1m/`` folder, or a folder holding that folder;
+   extracted ``ml-1m/`` (etc.) folder, or a folder holding that folder;
 2. ``$METAKIT_MOVIELENS``, read the same way;
 3. ``$METAKIT_CACHE/movielens/`` (default ``~/.cache/metakit/movielens/``): the extracted folder,
    else the zip (downloaded there when absent).
 
-A zip is always checked against the official sha256 before it is opened, then extracted into a
-temporary folder that is renamed into place, so a half-extracted folder never exists. An extracted
-folder placed by hand cannot be checked against the zip's sha256; its files are parsed strictly
-instead (a malformed line fails with its file and line number).
+A zip is always checked before it is opened: ML-100K and ML-1M against their sha256, the CSV
+releases against the MD5 GroupLens publishes (fixed for ml-25m and ml-32m; for ml-latest-small,
+which GroupLens re-issues, read from GroupLens' ``ml-latest-small.zip.md5`` beside the zip). A
+download is renamed onto the zip's path only once it matched. The zip is then extracted into a
+temporary folder that is renamed into place, so a half-extracted folder never exists (of a CSV
+release only the files read and the README are extracted: ML-25M's tag genome alone is 400 MB).
+An extracted folder placed by hand cannot be checked against the zip's checksum; its files are
+parsed strictly instead (a malformed line fails with its file and line number).
 
-File formats (``../shared/data/FORMATS.md``): both datasets are encoded latin-1. ML-100K has
+File formats (``../shared/data/FORMATS.md``): ML-100K and ML-1M are encoded latin-1. ML-100K has
 ``u.data`` (tab-separated ``user item rating timestamp``), ``u.item`` (``|``-separated, 19 genre
 flags in ``u.genre`` order), ``u.user`` (``id|age|gender|occupation|zip``), ``u.genre`` and
 ``u.occupation``. ML-1M uses ``::``: ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``),
 ``users.dat`` (``UserID::Gender::Age::Occupation::Zip-code``, age and occupation as codes) and
-``movies.dat`` (``MovieID::Title (Year)::Genre|Genre``).
+``movies.dat`` (``MovieID::Title (Year)::Genre|Genre``). The CSV releases are UTF-8 with a header
+row: ``ratings.csv`` (``userId,movieId,rating,timestamp``, half stars 0.5-5.0) and ``movies.csv``
+(``movieId,title,genres``, titles quoted when they hold a comma); they have no user demographics.
 
-Both are decoded into one :class:`RatingsData`: integer-coded user features (gender, age band,
-occupation, first character of the zip code) and item features (genre flags, release year); the
-title is ignored. Ages of ML-100K are banded the way ML-1M codes them, so a model sees the same
-kind of feature on either.
+All are decoded into one :class:`RatingsData`: integer-coded user features (gender, age band,
+occupation, first character of the zip code; all code 0, "unknown", for the CSV releases) and
+item features (genre flags, release year); the title is ignored. Ages of ML-100K are banded the
+way ML-1M codes them, so a model sees the same kind of feature on either.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import os
 import re
 import shutil
@@ -38,6 +46,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +58,8 @@ from metakit.utils import cache_dir
 
 ENCODING = "latin-1"
 ENV_VAR = "METAKIT_MOVIELENS"
+#: The files metakit reads from a CSV release (``links.csv``, ``tags.csv`` are not used).
+CSV_FILES = ("ratings.csv", "movies.csv")
 
 
 @dataclass(frozen=True)
@@ -57,9 +68,13 @@ class Archive:
 
     name: str
     url: str
-    sha256: str
-    size: int
+    sha256: str | None
+    size: int | None
     required: tuple[str, ...]
+    #: GroupLens' own MD5 of the zip, where it is fixed (the numbered releases).
+    md5: str | None = None
+    #: Where GroupLens publishes the MD5 of a release that changes (``ml-latest-small``).
+    md5_url: str | None = None
 
     @property
     def filename(self) -> str:
@@ -86,7 +101,29 @@ ARCHIVES: dict[str, Archive] = {
         size=5_917_549,
         required=("ratings.dat", "users.dat", "movies.dat"),
     ),
+    # The CSV releases: GroupLens publishes an MD5 beside each zip (``<zip>.md5``). The numbered
+    # releases never change, so their MD5 is fixed here; ml-latest-small is re-issued from time
+    # to time, so its MD5 is read from GroupLens' ``.md5`` file when it is downloaded (or from
+    # that file placed beside a zip placed by hand).
+    "ml-latest-small": Archive(
+        name="ml-latest-small",
+        url="https://files.grouplens.org/datasets/movielens/ml-latest-small.zip",
+        sha256=None, size=None, required=CSV_FILES,
+        md5_url="https://files.grouplens.org/datasets/movielens/ml-latest-small.zip.md5",
+    ),
+    "ml-25m": Archive(
+        name="ml-25m",
+        url="https://files.grouplens.org/datasets/movielens/ml-25m.zip",
+        sha256=None, size=261_978_986, required=CSV_FILES, md5="6b51fb2759a8657d3bfcbfc42b592ada",
+    ),
+    "ml-32m": Archive(
+        name="ml-32m",
+        url="https://files.grouplens.org/datasets/movielens/ml-32m.zip",
+        sha256=None, size=None, required=CSV_FILES, md5="d472be332d4daa821edc399621853b57",
+    ),
 }
+#: The releases in MovieLens' CSV format (no user demographics, half-star ratings).
+CSV_RELEASES = ("ml-latest-small", "ml-25m", "ml-32m")
 
 #: ML-1M's age codes (the lower bound of each band); ML-100K's ages are banded the same way.
 AGE_BANDS = (1, 18, 25, 35, 45, 50, 56)
@@ -97,6 +134,11 @@ ML1M_GENRES = (
 )
 #: The user feature columns of :attr:`RatingsData.user_features`, in order.
 USER_FEATURES = ("gender", "age", "occupation", "zip")
+
+
+def _length_of(attr: str, doc: str) -> property:
+    """A read-only property: the length of the array ``attr``."""
+    return property(lambda self: len(getattr(self, attr)), doc=doc)
 
 
 @dataclass
@@ -131,20 +173,14 @@ class RatingsData:
     timestamp: np.ndarray
     item_titles: list[str] = field(default_factory=list)
 
-    @property
-    def num_users(self) -> int:
-        """Number of users."""
-        return len(self.user_ids)
+    num_users = _length_of("user_ids", "Number of users.")
+    num_items = _length_of("item_ids", "Number of items.")
+    num_ratings = _length_of("rating", "Number of ratings.")
 
     @property
-    def num_items(self) -> int:
-        """Number of items."""
-        return len(self.item_ids)
-
-    @property
-    def num_ratings(self) -> int:
-        """Number of ratings."""
-        return len(self.rating)
+    def has_user_features(self) -> bool:
+        """Whether any user feature has a known value (false for the CSV releases: no demographics)."""
+        return bool(self.num_users) and bool(self.user_features.any())
 
     def user_vocab_sizes(self) -> list[int]:
         """Rows of each user feature's embedding table (codes are ``0..size-1``)."""
@@ -205,7 +241,9 @@ def extract_archive(zip_path: Path, dest: Path, archive: Archive) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".tmp", dir=dest.parent))
             try:
-                zf.extractall(tmp, members=[n for n in names if n.startswith(f"{archive.name}/")])
+                wanted = (*archive.required, "README.txt") if archive.name in CSV_RELEASES else None
+                zf.extractall(tmp, members=[n for n in names if n.startswith(f"{archive.name}/")
+                                            and (wanted is None or Path(n).name in wanted)])
                 if dest.exists():  # another process finished first: keep its copy
                     return dest
                 os.replace(tmp / archive.name, dest)
@@ -237,7 +275,7 @@ def locate_movielens(name: str, root: str | os.PathLike | None = None, download:
         if folder is not None:
             return folder
         if zip_path is not None:
-            verify(zip_path, archive.sha256, what=f"MovieLens {archive.filename}")
+            check_archive(zip_path, archive, download)
             return extract_archive(zip_path, movielens_dir() / archive.name, archive)
         raise MetakitError(
             f"{origin} ({place}) holds neither {archive.filename} nor an extracted {archive.name}/ folder with "
@@ -247,13 +285,86 @@ def locate_movielens(name: str, root: str | os.PathLike | None = None, download:
     if _has_files(cache / archive.name, archive):
         return cache / archive.name
     zip_path = cache / archive.filename
-    if not zip_path.is_file() and not download:
-        raise MetakitError(
-            f"MovieLens {name} is not in {cache}; download {archive.url} and place {archive.filename} there "
-            f"(or set data.root), or allow the download."
-        )
-    fetch(archive.url, zip_path, archive.sha256, what=f"MovieLens {archive.filename}")
+    download_archive(archive, zip_path, download)
     return extract_archive(zip_path, cache / archive.name, archive)
+
+
+_MD5 = re.compile(r"\b([0-9a-fA-F]{32})\b")
+
+
+def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The hex MD5 of a file (GroupLens publishes MD5 sums, so that is what a zip is checked against)."""
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def published_md5(archive: Archive, zip_path: Path, download: bool = True) -> str | None:
+    """The MD5 GroupLens publishes for ``archive``: fixed in :data:`ARCHIVES`, or read from ``<zip>.md5``.
+
+    For a release whose MD5 changes (``ml-latest-small``) the ``.md5`` file is expected beside
+    the zip; it is downloaded from GroupLens when absent (and ``download`` allows it).
+    """
+    if archive.md5 is not None:
+        return archive.md5
+    if archive.md5_url is None:
+        return None
+    side = zip_path.with_name(zip_path.name + ".md5")
+    if not side.is_file():
+        if not download:
+            raise MetakitError(f"{zip_path} cannot be checked: {side.name} is missing; download {archive.md5_url} "
+                               f"and place it beside the zip (or allow the download).")
+        fetch(archive.md5_url, side, None, what=f"GroupLens' checksum {side.name}")
+    match = _MD5.search(side.read_text(encoding="ascii", errors="replace"))
+    if match is None:
+        raise MetakitError(f"{side} holds no MD5 sum; delete it and download {archive.md5_url} again.")
+    return match.group(1).lower()
+
+
+def check_archive(zip_path: Path, archive: Archive, download: bool = True) -> None:
+    """Raise a one-line error unless ``zip_path`` matches the checksums of ``archive`` (sha256 and/or MD5)."""
+    verify(zip_path, archive.sha256, what=f"MovieLens {archive.filename}")
+    md5 = published_md5(archive, zip_path, download)
+    if md5 is not None and (got := md5_file(zip_path)) != md5:
+        raise MetakitError(f"checksum mismatch for MovieLens {archive.filename} at {zip_path}: MD5 {got}, GroupLens "
+                           f"publishes {md5}; delete the file and download {archive.url} again, or place the official file there.")
+
+
+def download_archive(archive: Archive, zip_path: Path, download: bool = True) -> Path:
+    """``zip_path``, verified; downloaded from GroupLens first when absent.
+
+    The download lands under a temporary name and is renamed onto ``zip_path`` only after every
+    checksum matched, so ``zip_path`` is either absent or the official file.
+    """
+    if zip_path.is_file():
+        check_archive(zip_path, archive, download)
+        return zip_path
+    if not download:
+        raise MetakitError(f"MovieLens {archive.name} is not in {zip_path.parent}; download {archive.url} and place "
+                           f"{archive.filename} there (or set data.root), or allow the download.")
+    if archive.md5 is None and archive.md5_url is None:  # sha256 only: fetch checks it before the rename
+        return fetch(archive.url, zip_path, archive.sha256, what=f"MovieLens {archive.filename}")
+    partial = zip_path.with_name(f".{zip_path.name}.unverified")
+    if os.environ.get("METAKIT_OFFLINE"):
+        raise MetakitError(f"MovieLens {archive.filename} is not at {zip_path} and METAKIT_OFFLINE is set; "
+                           f"download {archive.url} and place it there.")
+    try:
+        fetch(archive.url, partial, archive.sha256, what=f"MovieLens {archive.filename}")
+    except MetakitError:
+        raise MetakitError(f"could not download MovieLens {archive.filename} from {archive.url}; download it by hand "
+                           f"and place it at {zip_path}.") from None
+    try:
+        md5 = published_md5(archive, zip_path, download)
+        if md5 is not None and (got := md5_file(partial)) != md5:
+            raise MetakitError(f"the download of {archive.url} has MD5 {got}, GroupLens publishes {md5}; "
+                               f"try again later, or download it by hand and place it at {zip_path}.")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, zip_path)
+    return zip_path
 
 
 def movielens_status(name: str) -> str:
@@ -272,14 +383,12 @@ def movielens_status(name: str) -> str:
     return f"downloaded on first use from {archive.url} into {cache} (or place {archive.filename} there)"
 
 
-def ml100k_status() -> str:
-    """``metakit datasets`` status line for MovieLens 100K."""
-    return movielens_status("ml-100k")
-
-
-def ml1m_status() -> str:
-    """``metakit datasets`` status line for MovieLens 1M."""
-    return movielens_status("ml-1m")
+# The ``metakit datasets`` status line of each release (named by its DatasetSpec's ``status``).
+ml100k_status = partial(movielens_status, "ml-100k")
+ml1m_status = partial(movielens_status, "ml-1m")
+ml_latest_small_status = partial(movielens_status, "ml-latest-small")
+ml25m_status = partial(movielens_status, "ml-25m")
+ml32m_status = partial(movielens_status, "ml-32m")
 
 
 # -- parsing ---------------------------------------------------------------------------------------
@@ -449,9 +558,109 @@ def _require(folder: Path, archive: Archive) -> None:
         raise MetakitError(f"{folder} lacks {missing[0]}; point at the extracted {archive.name}/ folder of the official zip.")
 
 
+CSV_RATINGS_HEADER = ["userId", "movieId", "rating", "timestamp"]
+CSV_MOVIES_HEADER = ["movieId", "title", "genres"]
+NO_GENRES = "(no genres listed)"
+
+
+def _csv_header(path: Path, expected: list[str]) -> None:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MetakitError(f"cannot read {path} ({exc}); re-extract the official zip.") from None
+    if [h.strip().lstrip("\ufeff") for h in header] != expected:
+        raise MetakitError(f"{path} starts with {','.join(header)!r}, expected the header {','.join(expected)!r}; "
+                           f"it is not a MovieLens CSV release (re-extract the official zip).")
+
+
+def _check_csv_rating_line(path: Path, number: int, line: str) -> None:
+    """Raise the one-line error for line ``number`` of ``ratings.csv`` if it is malformed."""
+    fields = line.strip().split(",")
+    if len(fields) != 4:
+        raise MetakitError(f"{path} line {number} has {len(fields)} comma-separated fields, expected 4 "
+                           f"(userId,movieId,rating,timestamp); the file is damaged.")
+    for value, what in zip(fields, ("user id", "movie id", "rating", "timestamp")):
+        try:
+            float(value)
+        except ValueError:
+            raise MetakitError(f"{path} line {number}: {what} {value!r} is not a number; the file is damaged.") from None
+
+
+def _csv_ratings(path: Path) -> tuple[np.ndarray, ...]:
+    """``ratings.csv`` as (user id, movie id, rating, timestamp) arrays; half stars 0.5..5.0 checked."""
+    _csv_header(path, CSV_RATINGS_HEADER)
+    try:
+        # NumPy's C parser: ML-25M's 25 million lines in seconds, where a Python loop takes minutes.
+        table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2, encoding="utf-8")
+    except ValueError:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for number, line in enumerate(f, start=1):
+                if number > 1 and line.strip():
+                    _check_csv_rating_line(path, number, line)
+        raise MetakitError(f"{path} could not be parsed as userId,movieId,rating,timestamp; the file is damaged.") from None
+    except OSError as exc:
+        raise MetakitError(f"cannot read {path} ({exc}); check the file.") from None
+    if table.size == 0:
+        table = np.zeros((0, 4))
+    if table.shape[1] != 4:
+        raise MetakitError(f"{path} has {table.shape[1]} columns, expected 4 (userId,movieId,rating,timestamp).")
+    rating = table[:, 2]
+    bad = np.flatnonzero((rating < 0.5) | (rating > 5.0) | (rating * 2 != np.round(rating * 2)))
+    if len(bad):
+        raise MetakitError(f"{path} line {bad[0] + 2}: rating {rating[bad[0]]} is not a half star in 0.5..5.0; "
+                           f"the file is damaged.")
+    return (table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), rating.astype(np.float32),
+            table[:, 3].astype(np.int64))
+
+
+def read_movielens_csv(folder: str | os.PathLike, name: str = "ml-latest-small") -> RatingsData:
+    """Parse an extracted CSV release (``ratings.csv``, ``movies.csv``): ml-latest-small, ml-25m, ml-32m.
+
+    These releases have no user demographics: every user gets code 0 ("?") for every user
+    feature, so :attr:`RatingsData.has_user_features` is false and a model sees item content
+    only. Genres are the ones ``movies.csv`` names (sorted; ``(no genres listed)`` is no flag),
+    the release year is read from the title.
+    """
+    folder = Path(folder)
+    missing = [f for f in CSV_FILES if not (folder / f).is_file()]
+    if missing:
+        raise MetakitError(f"{folder} lacks {missing[0]}; point at the extracted {name}/ folder of the official zip.")
+    path = folder / "movies.csv"
+    _csv_header(path, CSV_MOVIES_HEADER)
+    movies: dict[int, tuple[str, list[str], int]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        for number, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != 3:
+                raise MetakitError(f"{path} line {number} has {len(row)} fields, expected 3 (movieId,title,genres); "
+                                   f"the file is damaged.")
+            title = row[1].strip()
+            match = _YEAR.search(title)
+            genres = [g for g in row[2].split("|") if g and g != NO_GENRES]
+            movies[_int(path, number, row[0], "movie id")] = (title, genres, int(match.group(1)) if match else 0)
+    genres = sorted({g for _, gs, _ in movies.values() for g in gs})
+    index = {g: i for i, g in enumerate(genres)}
+    items: dict[int, tuple[str, np.ndarray, int]] = {}
+    for movie, (title, gs, year) in movies.items():
+        flags = np.zeros(len(genres), dtype=np.float32)
+        flags[[index[g] for g in gs]] = 1.0
+        items[movie] = (title, flags, year)
+    ratings = _csv_ratings(folder / "ratings.csv")
+    users = {int(u): ("?", 0, "?", "?") for u in np.unique(ratings[0]).tolist()}
+    data = _assemble(name, folder, users, items, genres, ratings, "ratings.csv")
+    data.user_vocab = {f: ["?"] for f in USER_FEATURES}  # every code is 0: one row per user-feature table
+    return data
+
+
 def load_movielens(name: str, root: str | os.PathLike | None = None, download: bool = True) -> RatingsData:
-    """Locate (downloading if needed) and parse MovieLens ``name`` (``ml-100k`` or ``ml-1m``)."""
+    """Locate (downloading if needed) and parse MovieLens ``name`` (see :data:`ARCHIVES`)."""
     folder = locate_movielens(name, root, download)
+    if name in CSV_RELEASES:
+        return read_movielens_csv(folder, name)
     return read_ml100k(folder) if name == "ml-100k" else read_ml1m(folder)
 
 
@@ -466,7 +675,8 @@ def _movielens_spec(name: str, summary: str, status: str) -> DatasetSpec:
     return DatasetSpec(
         name=name,
         summary=summary,
-        source=f"https://files.grouplens.org/datasets/movielens/{name}.zip (sha256-verified; or placed by hand "
+        source=f"https://files.grouplens.org/datasets/movielens/{name}.zip "
+        f"({'MD5 as GroupLens publishes it' if name in CSV_RELEASES else 'sha256'}-verified; or placed by hand "
         "through data.root or $METAKIT_MOVIELENS)",
         license="GroupLens research-use terms: no redistribution, cite Harper & Konstan 2015",
         task_type="recommendation",
@@ -487,4 +697,22 @@ ML1M_SPEC = _movielens_spec(
     "MovieLens 1M (Harper & Konstan 2015): 1,000,209 ratings (1-5) by 6,040 users of 3,706 movies, "
     "with user demographics; users as tasks in metakit recsys.",
     "ml1m_status",
+)
+ML_LATEST_SMALL_SPEC = _movielens_spec(
+    "ml-latest-small",
+    "MovieLens latest-small (GroupLens, re-issued from time to time): about 100,000 half-star ratings "
+    "(0.5-5) by about 600 users of about 9,700 movies; no user demographics.",
+    "ml_latest_small_status",
+)
+ML25M_SPEC = _movielens_spec(
+    "ml-25m",
+    "MovieLens 25M (GroupLens 2019): 25,000,095 half-star ratings by 162,541 users of 59,047 movies; "
+    "no user demographics.",
+    "ml25m_status",
+)
+ML32M_SPEC = _movielens_spec(
+    "ml-32m",
+    "MovieLens 32M (GroupLens 2024): 32,000,204 half-star ratings by 200,948 users of 87,585 movies; "
+    "no user demographics.",
+    "ml32m_status",
 )

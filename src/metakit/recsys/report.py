@@ -38,8 +38,80 @@ def results_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def curves_markdown(result: dict[str, Any]) -> str:
+    """The cold-start curves: per scenario, a row per method with MAE (± CI) at each support size."""
+    curves = result.get("curves") or {}
+    if not curves:
+        return ""
+    sizes = [str(n) for n in result["support_sizes"]]
+    out = []
+    for scenario, curve in curves.items():
+        ks = result["ndcg_k"]
+        out += [f"**{SCENARIOS[scenario]}**: {curve['users']} users with at least {sizes[-1]} support ratings; "
+                f"support = their earliest n ratings, query = the same last ratings at every n. "
+                f"MAE (RMSE, " + ", ".join(f"nDCG@{k}" for k in ks) + ") mean ± 95% CI over users; "
+                "the last column is the paper's protocol on all users of the scenario.", "",
+                "| method | " + " | ".join(f"n = {n}" for n in sizes) + " | paper |",
+                "|---|" + "---:|" * (len(sizes) + 1)]
+        paper = result["results"].get(scenario, {})
+        for key, name in result["methods"].items():
+            cells = []
+            for n in sizes:
+                r = curve["sizes"][n].get(key, {})
+                cells.append(f"{fmt(r.get('mae'))} ({fmt(r.get('rmse'))}, " +
+                             ", ".join(fmt(r.get(f'ndcg@{k}')) for k in ks) + ")" if r.get("mae") else "-")
+            cells.append(fmt(paper.get(key, {}).get("mae")))
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def winners_markdown(result: dict[str, Any]) -> str:
+    """Which side wins each scenario and support size: the best meta-learner vs the best baseline, paired."""
+    comparison = result.get("best_meta_vs_best_baseline") or {}
+    rows = []
+    for scenario, by_size in comparison.items():
+        for size, c in by_size.items():
+            if not c:
+                continue
+            d = c["difference"]
+            winner = "tie (CI includes 0)" if c["winner"] == "tie" else result["methods"][c["winner"]]
+            rows.append(f"| {SCENARIOS[scenario]} | {'paper protocol' if size == 'paper' else size} | "
+                        f"{result['methods'][c['meta']]} {c['meta_mae']:.3f} | {result['methods'][c['baseline']]} "
+                        f"{c['baseline_mae']:.3f} | {d['mean']:+.3f} ± {d['ci95']:.3f} ({d['users']} users) | {winner} |")
+    if not rows:
+        return ""
+    return "\n".join(["| scenario | support ratings | best meta-learner, MAE | best baseline, MAE | "
+                      "meta minus baseline, paired 95% CI | winner |", "|---|---|---|---|---|---|", *rows])
+
+
+def curve_plot(result: dict[str, Any]) -> Any | None:
+    """MAE (± 95% CI) against support size, one panel per curve scenario, one line per method."""
+    curves = result.get("curves") or {}
+    if not curves:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.0 * len(curves), 3.8), squeeze=False)
+    sizes = result["support_sizes"]
+    for ax, (scenario, curve) in zip(axes[0], curves.items()):
+        for key, name in result["methods"].items():
+            pts = [(n, curve["sizes"][str(n)][key]["mae"]) for n in sizes if curve["sizes"][str(n)].get(key, {}).get("mae")]
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["ci95"] for p in pts],
+                            marker="o", ms=3, capsize=2, label=name, linestyle="--" if key in ("global_mean",) else "-")
+        ax.set_xscale("log")
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([str(n) for n in sizes])
+        ax.set_xlabel("support ratings (the user's earliest)")
+        ax.set_ylabel("query MAE (lower is better)")
+        ax.set_title(f"{SCENARIOS[scenario]} ({curve['users']} users)", fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def paired_markdown(result: dict[str, Any]) -> str:
-    """MAE of each MeLU variant minus each baseline's on the same users (negative: MeLU better)."""
+    """MAE of each meta-learner minus each baseline's on the same users (negative: the meta-learner better)."""
     paired = result.get("paired_mae_vs_baselines") or {}
     rows = []
     for scenario, by_melu in paired.items():
@@ -121,6 +193,9 @@ def run_report(
     if evaluation is not None:
         report.data[paths.evaluation.name] = evaluation
         report.plots["mae_by_scenario.png"] = Plot(mae_plot(evaluation))
+        curve_fig = curve_plot(evaluation)
+        if curve_fig is not None:
+            report.plots["mae_by_support_size.png"] = Plot(curve_fig)
     else:
         evaluation = read_json(paths.evaluation)
     t = config["tasks"]
@@ -135,6 +210,12 @@ def run_report(
         f"local lr {config['melu'].get('local_lr_grid') or config['melu']['local_lr']}"
         f"{' (Meta-SGD: learned element-wise from it)' if config['melu'].get('learn_local_lr') else ''}, "
         f"{'first' if config['melu']['first_order'] else 'second'}-order",
+        *([f"- meta-MF: factors {config['metamf']['factors']}, {config['metamf']['steps']} inner steps with learned "
+           f"step sizes; TaNP: latent {config['tanp']['latent']}, {config['tanp']['clusters']} clusters, "
+           f"kl_weight {config['tanp']['kl_weight']}"] if "metamf" in config and "tanp" in config else []),
+        *([f"- cold-start curves: {', '.join(SCENARIOS[c] for c in config['eval']['curve_scenarios'])} at "
+           f"{config['eval']['support_sizes']} support ratings"]
+          if config["eval"].get("curve_scenarios") and config["eval"].get("support_sizes") else []),
         f"- seed: {config['seed']}; resolved config: `config.yaml`",
         "",
     ]
@@ -144,6 +225,9 @@ def run_report(
             "## Data and training",
             "",
             f"- {training['data']}",
+            *(["- no user demographics in this release: MeLU, TaNP and the NN baselines read a user from its "
+               "ratings and item content only (every user has the same feature codes)"]
+              if training.get("user_demographics") is False else []),
             f"- split: {s['new_users']} new users, {s['new_items']} new items; training: {s['train_users']} users, "
             f"{s['train_ratings']:,} ratings; {s['val_tasks']} validation users (held out, for model selection)",
             "- tasks per scenario: " + ", ".join(f"{SCENARIOS[k]} {v}" for k, v in s["tasks"].items()),
@@ -153,7 +237,8 @@ def run_report(
             "|---|---:|---|",
         ]
         for key, m in training["methods"].items():
-            chosen = {k: v for k, v in m.items() if k in ("factors", "reg", "steps", "lr", "local_lr", "best_epoch", "best_val_mae")}
+            chosen = {k: v for k, v in m.items()
+                      if k in ("factors", "reg", "foldin_reg", "steps", "lr", "local_lr", "best_epoch", "best_val_mae")}
             text = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in chosen.items())
             lines.append(f"| {key} | {m['fit_seconds']:.1f} | {text or '-'} |")
         lines += ["", "![validation MAE per epoch](training_curves.png)", ""]
@@ -164,9 +249,17 @@ def run_report(
             results_markdown(evaluation),
             "",
         ]
+        winners = winners_markdown(evaluation)
+        if winners:
+            lines += ["### Who wins: the best meta-learner against the best baseline, paired over the same users", "",
+                      winners, ""]
+        curves = curves_markdown(evaluation)
+        if curves:
+            lines += ["### Cold-start curves", "", curves, "![MAE against support size](mae_by_support_size.png)", ""]
         paired = paired_markdown(evaluation)
         if paired:
-            lines += ["### MeLU against each baseline, paired over the same users", "", paired, ""]
+            lines += ["### Each meta-learner against each baseline, paired over the same users (paper protocol)", "",
+                      paired, ""]
         lines += ["![MAE per scenario](mae_by_scenario.png)", ""]
     report.text[paths.report.name] = "\n".join(lines)
     return report

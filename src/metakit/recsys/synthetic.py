@@ -32,6 +32,7 @@ Everything is drawn from one seeded ``numpy`` generator: the same spec gives byt
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -43,7 +44,12 @@ from pathlib import Path
 import numpy as np
 
 from metakit.errors import MetakitError
-from metakit.recsys.movielens import AGE_BANDS, ENCODING, ML1M_GENRES, RatingsData, read_ml100k, read_ml1m
+from metakit.recsys.movielens import (
+    AGE_BANDS, ENCODING, ML1M_GENRES, RatingsData, read_ml1m, read_ml100k, read_movielens_csv,
+)
+
+#: File formats the generator writes: the two original releases' and the CSV releases'.
+FORMATS = ("ml-1m", "ml-100k", "csv")
 from metakit.utils import cache_dir
 
 #: ML-100K's occupations (``u.occupation``); ML-1M codes them 0..20.
@@ -66,7 +72,9 @@ class SyntheticSpec:
 
     users: int = 1000
     items: int = 1500
-    factors: int = 8
+    factors: int = 8  # latent taste dimensions of users and items
+    # Ratings per user: at least min_ratings (MovieLens' own floor is 20), then a long tail with
+    # this median, capped at max_ratings.
     min_ratings: int = 20
     median_extra_ratings: float = 30.0
     max_ratings: int = 250
@@ -210,12 +218,14 @@ def _write(path: Path, lines: list[str]) -> None:
 
 
 def write_movielens(data: SyntheticRatings, folder: str | os.PathLike, fmt: str = "ml-1m") -> Path:
-    """Write ``data`` into ``folder`` as the files of ``ml-1m`` or ``ml-100k``; returns ``folder``.
+    """Write ``data`` into ``folder`` as the files of ``ml-1m``, ``ml-100k`` or ``csv``; returns ``folder``.
 
-    The folder appears atomically (written beside it under a temporary name, then renamed).
+    ``csv`` is the format of MovieLens' CSV releases (``ratings.csv``, ``movies.csv``, UTF-8, no
+    user demographics; titles with a comma are quoted). The folder appears atomically (written
+    beside it under a temporary name, then renamed).
     """
-    if fmt not in ("ml-1m", "ml-100k"):
-        raise MetakitError(f"synthetic format must be ml-1m or ml-100k, got {fmt!r}.")
+    if fmt not in FORMATS:
+        raise MetakitError(f"synthetic format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
@@ -226,6 +236,15 @@ def write_movielens(data: SyntheticRatings, folder: str | os.PathLike, fmt: str 
             _write(tmp / "movies.dat", [f"{i + 1}::{_title(i + 1, y)}::{'|'.join(ML1M_GENRES[g] for g in gs)}"
                                         for i, (gs, y) in enumerate(zip(data.genres, data.year))])
             _write(tmp / "ratings.dat", ["::".join(str(v) for v in row) for row in data.ratings.tolist()])
+        elif fmt == "csv":
+            with open(tmp / "movies.csv", "w", encoding="utf-8", newline="") as f:
+                out = csv.writer(f, lineterminator="\n")
+                out.writerow(["movieId", "title", "genres"])
+                for i, (gs, y) in enumerate(zip(data.genres, data.year)):
+                    title = _title(i + 1, y).replace("Synthetic Film", "Film, Synthetic" if i % 5 == 0 else "Synthetic Film")
+                    out.writerow([i + 1, title, "|".join(ML1M_GENRES[g] for g in gs) or "(no genres listed)"])
+            _write(tmp / "ratings.csv", ["userId,movieId,rating,timestamp",
+                                         *(f"{u},{i},{float(r):.1f},{t}" for u, i, r, t in data.ratings.tolist())])
         else:
             genres = ("unknown", *ML1M_GENRES)
             rng = np.random.default_rng(len(data.gender))  # ages inside each band, deterministically
@@ -265,9 +284,12 @@ def synthetic_movielens(spec: SyntheticSpec, fmt: str = "ml-1m", folder: str | o
     """
     spec.check()
     folder = Path(folder) if folder else cache_dir("recsys-synthetic") / f"{fmt}-{spec.key()}"
-    marker = "ratings.dat" if fmt == "ml-1m" else "u.data"
+    marker = {"ml-1m": "ratings.dat", "ml-100k": "u.data", "csv": "ratings.csv"}[fmt]
     if not (folder / marker).is_file():
         write_movielens(generate(spec), folder, fmt)
-    data = read_ml1m(folder, name="synthetic") if fmt == "ml-1m" else read_ml100k(folder)
+    if fmt == "csv":
+        data = read_movielens_csv(folder, "synthetic")
+    else:
+        data = read_ml1m(folder, name="synthetic") if fmt == "ml-1m" else read_ml100k(folder)
     data.name = f"synthetic ({spec.users} users x {spec.items} items, seed {spec.seed})"
     return data

@@ -264,3 +264,49 @@ def training_task(split: Split, user: int, rules: TaskRules, rng: np.random.Gene
     query = perm[:q]
     return UserTask(user, split.train_item[support], split.train_rating[support], split.train_item[query],
                     split.train_rating[query], split.train_time[support], split.train_time[query])
+
+
+def at_support_size(tasks: list[UserTask], size: int, min_support: int | None = None) -> list[UserTask]:
+    """Each task with its support cut to its **earliest** ``size`` ratings, the query unchanged.
+
+    Only tasks with at least ``min_support`` (default ``size``) support ratings are kept, so
+    calling this with one ``min_support`` for several sizes gives the same users and the same
+    query ratings at every size: a cold-start curve whose points differ only in what the
+    user has rated so far. Support sets are oldest first (see :func:`build_split`), so the
+    earliest ratings are the first ones.
+    """
+    need = size if min_support is None else max(size, min_support)
+    return [UserTask(t.user, t.support_items[:size], t.support_ratings[:size], t.query_items, t.query_ratings,
+                     t.support_times[:size], t.query_times)
+            for t in tasks if len(t.support_items) >= need]
+
+
+def validation_sets(split: Split, sizes: list[int]) -> list[list[UserTask]]:
+    """The validation users as the paper's tasks (full support) and at each support size (curve protocol).
+
+    Model selection scores a method by its MAE averaged over these sets, so settings are chosen
+    for few ratings as well as many, and on validation users only.
+    """
+    sets = [split.val]
+    if sizes:
+        top = max(sizes)
+        sets += [s for s in (at_support_size(split.val, n, top) for n in sorted(sizes)) if s]
+    return sets
+
+
+def temporal_training_task(split: Split, user: int, rules: TaskRules, rng: np.random.Generator) -> UserTask | None:
+    """A meta-training task from ``user``'s training ratings in time order, as the test tasks are made.
+
+    The query is ``rules.query`` consecutive ratings (at most half the user's) starting at a
+    random point of the user's later half; the support is every rating before them, oldest
+    first (a learner cuts it to its earliest ratings). ``None`` for users with fewer than two
+    training ratings.
+    """
+    idx = split.train_by_user[user]
+    if len(idx) < 2:
+        return None
+    q = min(rules.query, len(idx) // 2)
+    start = int(rng.integers(len(idx) // 2, len(idx) - q + 1))
+    support, query = idx[:start], idx[start:start + q]
+    return UserTask(user, split.train_item[support], split.train_rating[support], split.train_item[query],
+                    split.train_rating[query], split.train_time[support], split.train_time[query])
