@@ -147,7 +147,7 @@ def test_gradient_base_options_reach_every_learner(name):
     own = {"cavia": {"num_context", "film_at"}, "mamlpp": {"msl_steps", "first_order_until"}}.get(name, set())
     fixed = {"fomaml": {"first_order"}, "reptile": {"first_order", "head_init"}, "anil": {"adapt"},
              "cavia": {"adapt", "head_init"}, "mamlpp": {"eval_inner_steps", "first_order"}}.get(name, set())
-    assert valid == ({"inner_lr", "inner_steps", "eval_inner_steps", "first_order", "adapt", "head_init"} - fixed) | own
+    assert valid == ({"inner_lr", "inner_steps", "eval_inner_steps", "first_order", "adapt", "head_init", "head_scale"} - fixed) | own
 
 
 @pytest.mark.parametrize(("name", "option"), [("fomaml", "first_order"), ("anil", "adapt"), ("mamlpp", "eval_inner_steps")])
