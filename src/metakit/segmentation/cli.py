@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from metakit.commands import (
-    add_command_group, add_common_options, add_config_command, add_run_dir_command, check_output_dir,
+    add_command_group, add_common_options, add_run_dir_command, add_train_evaluate, check_output_dir,
     check_output_file, console, default_out, positive_int, write_json_option,
 )
 
@@ -107,14 +107,9 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``segment train``, ``evaluate``, ``predict`` and ``export`` under ``sub``."""
     seg = add_command_group(sub, "segment", help="few-shot segmentation: meta-train, evaluate (mIoU, FB-IoU, AP50), export scenes",
                             description="Few-shot segmentation: masks for new classes from a few labelled images.")
-    add_config_command(seg, "train", cmd_segment_train, help="meta-train from a YAML config (configs/seg-*.yaml)",
-                       config_help="YAML config, e.g. configs/seg-glyphs-panet.yaml",
-                       overrides_help="config overrides, e.g. train.steps=200 eval.shots=[1]",
-                       resume="continue the run in --out from its last checkpoint",
-                       evaluate="evaluate on the test classes after training")
-    p = add_run_dir_command(seg, "evaluate", cmd_segment_evaluate,
-                            help="mIoU, FB-IoU and AP50 on held-out classes (95%% CI over seeds)",
-                            run_dir_help="a run directory written by metakit segment train")
+    p = add_train_evaluate(seg, "segment", cmd_segment_train, cmd_segment_evaluate, "configs/seg-glyphs-panet.yaml",
+                           "train.steps=200 eval.shots=[1]", "the test classes",
+                           "mIoU, FB-IoU and AP50 on held-out classes (95%% CI over seeds)")
     p.add_argument("--episodes", type=positive_int, help="episodes per seed (default: the config's eval.episodes)")
     p.add_argument("--seeds", type=positive_int, default=5, help="episode sets, each from its own seed (default 5)")
     p.add_argument("--shots", type=positive_int, nargs="+", help="shot counts (default: the config's eval.shots)")

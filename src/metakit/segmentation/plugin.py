@@ -20,6 +20,7 @@ plugin = Plugin(
         "seg-intensity": f"{_LEARNERS}.intensity:IntensityBaseline",
         "seg-finetune": f"{_LEARNERS}.finetune:FineTuneHead",
         "seg-anil": f"{_LEARNERS}.anil:SegANIL",
+        "seg-pretrained": f"{_LEARNERS}.frozen:PretrainedPrototypes",
     },
     backbones={"seg-fcn": "metakit.segmentation.backbone:seg_fcn"},
     datasets={

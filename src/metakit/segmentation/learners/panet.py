@@ -6,6 +6,15 @@ scaled cosine similarity to the two. During meta-training, PANet's prototype ali
 regularisation (PAR) runs the other way too: the query's *predicted* mask gives query
 prototypes, which must segment the support images correctly. That makes the prototypes of a class
 consistent between support and query, and adds no cost at test time.
+
+``bg_prototypes > 1`` splits the background into several prototypes (k-means on the support's
+background features, as multi-prototype methods such as PMMs do) and scores a location by its
+best background match. One averaged background prototype is mostly clutter, so the *other*
+characters in a scene end up closer to the foreground prototype than to it; with a few
+background prototypes they get one of their own, and more shots bring more of them.
+``fg_per_shot`` keeps one foreground prototype per support image (best match wins) instead of
+their average: the shots show the class in different fonts, sizes and rotations, and an average
+of them blurs what each one shows.
 """
 
 from __future__ import annotations
@@ -32,16 +41,25 @@ class PANet(MaskLearner):
             1.0); 0 turns it off.
         fg_weight: the weight of foreground pixels in the training loss (see
             :attr:`MaskLearner.fg_weight`); 1 is PANet's plain cross-entropy.
+        bg_prototypes: background prototypes (k-means clusters of the support's background
+            features); 1 is PANet's single one.
+        kmeans_steps: Lloyd iterations of that clustering.
+        fg_per_shot: one foreground prototype per support image instead of one for all of them.
     """
 
     def __init__(
-        self, backbone: nn.Module, task: TaskInfo, scale: float = 20.0, align_weight: float = 1.0, fg_weight: float = 1.0
+        self, backbone: nn.Module, task: TaskInfo, scale: float = 20.0, align_weight: float = 1.0, fg_weight: float = 1.0,
+        bg_prototypes: int = 1, kmeans_steps: int = 5, fg_per_shot: bool = False,
     ) -> None:
         super().__init__(backbone, task)
-        if scale <= 0 or align_weight < 0 or fg_weight <= 0:
+        if scale <= 0 or align_weight < 0 or fg_weight <= 0 or bg_prototypes < 1 or kmeans_steps < 0:
             raise MetakitError(
-                f"seg-panet needs scale > 0, align_weight >= 0 and fg_weight > 0, got {scale}, {align_weight} and {fg_weight}."
+                f"seg-panet needs scale > 0, align_weight >= 0, fg_weight > 0, bg_prototypes >= 1 and kmeans_steps >= 0, "
+                f"got {scale}, {align_weight}, {fg_weight}, {bg_prototypes} and {kmeans_steps}."
             )
+        self.bg_prototypes, self.kmeans_steps, self.fg_per_shot = int(bg_prototypes), int(kmeans_steps), bool(fg_per_shot)
+        #: Support and query features of the last training episode, reused by the alignment loss.
+        self._episode_features: tuple[torch.Tensor, ...] | None = None
         self.fg_weight = float(fg_weight)
         if not hasattr(backbone, "channels"):
             raise MetakitError("seg-panet needs a fully-convolutional backbone such as seg-fcn.")
@@ -50,23 +68,71 @@ class PANet(MaskLearner):
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
-    def _prototypes(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Background and foreground prototypes ``[2, D]`` from features ``[n, D, h, w]`` and image masks ``[n, H, W]``."""
+    def _background(self, features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``bg_prototypes`` prototypes ``[k, D]`` of the locations where ``weights`` ``[n, h, w]`` > 0.5.
+
+        Deterministic k-means in cosine space: the first centre is the masked average, each next
+        one the location least similar to the centres so far, then Lloyd steps. Assignments are
+        constants; the prototypes are masked averages, so gradients reach the features as in PANet.
+        """
+        mean = masked_average(features, weights)[None]
+        flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+        points = flat[weights.reshape(-1) > 0.5]
+        if self.bg_prototypes == 1 or len(points) <= self.bg_prototypes:
+            return mean
+        with torch.no_grad():
+            unit = F.normalize(points, dim=1)
+            centres = F.normalize(mean, dim=1)
+            for _ in range(self.bg_prototypes - 1):
+                nearest = (unit @ centres.T).max(1).values
+                centres = torch.cat([centres, unit[nearest.argmin()][None]])
+            for _ in range(self.kmeans_steps):
+                assign = (unit @ centres.T).argmax(1)
+                sums = torch.zeros_like(centres).index_add_(0, assign, unit)
+                centres = torch.where(sums.norm(dim=1, keepdim=True) > 0, F.normalize(sums, dim=1), centres)
+            assign = (unit @ centres.T).argmax(1)
+        onehot = F.one_hot(assign, len(centres)).to(points.dtype)  # [m, k]
+        counts = onehot.sum(0)
+        protos = (onehot.T @ points) / counts.clamp_min(1)[:, None]
+        return protos[counts > 0]
+
+    def _prototypes(self, features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Foreground ``[a, D]`` and background ``[b, D]`` prototypes from features ``[n, D, h, w]`` and masks ``[n, H, W]``."""
         small = F.interpolate(masks[:, None], size=features.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return torch.stack([masked_average(features, 1 - small), masked_average(features, small)])
+        if self.fg_per_shot and len(features) > 1:
+            shown = [i for i in range(len(features)) if small[i].sum() > 0]
+            fg = torch.stack([masked_average(features[i : i + 1], small[i : i + 1]) for i in shown])
+        else:
+            fg = masked_average(features, small)[None]
+        return fg, self._background(features, 1 - small)
 
-    def _match(self, features: torch.Tensor, protos: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        """Logits ``[n, 2, H, W]``: scaled cosine similarity of every location to each prototype, upsampled."""
-        sim = F.cosine_similarity(features[:, None], protos[None, :, :, None, None], dim=2, eps=1e-6)
-        return F.interpolate(self.scale * sim, size=size, mode="bilinear", align_corners=False)
+    def _match(self, features: torch.Tensor, protos: tuple[torch.Tensor, torch.Tensor], size: torch.Size) -> torch.Tensor:
+        """Logits ``[n, 2, H, W]`` (background, foreground): scaled cosine similarity to the prototypes, upsampled.
 
-    def prepare(self, support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
-        """The support set's background and foreground prototypes ``[2, D]``."""
+        Each logit is the best match among that side's prototypes.
+        """
+        unit = F.normalize(features, dim=1, eps=1e-6)
+        logits = [self.scale * torch.einsum("ndhw,kd->nkhw", unit, F.normalize(p, dim=1, eps=1e-6)).max(1).values
+                  for p in (protos[1], protos[0])]
+        return F.interpolate(torch.stack(logits, dim=1), size=size, mode="bilinear", align_corners=False)
+
+    def prepare(self, support_x: torch.Tensor, support_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The support set's foreground and background prototypes."""
         return self._prototypes(self._features(support_x), support_y)
 
-    def decode(self, state: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+    def decode(self, state: tuple[torch.Tensor, torch.Tensor], query_x: torch.Tensor) -> torch.Tensor:
         """Query logits from the prototypes ``state``."""
         return self._match(self._features(query_x), state, query_x.shape[-2:])
+
+    def segment(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+        """Query logits; in training, support and query share one encoder pass, kept for the alignment loss."""
+        if not self.training:
+            return super().segment(support_x, support_y, query_x)
+        # GroupNorm normalises each image on its own, so one batched pass equals two separate ones.
+        features = self._features(torch.cat([support_x, query_x]))
+        support_f, query_f = features[: len(support_x)], features[len(support_x):]
+        self._episode_features = (support_x, query_x, support_f, query_f)
+        return self._match(query_f, self._prototypes(support_f, support_y), query_x.shape[-2:])
 
     def extra_loss(
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, query_logits: torch.Tensor
@@ -78,6 +144,11 @@ class PANet(MaskLearner):
         predicted = (query_logits.argmax(1) == 1).float()
         if not predicted.any():
             return query_logits.new_zeros(())  # no predicted foreground: no query prototype to align
-        protos = self._prototypes(self._features(query_x), predicted)
-        support_logits = self._match(self._features(support_x), protos, support_x.shape[-2:])
+        cached, self._episode_features = self._episode_features, None
+        if cached is not None and cached[0] is support_x and cached[1] is query_x:
+            support_f, query_f = cached[2:]
+        else:
+            support_f, query_f = self._features(support_x), self._features(query_x)
+        protos = self._prototypes(query_f, predicted)
+        support_logits = self._match(support_f, protos, support_x.shape[-2:])
         return self.align_weight * self.pixel_loss(support_logits, support_y)
