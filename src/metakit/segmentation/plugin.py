@@ -26,6 +26,8 @@ plugin = Plugin(
     datasets={
         "seg-glyphs": "metakit.segmentation.scenes:scenes_spec",
         "fss-folder": "metakit.segmentation.fss:fss_spec",
+        "pascal-5i": "metakit.segmentation.published:pascal5i_spec",
+        "coco-20i": "metakit.segmentation.published:coco20i_spec",
     },
     # `metakit evaluate|report RUN_DIR` on a segmentation run; `metakit segment predict` takes masks.
     evaluate_run="metakit.segmentation.cli:cmd_segment_evaluate",

@@ -15,6 +15,12 @@ background prototypes they get one of their own, and more shots bring more of th
 ``fg_per_shot`` keeps one foreground prototype per support image (best match wins) instead of
 their average: the shots show the class in different fonts, sizes and rotations, and an average
 of them blurs what each one shows.
+
+``aux_weight > 0`` adds a supervised term during meta-training: a 1x1-conv classifier on the
+encoder features must name the episode's training class at its foreground locations (support
+and query). Episodic cross-entropy alone mostly teaches "ink versus clutter"; naming the class
+teaches features that tell one character from another, which is what matching needs (the
+base-class learners of PFENet and BAM play this role). The classifier is unused at test time.
 """
 
 from __future__ import annotations
@@ -45,11 +51,12 @@ class PANet(MaskLearner):
             features); 1 is PANet's single one.
         kmeans_steps: Lloyd iterations of that clustering.
         fg_per_shot: one foreground prototype per support image instead of one for all of them.
+        aux_weight: the weight of the supervised class term (0: off); needs ``task.num_classes``.
     """
 
     def __init__(
         self, backbone: nn.Module, task: TaskInfo, scale: float = 20.0, align_weight: float = 1.0, fg_weight: float = 1.0,
-        bg_prototypes: int = 1, kmeans_steps: int = 5, fg_per_shot: bool = False,
+        bg_prototypes: int = 1, kmeans_steps: int = 5, fg_per_shot: bool = False, aux_weight: float = 0.0,
     ) -> None:
         super().__init__(backbone, task)
         if scale <= 0 or align_weight < 0 or fg_weight <= 0 or bg_prototypes < 1 or kmeans_steps < 0:
@@ -58,6 +65,10 @@ class PANet(MaskLearner):
                 f"got {scale}, {align_weight}, {fg_weight}, {bg_prototypes} and {kmeans_steps}."
             )
         self.bg_prototypes, self.kmeans_steps, self.fg_per_shot = int(bg_prototypes), int(kmeans_steps), bool(fg_per_shot)
+        if aux_weight < 0 or (aux_weight > 0 and not task.num_classes):
+            raise MetakitError(f"seg-panet needs aux_weight >= 0, and training classes for aux_weight > 0; got {aux_weight}.")
+        self.aux_weight = float(aux_weight)
+        self.aux_head = nn.Conv2d(backbone.channels, task.num_classes, 1) if aux_weight > 0 else None
         #: Support and query features of the last training episode, reused by the alignment loss.
         self._episode_features: tuple[torch.Tensor, ...] | None = None
         self.fg_weight = float(fg_weight)
@@ -135,20 +146,35 @@ class PANet(MaskLearner):
         return self._match(query_f, self._prototypes(support_f, support_y), query_x.shape[-2:])
 
     def extra_loss(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, query_logits: torch.Tensor
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, query_logits: torch.Tensor,
+        classes: torch.Tensor | None = None, query_y: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """PAR: prototypes from the query's predicted mask must segment the support images."""
-        if self.align_weight == 0:
-            return query_logits.new_zeros(())
-        # PANet uses the hard predicted mask; its gradient flows through the query features only.
-        predicted = (query_logits.argmax(1) == 1).float()
-        if not predicted.any():
-            return query_logits.new_zeros(())  # no predicted foreground: no query prototype to align
+        """PAR (prototypes from the query's predicted mask must segment the support images), plus the class term."""
         cached, self._episode_features = self._episode_features, None
         if cached is not None and cached[0] is support_x and cached[1] is query_x:
             support_f, query_f = cached[2:]
         else:
             support_f, query_f = self._features(support_x), self._features(query_x)
+        loss = query_logits.new_zeros(())
+        if self.aux_head is not None and classes is not None:
+            features, masks = support_f, support_y
+            if query_y is not None:
+                features, masks = torch.cat([support_f, query_f]), torch.cat([support_y, query_y])
+            loss = loss + self.aux_weight * self._class_loss(features, masks, int(classes.reshape(-1)[0]))
+        if self.align_weight == 0:
+            return loss
+        # PANet uses the hard predicted mask; its gradient flows through the query features only.
+        predicted = (query_logits.argmax(1) == 1).float()
+        if not predicted.any():
+            return loss  # no predicted foreground: no query prototype to align
         protos = self._prototypes(query_f, predicted)
         support_logits = self._match(support_f, protos, support_x.shape[-2:])
-        return self.align_weight * self.pixel_loss(support_logits, support_y)
+        return loss + self.align_weight * self.pixel_loss(support_logits, support_y)
+
+    def _class_loss(self, features: torch.Tensor, masks: torch.Tensor, cls: int) -> torch.Tensor:
+        """Cross-entropy of the class head at the foreground locations of ``masks`` (the episode's class ``cls``)."""
+        small = F.interpolate(masks[:, None], size=features.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        logits = self.aux_head(features).permute(0, 2, 3, 1)[small > 0.5]  # type: ignore[misc]
+        if not len(logits):
+            return features.new_zeros(())
+        return F.cross_entropy(logits, torch.full((len(logits),), cls, dtype=torch.long))
