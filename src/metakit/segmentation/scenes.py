@@ -146,8 +146,8 @@ def compose_scenes(
     source: ClassDataset,
     image_size: int = 64,
     scenes_per_class: int = 12,
-    objects: tuple[int, int] = (2, 4),
-    scale: tuple[float, float] = (0.3, 0.5),
+    objects: tuple[int, int] = (2, 3),
+    scale: tuple[float, float] = (0.4, 0.6),
     max_rotation: float = 30.0,
     noise: float = 0.06,
     min_pixels: int = 12,
@@ -165,7 +165,10 @@ def compose_scenes(
         image_size: side of the square scenes.
         scenes_per_class: placements of each class over the whole split.
         objects: characters per scene, inclusive range.
-        scale: character side as a fraction of ``image_size``, range.
+        scale: character side as a fraction of ``image_size``, range. The default makes characters
+            26-38 pixels in a 64-pixel scene: at 0.3-0.5 (19-32 pixels, recipe of the first
+            measurements) strokes are a pixel or two wide and even frozen ImageNet features gain
+            little from 5 shots over 1 (mIoU 0.17 -> 0.20; at 0.4-0.6: 0.18 -> 0.27).
         max_rotation: rotations are uniform in +- this many degrees.
         noise: standard deviation of the pixel noise added last.
         min_pixels: see :class:`SceneSet`.
@@ -297,8 +300,8 @@ def load_scenes(
     fractions: Sequence[float] = (0.7, 0.1, 0.2),
     image_size: int = 64,
     scenes_per_class: int = 12,
-    objects: Sequence[int] = (2, 4),
-    scale: Sequence[float] = (0.3, 0.5),
+    objects: Sequence[int] = (2, 3),
+    scale: Sequence[float] = (0.4, 0.6),
     max_rotation: float = 30.0,
     noise: float = 0.06,
     min_pixels: int = 12,

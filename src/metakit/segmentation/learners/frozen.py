@@ -98,7 +98,7 @@ class PretrainedPrototypes(PANet):
 
     def __init__(
         self, backbone: nn.Module, task: TaskInfo, stages: Sequence[int] = (2, 4), image_size: int = 224,
-        scale: float = 20.0, bg_prototypes: int = 5, kmeans_steps: int = 5, fg_per_shot: bool = True,
+        scale: float = 20.0, bg_prototypes: int = 5, kmeans_steps: int = 5, fg_per_shot: bool = False,
     ) -> None:
         MaskLearner.__init__(self, nn.Identity(), task)  # nothing of the config's backbone is used or saved
         if scale <= 0 or bg_prototypes < 1 or kmeans_steps < 0:
