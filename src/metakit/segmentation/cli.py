@@ -64,23 +64,44 @@ def cmd_segment_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_segment_predict(args: argparse.Namespace) -> int:
-    """Adapt a trained run to your support folder (<n>.jpg + mask <n>.png) and segment your query images.
-
-    Writes <name>_mask.png and <name>_overlay.png per query image, and the instances' boxes in boxes.json.
-    """
+def _predict(run_dir: str, support: str, query: str, out_dir: str | Path, threshold: int | None, checkpoint: str,
+             json_path: str | None) -> int:
     from metakit.segmentation.predict import predict_folder
 
-    check_output_file(args.json)
-    out = check_output_dir(args.out)
-    result = predict_folder(args.run_dir, args.support, args.query, out, threshold=args.threshold, checkpoint=args.checkpoint)
+    check_output_file(json_path)
+    out = check_output_dir(out_dir)
+    result = predict_folder(run_dir, support, query, out, threshold=threshold, checkpoint=checkpoint)
     found = sum(len(b) for b in result["queries"].values())
     console.print(
         f"adapted to {result['support_images']} support image(s); wrote masks and overlays of {len(result['queries'])} "
         f"query image(s) to {out}; {found} instance box(es) in {out / 'boxes.json'}"
     )
-    write_json_option(args.json, result)
+    write_json_option(json_path, result)
     return 0
+
+
+def cmd_segment_predict(args: argparse.Namespace) -> int:
+    """Adapt a trained run to your support folder (<n>.jpg + mask <n>.png) and segment your query images.
+
+    Writes <name>_mask.png and <name>_overlay.png per query image, and the instances' boxes in boxes.json.
+    """
+    return _predict(args.run_dir, args.support, args.query, args.out, args.threshold, args.checkpoint, args.json)
+
+
+def predict_segmentation(args: argparse.Namespace) -> int:
+    """``metakit predict RUN_DIR`` on a segmentation run: as ``metakit segment predict``, into a folder.
+
+    The core command's ``--out`` names a CSV file by default; a segmentation run writes a folder of
+    masks, overlays and ``boxes.json`` instead, named by ``--out`` without its ``.csv``.
+    """
+    out = Path(args.out)
+    if out.suffix.lower() == ".csv":
+        out = out.with_suffix("")
+    if getattr(args, "threads", None):
+        from metakit.utils import set_threads
+
+        set_threads(args.threads)
+    return _predict(args.run_dir, args.support, args.query, out, None, args.checkpoint, getattr(args, "json", None))
 
 
 def cmd_segment_export(args: argparse.Namespace) -> int:

@@ -29,7 +29,8 @@ plugin = Plugin(
         "pascal-5i": "metakit.segmentation.published:pascal5i_spec",
         "coco-20i": "metakit.segmentation.published:coco20i_spec",
     },
-    # `metakit evaluate|report RUN_DIR` on a segmentation run; `metakit segment predict` takes masks.
+    # `metakit evaluate|report|predict RUN_DIR` on a segmentation run (`metakit segment predict` has --threshold).
     evaluate_run="metakit.segmentation.cli:cmd_segment_evaluate",
     report_run="metakit.reporting:run_report",
+    predict_run="metakit.segmentation.cli:predict_segmentation",
 )
