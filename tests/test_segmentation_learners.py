@@ -493,3 +493,56 @@ def test_pretrained_features_learner_is_frozen_and_segments_without_training() -
     assert 1 - learner.score(probs, qy) > 0.6  # IoU of a red square on grey, from two examples and no training
     with pytest.raises(MetakitError, match="stages among 0..6"):
         PretrainedPrototypes(None, task, stages=(9,))
+
+
+def test_serve_shows_the_overlay_of_an_uploaded_query(trained, tmp_path, monkeypatch) -> None:
+    """The segmentation app behind `metakit serve RUN`, through FastAPI's TestClient: overlay PNG, JSON, one-line refusals."""
+    pytest.importorskip("fastapi", reason="metakit serve needs the serve extra")
+    pytest.importorskip("httpx2", reason="Starlette's TestClient needs httpx2 (in the dev extra)")
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from starlette.testclient import TestClient
+
+    from metakit.registry import run_hook
+    from metakit.segmentation.serve import segmentation_app
+    from metakit.serve import ServeLimits
+
+    assert run_hook("segmentation", "serve", "x").__name__ == "serve_segmentation"
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    fss = tmp_path / "fss"
+    assert main(["segment", "export", trained["config"], "--out", str(fss), "--per-class", "3", "--no-progress"]) == 0
+    cls = (fss / "splits" / "test.txt").read_text().split()[0]
+    files = {n: (fss / cls / n).read_bytes() for n in ("0.jpg", "0.png", "1.jpg", "1.png", "2.jpg")}
+    client = TestClient(segmentation_app(str(trained["panet"]), "best", ServeLimits(), None))
+    assert client.get("/health").json()["kind"] == "segmentation"
+    page = client.get("/")
+    assert page.status_code == 200 and 'action="/overlay"' in page.text
+    upload = [("support", ("0.jpg", files["0.jpg"])), ("mask", ("0.png", files["0.png"])),
+              ("support", ("1.jpg", files["1.jpg"])), ("mask", ("1.png", files["1.png"])),
+              ("query", ("2.jpg", files["2.jpg"]))]
+    answer = client.post("/overlay", files=upload)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    overlay = np.asarray(Image.open(io.BytesIO(answer.content)))
+    assert overlay.shape == (32, 32, 3)
+    result = client.post("/predict", files=upload).json()
+    row = result["queries"][0]
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(row["mask"])))) > 0
+    # The overlay is the query tinted red exactly where the mask is.
+    grey = np.asarray(Image.open(io.BytesIO(files["2.jpg"])).convert("RGB")).astype(int)
+    assert np.array_equal(overlay[~mask], grey[~mask]) and row["foreground"] == pytest.approx(mask.mean(), abs=1e-4)
+    assert result["support"] == 2
+    # Refusals: one line each, 4xx.
+    no_mask = client.post("/predict", files=upload[:1] + upload[2:])
+    assert no_mask.status_code == 400 and "one mask per support image" in no_mask.json()["error"]
+    grey_mask = io.BytesIO()
+    Image.fromarray(np.full((32, 32), 128, dtype=np.uint8)).save(grey_mask, format="PNG")
+    bad = client.post("/predict", files=[upload[0], ("mask", ("0.png", grey_mask.getvalue())), upload[4]])
+    assert bad.status_code == 400 and "not binary" in bad.json()["error"]
+    small = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 255, dtype=np.uint8)).save(small, format="PNG")
+    bad = client.post("/predict", files=[upload[0], ("mask", ("0.png", small.getvalue())), upload[4]])
+    assert bad.status_code == 400 and "8x8 but its image 0.jpg is 32x32" in bad.json()["error"]
+    assert client.post("/predict", json={}).status_code == 415

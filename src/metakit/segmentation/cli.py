@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from metakit.commands import (
     add_command_group, add_common_options, add_run_dir_command, add_train_evaluate, check_output_dir,
@@ -102,6 +103,21 @@ def predict_segmentation(args: argparse.Namespace) -> int:
 
         set_threads(args.threads)
     return _predict(args.run_dir, args.support, args.query, out, None, args.checkpoint, getattr(args, "json", None))
+
+
+def _segmentation_app(run_dir: str, checkpoint: str, limits: Any, allowed_hosts: list[str] | None) -> Any:
+    from metakit.segmentation.serve import segmentation_app  # FastAPI: imported once the serve extra is checked
+
+    return segmentation_app(run_dir, checkpoint, limits, allowed_hosts)
+
+
+def serve_segmentation(run_dir: str, host: str = "127.0.0.1", port: int = 8000, checkpoint: str = "best",
+                       limits: Any = None, announce: Any = print) -> int:
+    """``metakit serve RUN_DIR`` on a segmentation run (the plugin's ``serve_run`` hook): the overlay page and API."""
+    from metakit.serve import serve
+
+    return serve(run_dir, host=host, port=port, checkpoint=checkpoint, limits=limits, announce=announce,
+                 build=_segmentation_app)
 
 
 def cmd_segment_export(args: argparse.Namespace) -> int:

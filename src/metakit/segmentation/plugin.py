@@ -29,8 +29,9 @@ plugin = Plugin(
         "pascal-5i": "metakit.segmentation.published:pascal5i_spec",
         "coco-20i": "metakit.segmentation.published:coco20i_spec",
     },
-    # `metakit evaluate|report|predict RUN_DIR` on a segmentation run (`metakit segment predict` has --threshold).
+    # `metakit evaluate|report|predict|serve RUN_DIR` on a segmentation run (`metakit segment predict` has --threshold).
     evaluate_run="metakit.segmentation.cli:cmd_segment_evaluate",
     report_run="metakit.reporting:run_report",
     predict_run="metakit.segmentation.cli:predict_segmentation",
+    serve_run="metakit.segmentation.cli:serve_segmentation",
 )

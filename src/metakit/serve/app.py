@@ -29,7 +29,7 @@ from metakit.errors import MetakitError
 from metakit.predict import FewShotModel
 from metakit.serve.limits import ServeLimits
 
-__all__ = ["UploadError", "create_app"]
+__all__ = ["UploadError", "classification_app", "create_app", "error_handlers", "read_body"]
 
 # The page's three files, served from memory with these types.
 _STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
@@ -113,7 +113,7 @@ def _declare(items: _Items, name: str, declared: set[str], explicit: set[str] | 
         items.classes.append(name)
 
 
-async def _read_body(request: Request, limits: ServeLimits) -> bytes:
+async def read_body(request: Request, limits: ServeLimits) -> bytes:
     """The request body, refused with 413 as soon as it passes the size limit (before any parsing)."""
     too_big = UploadError(413, f"the upload is larger than {limits.max_upload_mb:g} MB; send fewer or smaller files "
                                f"(or restart metakit serve with a larger --max-upload-mb).")
@@ -297,6 +297,31 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def error_handlers(app: FastAPI, routes: str) -> None:
+    """Answer every failure as ``{"error": "<one line>"}``: refused uploads, unknown ``routes``, internal errors."""
+
+    @app.exception_handler(UploadError)
+    async def upload_error(_request: Request, exc: UploadError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown paths and methods answer in the same {"error": ...} shape as everything else.
+        return _error(exc.status_code, f"{exc.detail}: this server has {routes}.")
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                           f"please report it with the metakit serve output.")
+
+
+def classification_app(run_dir: str, checkpoint: str, limits: ServeLimits, allowed_hosts: Sequence[str] | None) -> FastAPI:
+    """The app of a classification run: :func:`create_app` on the run loaded by :func:`metakit.predict.load`."""
+    from metakit.predict import load
+
+    return create_app(load(run_dir, checkpoint=checkpoint), limits=limits, checkpoint=checkpoint, allowed_hosts=allowed_hosts)
+
+
 def create_app(
     model: FewShotModel,
     limits: ServeLimits | None = None,
@@ -342,19 +367,7 @@ def create_app(
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
-    @app.exception_handler(UploadError)
-    async def upload_error(_request: Request, exc: UploadError) -> JSONResponse:
-        return _error(exc.status, exc.message)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Unknown paths and methods answer in the same {"error": ...} shape as everything else.
-        return _error(exc.status_code, f"{exc.detail}: this server has GET / (the page), GET /health and POST /predict.")
-
-    @app.exception_handler(Exception)
-    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
-        return _error(500, f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                           f"please report it with the metakit serve output.")
+    error_handlers(app, "GET / (the page), GET /health and POST /predict")
 
     def static(name: str) -> Callable[[], Awaitable[Response]]:
         async def handler() -> Response:
@@ -381,7 +394,7 @@ def create_app(
         if kind == "text" and content_type != "application/json":
             raise UploadError(415, 'this run labels sentences: POST application/json {"support": {"<class>": '
                                    '["sentence", ...]}, "query": ["sentence", ...]}.')
-        body = await _read_body(request, limits)
+        body = await read_body(request, limits)
         items = await _parse_multipart(request, body, limits) if kind == "image" else _parse_text(body, limits)
         return await run_in_threadpool(server.predict, items)
 
