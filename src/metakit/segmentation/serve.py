@@ -34,14 +34,13 @@ from fastapi.responses import HTMLResponse, Response
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from metakit.errors import MetakitError
 from metakit.segmentation.metrics import detect_instances
 from metakit.segmentation.predict import _tensor, overlay, segment_images
 from metakit.serve import ServeLimits
-from metakit.serve.app import UploadError, error_handlers, read_body
+from metakit.serve.app import UploadError, check_image, error_handlers, read_body, read_form
 
 __all__ = ["SegmentationModel", "create_segmentation_app", "segmentation_app"]
 
@@ -91,17 +90,12 @@ class SegmentationModel:
 
 
 def _decode(name: str, data: bytes, mode: str, limits: ServeLimits) -> np.ndarray:
-    if not data:
-        raise UploadError(400, f"{name} is empty (0 bytes); upload the image file itself.")
+    check_image(name, data, limits)
     try:
         with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            if width * height > limits.max_pixels:
-                raise UploadError(413, f"{name} is {width}x{height} pixels, above the limit of {limits.max_megapixels:g} "
-                                       f"megapixels; shrink it (or restart metakit serve with a larger --max-megapixels).")
             return np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise UploadError(400, f"{name} is not an image this server can read; upload PNG or JPEG files.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise UploadError(400, f"{name} could not be decoded; upload PNG or JPEG files.") from None
 
 
 def _mask(name: str, data: bytes, image: str, shape: tuple[int, ...], limits: ServeLimits) -> np.ndarray:
@@ -121,21 +115,7 @@ async def _parse(request: Request, limits: ServeLimits) -> dict[str, list[tuple[
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise UploadError(415, "POST multipart/form-data with support, mask and query image files.")
-    body = await read_body(request, limits)
-    sent = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=limits.max_files + 1, max_fields=limits.max_files + 10)
-    except StarletteHTTPException as exc:
-        raise UploadError(413 if "files" in str(exc.detail).lower() else 400,
-                          f"the upload was refused ({exc.detail}); send at most {limits.max_files} files.") from None
+    form = await read_form(request, await read_body(request, limits), limits, "support, mask and query image files")
     parts: dict[str, list[tuple[str, bytes]]] = {"support": [], "mask": [], "query": []}
     try:
         for key, value in form.multi_items():

@@ -29,7 +29,7 @@ from metakit.errors import MetakitError
 from metakit.predict import FewShotModel
 from metakit.serve.limits import ServeLimits
 
-__all__ = ["UploadError", "classification_app", "create_app", "error_handlers", "read_body"]
+__all__ = ["UploadError", "check_image", "classification_app", "create_app", "error_handlers", "read_body", "read_form"]
 
 # The page's three files, served from memory with these types.
 _STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
@@ -128,7 +128,8 @@ async def read_body(request: Request, limits: ServeLimits) -> bytes:
     return bytes(body)
 
 
-async def _parse_multipart(request: Request, body: bytes, limits: ServeLimits) -> _Items:
+async def read_form(request: Request, body: bytes, limits: ServeLimits, fields: str) -> Any:
+    """The multipart form in ``body`` (read by :func:`read_body`); ``fields`` names what to send, for the errors."""
     sent = False
 
     async def replay() -> dict[str, Any]:
@@ -139,15 +140,18 @@ async def _parse_multipart(request: Request, body: bytes, limits: ServeLimits) -
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        # +1 so that one file too many reaches our own check and message below.
-        form = await Request(request.scope, replay).form(max_files=limits.max_files + 1,
+        # +1 so that one file too many reaches the caller's own check and message.
+        return await Request(request.scope, replay).form(max_files=limits.max_files + 1,
                                                          max_fields=limits.max_files + 100)
     except StarletteHTTPException as exc:
         if "files" in str(exc.detail).lower():
             raise UploadError(413, f"more than {limits.max_files} files in one request; send fewer (or restart "
                                    f"metakit serve with a larger --max-files).") from None
-        raise UploadError(400, f"the upload is not valid multipart/form-data ({exc.detail}); send support:<class> "
-                               f"and query file fields.") from None
+        raise UploadError(400, f"the upload is not valid multipart/form-data ({exc.detail}); send {fields}.") from None
+
+
+async def _parse_multipart(request: Request, body: bytes, limits: ServeLimits) -> _Items:
+    form = await read_form(request, body, limits, "support:<class> and query file fields")
     items = _Items()
     declared: set[str] = set()
     explicit: set[str] = set()
@@ -231,10 +235,8 @@ def _parse_text(body: bytes, limits: ServeLimits) -> _Items:
     return items
 
 
-def _decode_image(name: str, data: bytes, model: FewShotModel, limits: ServeLimits) -> torch.Tensor:
-    """One uploaded image as the uint8 tensor the run's dataset would hold, after the size checks."""
-    from metakit.datasets.folder import preprocess_image
-
+def check_image(name: str, data: bytes, limits: ServeLimits) -> None:
+    """Refuse an uploaded image that is empty, unreadable or over the pixel limit, reading only its header."""
     if not data:
         raise UploadError(400, f"{name} is empty (0 bytes); upload the image file itself.")
     try:
@@ -251,6 +253,13 @@ def _decode_image(name: str, data: bytes, model: FewShotModel, limits: ServeLimi
         raise UploadError(413, f"{name} is {width}x{height} pixels ({width * height / 1e6:.3g} megapixels), above the "
                                f"limit of {limits.max_megapixels:g}; shrink it (or restart metakit serve with a larger "
                                f"--max-megapixels).")
+
+
+def _decode_image(name: str, data: bytes, model: FewShotModel, limits: ServeLimits) -> torch.Tensor:
+    """One uploaded image as the uint8 tensor the run's dataset would hold, after the size checks."""
+    from metakit.datasets.folder import preprocess_image
+
+    check_image(name, data, limits)
     try:
         return preprocess_image(data, model.spec.image_options)
     except MetakitError as exc:
