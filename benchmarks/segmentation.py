@@ -8,6 +8,7 @@ table: mIoU ± 95% CI over seeds, FB-IoU, AP50, median adaptation time and meta-
 
     python benchmarks/segmentation.py --threads 1
     python benchmarks/segmentation.py --sets glyphs --learners intensity panet --episodes 20 --seeds 2
+    python benchmarks/segmentation.py --render runs/bench-seg-*/results.json   # the markdown table again
 
 The Omniglot rows need ``../shared/data/omniglot/images_background.zip`` beside the repository
 (or ``--omniglot PATH``); without it they are skipped with the reason. ``seg-pretrained`` needs
@@ -64,19 +65,35 @@ def run_one(scene_set: str, learner: str, args: argparse.Namespace, out: Path) -
             "train_seconds": summary.get("train_seconds") or 0.0, "wall_seconds": wall, "results": result["results"]}
 
 
+def _cells(row: dict[str, Any]) -> list[list[str]]:
+    """One line per shot count: scenes, learner, shots, mIoU, FB-IoU, AP50, adaptation, meta-training."""
+    by = {(r["metric"], r["shots"]): r for r in row["results"]}
+    lines = []
+    for shots in sorted({r["shots"] for r in row["results"]}):
+        cells = [f"{by[(m, shots)]['mean']:.3f} ± {by[(m, shots)]['ci95']:.3f}" for m in ("miou", "fb_iou", "ap50")]
+        adapt = by[("miou", shots)]["median_adapt_seconds"] * 1000
+        steps = row["steps"] or 0
+        train = f"{steps:,} steps, {row['train_seconds']:.0f} s" if row["train_seconds"] > 1 else "none"
+        lines.append([row["set"], f"`{row['learner']}`", str(shots), *cells, f"{adapt:.1f} ms", train])
+    return lines
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table as docs/benchmarks.md holds it."""
+    head = "| scenes | learner | shots | mIoU | FB-IoU | AP50 | adaptation (median) | meta-training |"
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(cells) + " |" for row in rows for cells in _cells(row)]
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]], episodes: int, seeds: int) -> Table:
     """The benchmark's table, one line per (scene set, learner, shots)."""
     t = Table(title=f"few-shot segmentation, 1-way; mean ± 95% CI over {seeds} seeds x {episodes} test episodes")
     for col in ("scenes", "learner", "shots", "mIoU", "FB-IoU", "AP50", "adaptation (median)", "meta-training"):
         t.add_column(col, justify="left" if col in ("scenes", "learner") else "right")
     for row in rows:
-        by = {(r["metric"], r["shots"]): r for r in row["results"]}
-        for shots in sorted({r["shots"] for r in row["results"]}):
-            cells = [f"{by[(m, shots)]['mean']:.3f} ± {by[(m, shots)]['ci95']:.3f}" for m in ("miou", "fb_iou", "ap50")]
-            adapt = by[("miou", shots)]["median_adapt_seconds"] * 1000
-            steps = row["steps"] or 0
-            train = f"{steps:,} steps, {row['train_seconds']:.0f} s" if row["train_seconds"] > 1 else "none"
-            t.add_row(row["set"], row["learner"], str(shots), *cells, f"{adapt:.1f} ms", train)
+        for cells in _cells(row):
+            t.add_row(*cells)
     return t
 
 
@@ -92,8 +109,12 @@ def main() -> None:
     parser.add_argument("--overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     parser.add_argument("--out", default=str(REPO / "runs" / f"bench-segmentation-{time.strftime('%Y%m%d-%H%M%S')}"))
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--render", nargs="+", metavar="JSON", help="print the markdown table of results.json files and stop")
     args = parser.parse_args()
     console = Console()
+    if args.render:
+        print(markdown([row for path in args.render for row in json.loads(Path(path).read_text())["rows"]]))
+        return
     out = Path(args.out)
     rows = []
     for scene_set in args.sets:
@@ -107,6 +128,7 @@ def main() -> None:
                                               "rows": rows})
             console.print(f"done {scene_set} / seg-{learner} ({rows[-1]['wall_seconds']:.0f} s)")
     console.print(table(rows, args.episodes, args.seeds))
+    print(markdown(rows))
     console.print(f"results: {out / 'results.json'}")
     print(json.dumps({"out": str(out)}))
 

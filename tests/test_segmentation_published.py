@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from metakit.errors import MetakitError
@@ -154,3 +155,21 @@ def test_coco20i_reads_instances_json_into_the_fold(tmp_path: Path) -> None:
         load_coco20i(tmp_path, fold=0)
     with pytest.raises(MetakitError, match="instances_val2014.json is missing"):
         load_coco20i(tmp_path / "annotations", fold=0)
+
+
+def test_a_pascal5i_config_builds_a_run(tmp_path: Path) -> None:
+    """The loader is a registered segmentation dataset: a config names it, and the experiment builds on its folds."""
+    from metakit.config import config_from_dict
+    from metakit.segmentation.experiment import build_seg_experiment
+
+    _voc(tmp_path)
+    cfg = config_from_dict({
+        "dataset": {"name": "pascal-5i", "root": str(tmp_path), "split": "published", "fold": 0, "image_size": 32,
+                    "min_pixels": 4},
+        "backbone": {"name": "seg-fcn", "hidden": 8, "layers": 1, "pools": 0}, "learner": {"name": "seg-panet"},
+        "episodes": {"ways": 1, "shots": 1, "queries": 1}, "eval": {"ways": [1], "shots": [1], "queries": 1},
+    })
+    exp = build_seg_experiment(cfg)
+    assert exp.task.input_shape == (3, 32, 32) and exp.task.num_classes == 15
+    episode = exp.source("test", 1, 1).sample(torch.Generator().manual_seed(0))
+    assert episode.support_x.shape == (1, 3, 32, 32) and episode.query_y.sum() > 0
