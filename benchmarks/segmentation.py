@@ -55,13 +55,20 @@ def run_one(scene_set: str, learner: str, args: argparse.Namespace, out: Path) -
         overrides += _omniglot_overrides(Path(args.omniglot))
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
+    shots, name = [1, 5], f"seg-{learner}"
+    if args.train_shots:
+        # As PANet's paper does: a model meta-trained on K-shot episodes for the K-shot test. The
+        # meta-batch shrinks so a step costs about what a 1-shot step of the config costs.
+        shots, name = [args.train_shots], f"seg-{learner} ({args.train_shots}-shot training)"
+        overrides += [f"episodes.shots={args.train_shots}", f"eval.shots=[{args.train_shots}]",
+                      f"eval.val_shots={args.train_shots}", f"episodes.meta_batch={args.meta_batch}"]
     config = load_config(REPO / "configs" / f"seg-glyphs-{learner}.yaml", overrides)
-    run_dir = out / f"{scene_set}-{learner}"
+    run_dir = out / f"{scene_set}-{learner}" if not args.train_shots else out / f"{scene_set}-{learner}-{args.train_shots}shot"
     start = time.perf_counter()
     summary = Trainer(build_seg_experiment(config), run_dir, progress=not args.no_progress, domain="segmentation").fit()
     wall = time.perf_counter() - start
-    result = evaluate_seg_run(run_dir, episodes=args.episodes, seeds=args.seeds, shots=[1, 5])
-    return {"set": scene_set, "learner": f"seg-{learner}", "steps": summary.get("steps"),
+    result = evaluate_seg_run(run_dir, episodes=args.episodes, seeds=args.seeds, shots=shots)
+    return {"set": scene_set, "learner": name, "steps": summary.get("steps"),
             "train_seconds": summary.get("train_seconds") or 0.0, "wall_seconds": wall, "results": result["results"]}
 
 
@@ -105,6 +112,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="episode sets, each from its own seed (default 5)")
     parser.add_argument("--steps", type=int, help="meta-training steps per run (default: the configs')")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--train-shots", type=int, help="meta-train on episodes of this many shots and test at it only")
+    parser.add_argument("--meta-batch", type=int, default=2, help="episodes per meta-batch with --train-shots (default 2)")
     parser.add_argument("--omniglot", default=str(REPO.parent / "shared" / "data" / "omniglot" / "images_background.zip"))
     parser.add_argument("--overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     parser.add_argument("--out", default=str(REPO / "runs" / f"bench-segmentation-{time.strftime('%Y%m%d-%H%M%S')}"))

@@ -13,7 +13,7 @@ _LEARNERS = "metakit.segmentation.learners"
 
 plugin = Plugin(
     name="segmentation",
-    summary="few-shot segmentation: masks for new classes from a few labelled images (PANet and baselines)",
+    summary="few-shot segmentation: masks for new classes from a few labelled images (PANet, ANIL, fine-tuning, frozen features)",
     commands={"segment": "metakit.segmentation.cli:add_segment_parser"},
     learners={
         "seg-panet": f"{_LEARNERS}.panet:PANet",
