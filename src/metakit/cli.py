@@ -245,7 +245,7 @@ def predict_classification(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a web page (and a JSON API) that adapts a trained run to classes you upload and labels new items."""
-    from metakit.serve import ServeLimits, serve
+    from metakit.serve import ServeLimits
 
     limits = ServeLimits(max_upload_mb=args.max_upload_mb, max_files=args.max_files, max_megapixels=args.max_megapixels)
 
@@ -255,6 +255,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         target.print(line, markup=False, highlight=False, soft_wrap=True)
         target.file.flush()
 
+    serve = _on_run_dir("serve", args)  # the run's domain decides what the page shows
     return serve(args.run_dir, host=args.host, port=args.port, checkpoint=args.checkpoint, limits=limits,
                  announce=announce)
 

@@ -134,6 +134,39 @@ def add_run_dir_command(
     return p
 
 
+def add_train_evaluate(
+    group: argparse._SubParsersAction,
+    command: str,
+    train: Callable[[argparse.Namespace], int],
+    evaluate: Callable[[argparse.Namespace], int],
+    example: str,
+    overrides: str,
+    held_out: str,
+    evaluate_help: str,
+) -> argparse.ArgumentParser:
+    """Add a domain group's ``train CONFIG`` (with ``--resume`` and ``--evaluate``) and ``evaluate RUN_DIR``.
+
+    Args:
+        group: the subparsers :func:`add_command_group` returned for ``command`` (``rl``, ``segment``).
+        train, evaluate: the two commands' functions (their docstrings are the descriptions).
+        example: a config path shown in the help (``configs/rl-point2d-mamlrl.yaml``); its name up
+            to the first ``-`` is the configs' prefix.
+        overrides: example overrides for the help.
+        held_out: what ``--evaluate`` evaluates on (``held-out tasks``).
+        evaluate_help: the help line of ``evaluate``.
+
+    Returns:
+        The ``evaluate`` subparser, for the domain's own options.
+    """
+    prefix = Path(example).name.split("-")[0]
+    add_config_command(group, "train", train, help=f"meta-train from a YAML config (configs/{prefix}-*.yaml)",
+                       config_help=f"YAML config, e.g. {example}", overrides_help=f"config overrides, e.g. {overrides}",
+                       resume="continue the run in --out from its last checkpoints",
+                       evaluate=f"evaluate on {held_out} after training")
+    return add_run_dir_command(group, "evaluate", evaluate, help=evaluate_help,
+                               run_dir_help=f"a run directory written by metakit {command} train")
+
+
 def add_command_group(sub: argparse._SubParsersAction, name: str, help: str, description: str) -> argparse._SubParsersAction:
     """Add a command ``NAME`` with subcommands of its own (``metakit rl train``); returns their subparsers.
 

@@ -23,6 +23,7 @@ plugin = Plugin(
     evaluate_run="metakit.cli:evaluate_classification",
     report_run="metakit.reporting:run_report",
     predict_run="metakit.cli:predict_classification",
+    serve_run="metakit.serve:serve",
     backbones={
         "timm": "metakit.pretrained:timm_backbone",
         "torchvision": "metakit.pretrained:torchvision_backbone",

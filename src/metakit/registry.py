@@ -67,6 +67,9 @@ class Plugin:
         report_run: ``f(run_dir) -> metakit.runs.Report``, the report rebuilt from the files in
             the domain's run directory, for ``metakit report RUN_DIR``.
         predict_run: ``f(args) -> int``, what ``metakit predict RUN_DIR`` runs on the domain's runs.
+        serve_run: ``f(run_dir, host, port, checkpoint, limits, announce) -> int``, what ``metakit
+            serve RUN_DIR`` runs on the domain's runs (:func:`metakit.serve.serve` with the
+            domain's app).
     """
 
     name: str
@@ -83,6 +86,7 @@ class Plugin:
     evaluate_run: str | None = None
     report_run: str | None = None
     predict_run: str | None = None
+    serve_run: str | None = None
 
     def targets(self, kind: str) -> Mapping[str, str]:
         """The names this plugin adds of ``kind`` (``learner``, ``backbone`` or ``dataset``)."""
@@ -230,7 +234,7 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> Callable[[str], An
 
 
 #: The core commands that act on a run directory, each dispatched to the hook of the run's domain.
-RUN_COMMANDS = ("evaluate", "report", "predict")
+RUN_COMMANDS = ("evaluate", "report", "predict", "serve")
 
 
 def run_hook(domain: str, command: str, run_dir: str) -> Any:

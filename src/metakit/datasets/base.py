@@ -17,8 +17,32 @@ import torch
 from metakit.errors import MetakitError
 
 
+class LabelledItems:
+    """``num_classes`` and ``image_shape`` of a dataset of named classes held as one item tensor.
+
+    Shared by :class:`ClassDataset` and the segmentation scene sets
+    (:class:`metakit.segmentation.scenes.SceneSet`), whose items are whole labelled scenes.
+    """
+
+    class_names: list[str]
+
+    def _items(self) -> torch.Tensor:
+        """The item tensor ``[items, *shape]``."""
+        return self.inputs  # type: ignore[attr-defined]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one item."""
+        return tuple(self._items().shape[1:])  # type: ignore[return-value]
+
+
 @dataclass
-class ClassDataset:
+class ClassDataset(LabelledItems):
     """Labelled items held in memory as one tensor: images, or fixed feature vectors.
 
     Images, text and arrays all flow through the same path (episodes, learners, caches), so the
@@ -166,16 +190,6 @@ class ClassDataset:
         return cls(
             name=name, inputs=items, labels=torch.from_numpy(index), class_names=names, class_groups=class_groups
         )
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        return len(self.class_names)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(channels, height, width)`` of one item."""
-        return tuple(self.inputs.shape[1:])  # type: ignore[return-value]
 
     def items_of(self, cls: int) -> torch.Tensor:
         """Item indices of class ``cls``."""

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from metakit.commands import (
-    add_command_group, add_config_command, add_run_dir_command, check_output_dir, check_output_file, console,
+    add_command_group, add_train_evaluate, check_output_dir, check_output_file, console,
     default_out, positive_int, write_json_option,
 )
 
@@ -62,12 +62,7 @@ def add_rl_parser(sub: argparse._SubParsersAction) -> None:
     rl_sub = add_command_group(sub, "rl", help="meta-reinforcement learning: MAML-RL (ProMP), RL² and PEARL on "
                                "gymnasium/MuJoCo/Meta-World tasks",
                                description="Meta-reinforcement learning (needs the rl extra: pip install 'metakit[rl]').")
-    add_config_command(rl_sub, "train", cmd_rl_train, help="meta-train from a YAML config (configs/rl-*.yaml)",
-                       config_help="YAML config, e.g. configs/rl-point2d-mamlrl.yaml",
-                       overrides_help="config overrides, e.g. train.iterations=50 maml.inner_lr=0.05",
-                       resume="continue the run in --out from its last checkpoints",
-                       evaluate="evaluate on held-out tasks after training")
-    p = add_run_dir_command(rl_sub, "evaluate", cmd_rl_evaluate,
-                            help="adaptation curves on held-out tasks with baselines (mean ± 95%% CI)",
-                            run_dir_help="a run directory written by metakit rl train")
+    p = add_train_evaluate(rl_sub, "rl", cmd_rl_train, cmd_rl_evaluate, "configs/rl-point2d-mamlrl.yaml",
+                           "train.iterations=50 maml.inner_lr=0.05", "held-out tasks",
+                           "adaptation curves on held-out tasks with baselines (mean ± 95%% CI)")
     p.add_argument("--tasks", type=positive_int, help="held-out tasks (default: config eval.tasks)")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from metakit.commands import (
-    add_command_group, add_common_options, add_config_command, add_run_dir_command, check_output_dir,
+    add_command_group, add_common_options, add_run_dir_command, add_train_evaluate, check_output_dir,
     check_output_file, console, default_out, positive_int, write_json_option,
 )
 
@@ -64,23 +65,59 @@ def cmd_segment_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_segment_predict(args: argparse.Namespace) -> int:
-    """Adapt a trained run to your support folder (<n>.jpg + mask <n>.png) and segment your query images.
-
-    Writes <name>_mask.png and <name>_overlay.png per query image, and the instances' boxes in boxes.json.
-    """
+def _predict(run_dir: str, support: str, query: str, out_dir: str | Path, threshold: int | None, checkpoint: str,
+             json_path: str | None) -> int:
     from metakit.segmentation.predict import predict_folder
 
-    check_output_file(args.json)
-    out = check_output_dir(args.out)
-    result = predict_folder(args.run_dir, args.support, args.query, out, threshold=args.threshold, checkpoint=args.checkpoint)
+    check_output_file(json_path)
+    out = check_output_dir(out_dir)
+    result = predict_folder(run_dir, support, query, out, threshold=threshold, checkpoint=checkpoint)
     found = sum(len(b) for b in result["queries"].values())
     console.print(
         f"adapted to {result['support_images']} support image(s); wrote masks and overlays of {len(result['queries'])} "
         f"query image(s) to {out}; {found} instance box(es) in {out / 'boxes.json'}"
     )
-    write_json_option(args.json, result)
+    write_json_option(json_path, result)
     return 0
+
+
+def cmd_segment_predict(args: argparse.Namespace) -> int:
+    """Adapt a trained run to your support folder (<n>.jpg + mask <n>.png) and segment your query images.
+
+    Writes <name>_mask.png and <name>_overlay.png per query image, and the instances' boxes in boxes.json.
+    """
+    return _predict(args.run_dir, args.support, args.query, args.out, args.threshold, args.checkpoint, args.json)
+
+
+def predict_segmentation(args: argparse.Namespace) -> int:
+    """``metakit predict RUN_DIR`` on a segmentation run: as ``metakit segment predict``, into a folder.
+
+    The core command's ``--out`` names a CSV file by default; a segmentation run writes a folder of
+    masks, overlays and ``boxes.json`` instead, named by ``--out`` without its ``.csv``.
+    """
+    out = Path(args.out)
+    if out.suffix.lower() == ".csv":
+        out = out.with_suffix("")
+    if getattr(args, "threads", None):
+        from metakit.utils import set_threads
+
+        set_threads(args.threads)
+    return _predict(args.run_dir, args.support, args.query, out, None, args.checkpoint, getattr(args, "json", None))
+
+
+def _segmentation_app(run_dir: str, checkpoint: str, limits: Any, allowed_hosts: list[str] | None) -> Any:
+    from metakit.segmentation.serve import segmentation_app  # FastAPI: imported once the serve extra is checked
+
+    return segmentation_app(run_dir, checkpoint, limits, allowed_hosts)
+
+
+def serve_segmentation(run_dir: str, host: str = "127.0.0.1", port: int = 8000, checkpoint: str = "best",
+                       limits: Any = None, announce: Any = print) -> int:
+    """``metakit serve RUN_DIR`` on a segmentation run (the plugin's ``serve_run`` hook): the overlay page and API."""
+    from metakit.serve import serve
+
+    return serve(run_dir, host=host, port=port, checkpoint=checkpoint, limits=limits, announce=announce,
+                 build=_segmentation_app)
 
 
 def cmd_segment_export(args: argparse.Namespace) -> int:
@@ -107,14 +144,9 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``segment train``, ``evaluate``, ``predict`` and ``export`` under ``sub``."""
     seg = add_command_group(sub, "segment", help="few-shot segmentation: meta-train, evaluate (mIoU, FB-IoU, AP50), export scenes",
                             description="Few-shot segmentation: masks for new classes from a few labelled images.")
-    add_config_command(seg, "train", cmd_segment_train, help="meta-train from a YAML config (configs/seg-*.yaml)",
-                       config_help="YAML config, e.g. configs/seg-glyphs-panet.yaml",
-                       overrides_help="config overrides, e.g. train.steps=200 eval.shots=[1]",
-                       resume="continue the run in --out from its last checkpoint",
-                       evaluate="evaluate on the test classes after training")
-    p = add_run_dir_command(seg, "evaluate", cmd_segment_evaluate,
-                            help="mIoU, FB-IoU and AP50 on held-out classes (95%% CI over seeds)",
-                            run_dir_help="a run directory written by metakit segment train")
+    p = add_train_evaluate(seg, "segment", cmd_segment_train, cmd_segment_evaluate, "configs/seg-glyphs-panet.yaml",
+                           "train.steps=200 eval.shots=[1]", "the test classes",
+                           "mIoU, FB-IoU and AP50 on held-out classes (95%% CI over seeds)")
     p.add_argument("--episodes", type=positive_int, help="episodes per seed (default: the config's eval.episodes)")
     p.add_argument("--seeds", type=positive_int, default=5, help="episode sets, each from its own seed (default 5)")
     p.add_argument("--shots", type=positive_int, nargs="+", help="shot counts (default: the config's eval.shots)")

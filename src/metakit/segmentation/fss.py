@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from metakit.errors import MetakitError
-from metakit.segmentation.scenes import SceneSet
+from metakit.segmentation.scenes import SceneSet, segmentation_spec
 
-__all__ = ["ExportSummary", "export_fss", "fss_spec", "fss_status", "load_fss_folder"]
+__all__ = ["ExportSummary", "export_fss", "fss_folder_status", "fss_spec", "load_fss_folder"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg")
 _SPLITS = ("train", "val", "test")
@@ -212,22 +212,14 @@ def export_fss(sets: dict[str, SceneSet], out: str | Path, per_class: int | None
     return ExportSummary(out=out, classes=written, images=count)
 
 
-def fss_status() -> str:
+def fss_folder_status() -> str:
     """One line for ``metakit datasets``: this dataset is the user's own folder."""
     return "your own folder: set dataset.root (ROOT/<class>/<n>.jpg + <n>.png)"
 
 
 def fss_spec() -> Any:
-    """The ``fss-folder`` dataset as :mod:`metakit.datasets` lists it (the plugin registers it by this function)."""
-    from metakit.datasets import DatasetSpec
-
-    return DatasetSpec(
-        name="fss-folder",
-        summary="your own few-shot segmentation data in FSS-1000's layout: ROOT/<class>/<n>.jpg with mask <n>.png",
-        source="a folder you provide (dataset.root)",
-        license="yours",
-        task_type="segmentation",
-        loader="metakit.segmentation.fss:load_fss_folder",
-        status="metakit.segmentation.fss:fss_status",
-        splits=("class",),
+    """The ``fss-folder`` dataset as :mod:`metakit.datasets` lists it."""
+    return segmentation_spec(
+        "fss-folder", "your own few-shot segmentation data in FSS-1000's layout: ROOT/<class>/<n>.jpg with mask <n>.png",
+        "a folder you provide (dataset.root)", "yours", "metakit.segmentation.fss:fss_folder", splits=("class",),
     )

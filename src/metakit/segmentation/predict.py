@@ -22,7 +22,7 @@ from metakit.errors import MetakitError
 from metakit.segmentation.fss import _IMAGE_SUFFIXES, _open, _read_mask
 from metakit.segmentation.metrics import detect_instances
 
-__all__ = ["predict_folder"]
+__all__ = ["overlay", "predict_folder", "segment_images"]
 
 _QUERY_SUFFIXES = (*_IMAGE_SUFFIXES, ".png")
 
@@ -62,6 +62,20 @@ def _queries(path: Path) -> list[Path]:
     return found
 
 
+def overlay(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image (uint8 ``[H, W]`` or ``[H, W, 3]``) as RGB with the mask's pixels tinted half red."""
+    rgb = np.asarray(Image.fromarray(pixels).convert("RGB"), dtype=np.float32)
+    rgb[mask] = 0.5 * rgb[mask] + 0.5 * np.array([255.0, 0.0, 0.0])
+    return rgb.round().astype(np.uint8)
+
+
+def segment_images(learner: Any, size: tuple[int, int], channels: int, pixels: np.ndarray) -> torch.Tensor:
+    """Foreground probabilities of one image (uint8 ``[H, W(, C)]``) at its own size, from a learner already fitted."""
+    probs = learner.predict(_tensor(pixels, size, channels)[None])
+    # Back to the image's own size, so the mask lines up with the image the user gave.
+    return F.interpolate(probs[:, None], size=pixels.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+
+
 def predict_folder(
     run_dir: str | Path, support: str | Path, query: str | Path, out: str | Path, threshold: int | None = None,
     checkpoint: str = "best",
@@ -89,17 +103,12 @@ def predict_folder(
     mode = "RGB" if channels == 3 else "L"
     for path in queries:
         pixels = _open(path, mode)
-        probs = learner.predict(_tensor(pixels, (height, width), channels)[None])
-        # Back to the query's own size, so the mask lines up with the image the user gave.
-        full = F.interpolate(probs[:, None], size=pixels.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+        full = segment_images(learner, (height, width), channels, pixels)
         mask = (full >= 0.5).numpy()
         # Names from the path under --query, so a/1.jpg and b/1.jpg do not overwrite each other.
         name = "_".join(path.relative_to(query).with_suffix("").parts) if query.is_dir() else path.stem
         Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}_mask.png")
-        rgb = np.asarray(Image.fromarray(pixels).convert("RGB"), dtype=np.float32)
-        tint = np.array([255.0, 0.0, 0.0])
-        rgb[mask] = 0.5 * rgb[mask] + 0.5 * tint
-        Image.fromarray(rgb.round().astype(np.uint8)).save(out / f"{name}_overlay.png")
+        Image.fromarray(overlay(pixels, mask)).save(out / f"{name}_overlay.png")
         scores, found = detect_instances(full)
         boxes[name] = [{"box": [int(v) for v in b.tolist()], "score": round(float(s), 4)} for s, b in zip(scores, found, strict=True)]
     result = {"out": str(out), "support_images": len(support_x), "queries": boxes}

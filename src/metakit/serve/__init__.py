@@ -115,6 +115,7 @@ def serve(
     checkpoint: str = "best",
     limits: ServeLimits | None = None,
     announce: Any = print,
+    build: Any = None,
 ) -> int:
     """Serve the prediction page and API for ``run_dir`` until interrupted; returns the exit status.
 
@@ -126,6 +127,9 @@ def serve(
         checkpoint: ``best`` or ``last``.
         limits: upload limits (:class:`ServeLimits`).
         announce: called with each line to show the user (the URL, the warning).
+        build: ``f(run_dir, checkpoint, limits, allowed_hosts) -> FastAPI``, the app of a domain's
+            run (its plugin's ``serve_run`` hook passes one); default: a classification run's,
+            :func:`metakit.serve.app.create_app` on :func:`metakit.predict.load`.
 
     Raises:
         MetakitError: the serve extra is missing, the port is taken, the run cannot be loaded or
@@ -140,8 +144,7 @@ def serve(
     import uvicorn
     from PIL import Image
 
-    from metakit.predict import load
-    from metakit.serve.app import create_app
+    from metakit.serve.app import classification_app
 
     local = is_local_host(host)
     if not local:
@@ -149,11 +152,10 @@ def serve(
                  f"authentication, so bind to 127.0.0.1 unless the network is trusted.")
     sock = bind_socket(host, port)
     try:
-        model = load(run_dir, checkpoint=checkpoint)
         # The Host check stops other web sites from reaching a local server by DNS rebinding. Starlette's
         # check cannot parse bracketed IPv6 hosts ([::1]:8000), so an IPv6 socket goes without it.
         checked = local and sock.family == socket.AF_INET
-        app = create_app(model, limits=limits, checkpoint=checkpoint, allowed_hosts=list(LOCAL_HOSTS) if checked else None)
+        app = (build or classification_app)(run_dir, checkpoint, limits, list(LOCAL_HOSTS) if checked else None)
         # Pillow's own guard then agrees with ours: an image past it raises instead of warning.
         Image.MAX_IMAGE_PIXELS = limits.max_pixels
         info = app.state.info

@@ -29,7 +29,7 @@ from metakit.errors import MetakitError
 from metakit.predict import FewShotModel
 from metakit.serve.limits import ServeLimits
 
-__all__ = ["UploadError", "create_app"]
+__all__ = ["UploadError", "check_image", "classification_app", "create_app", "error_handlers", "read_body", "read_form"]
 
 # The page's three files, served from memory with these types.
 _STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
@@ -113,7 +113,7 @@ def _declare(items: _Items, name: str, declared: set[str], explicit: set[str] | 
         items.classes.append(name)
 
 
-async def _read_body(request: Request, limits: ServeLimits) -> bytes:
+async def read_body(request: Request, limits: ServeLimits) -> bytes:
     """The request body, refused with 413 as soon as it passes the size limit (before any parsing)."""
     too_big = UploadError(413, f"the upload is larger than {limits.max_upload_mb:g} MB; send fewer or smaller files "
                                f"(or restart metakit serve with a larger --max-upload-mb).")
@@ -128,7 +128,8 @@ async def _read_body(request: Request, limits: ServeLimits) -> bytes:
     return bytes(body)
 
 
-async def _parse_multipart(request: Request, body: bytes, limits: ServeLimits) -> _Items:
+async def read_form(request: Request, body: bytes, limits: ServeLimits, fields: str) -> Any:
+    """The multipart form in ``body`` (read by :func:`read_body`); ``fields`` names what to send, for the errors."""
     sent = False
 
     async def replay() -> dict[str, Any]:
@@ -139,15 +140,18 @@ async def _parse_multipart(request: Request, body: bytes, limits: ServeLimits) -
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        # +1 so that one file too many reaches our own check and message below.
-        form = await Request(request.scope, replay).form(max_files=limits.max_files + 1,
+        # +1 so that one file too many reaches the caller's own check and message.
+        return await Request(request.scope, replay).form(max_files=limits.max_files + 1,
                                                          max_fields=limits.max_files + 100)
     except StarletteHTTPException as exc:
         if "files" in str(exc.detail).lower():
             raise UploadError(413, f"more than {limits.max_files} files in one request; send fewer (or restart "
                                    f"metakit serve with a larger --max-files).") from None
-        raise UploadError(400, f"the upload is not valid multipart/form-data ({exc.detail}); send support:<class> "
-                               f"and query file fields.") from None
+        raise UploadError(400, f"the upload is not valid multipart/form-data ({exc.detail}); send {fields}.") from None
+
+
+async def _parse_multipart(request: Request, body: bytes, limits: ServeLimits) -> _Items:
+    form = await read_form(request, body, limits, "support:<class> and query file fields")
     items = _Items()
     declared: set[str] = set()
     explicit: set[str] = set()
@@ -231,10 +235,8 @@ def _parse_text(body: bytes, limits: ServeLimits) -> _Items:
     return items
 
 
-def _decode_image(name: str, data: bytes, model: FewShotModel, limits: ServeLimits) -> torch.Tensor:
-    """One uploaded image as the uint8 tensor the run's dataset would hold, after the size checks."""
-    from metakit.datasets.folder import preprocess_image
-
+def check_image(name: str, data: bytes, limits: ServeLimits) -> None:
+    """Refuse an uploaded image that is empty, unreadable or over the pixel limit, reading only its header."""
     if not data:
         raise UploadError(400, f"{name} is empty (0 bytes); upload the image file itself.")
     try:
@@ -251,6 +253,13 @@ def _decode_image(name: str, data: bytes, model: FewShotModel, limits: ServeLimi
         raise UploadError(413, f"{name} is {width}x{height} pixels ({width * height / 1e6:.3g} megapixels), above the "
                                f"limit of {limits.max_megapixels:g}; shrink it (or restart metakit serve with a larger "
                                f"--max-megapixels).")
+
+
+def _decode_image(name: str, data: bytes, model: FewShotModel, limits: ServeLimits) -> torch.Tensor:
+    """One uploaded image as the uint8 tensor the run's dataset would hold, after the size checks."""
+    from metakit.datasets.folder import preprocess_image
+
+    check_image(name, data, limits)
     try:
         return preprocess_image(data, model.spec.image_options)
     except MetakitError as exc:
@@ -295,6 +304,31 @@ class _Server:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def error_handlers(app: FastAPI, routes: str) -> None:
+    """Answer every failure as ``{"error": "<one line>"}``: refused uploads, unknown ``routes``, internal errors."""
+
+    @app.exception_handler(UploadError)
+    async def upload_error(_request: Request, exc: UploadError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown paths and methods answer in the same {"error": ...} shape as everything else.
+        return _error(exc.status_code, f"{exc.detail}: this server has {routes}.")
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                           f"please report it with the metakit serve output.")
+
+
+def classification_app(run_dir: str, checkpoint: str, limits: ServeLimits, allowed_hosts: Sequence[str] | None) -> FastAPI:
+    """The app of a classification run: :func:`create_app` on the run loaded by :func:`metakit.predict.load`."""
+    from metakit.predict import load
+
+    return create_app(load(run_dir, checkpoint=checkpoint), limits=limits, checkpoint=checkpoint, allowed_hosts=allowed_hosts)
 
 
 def create_app(
@@ -342,19 +376,7 @@ def create_app(
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
-    @app.exception_handler(UploadError)
-    async def upload_error(_request: Request, exc: UploadError) -> JSONResponse:
-        return _error(exc.status, exc.message)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Unknown paths and methods answer in the same {"error": ...} shape as everything else.
-        return _error(exc.status_code, f"{exc.detail}: this server has GET / (the page), GET /health and POST /predict.")
-
-    @app.exception_handler(Exception)
-    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
-        return _error(500, f"internal error ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                           f"please report it with the metakit serve output.")
+    error_handlers(app, "GET / (the page), GET /health and POST /predict")
 
     def static(name: str) -> Callable[[], Awaitable[Response]]:
         async def handler() -> Response:
@@ -381,7 +403,7 @@ def create_app(
         if kind == "text" and content_type != "application/json":
             raise UploadError(415, 'this run labels sentences: POST application/json {"support": {"<class>": '
                                    '["sentence", ...]}, "query": ["sentence", ...]}.')
-        body = await _read_body(request, limits)
+        body = await read_body(request, limits)
         items = await _parse_multipart(request, body, limits) if kind == "image" else _parse_text(body, limits)
         return await run_in_threadpool(server.predict, items)
 

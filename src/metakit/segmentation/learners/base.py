@@ -122,7 +122,8 @@ class MaskLearner(Learner):
         losses, scores = [], []
         for ep in batch.tasks():
             logits = self.segment(ep.support_x, ep.support_y, ep.query_x)
-            loss = self.pixel_loss(logits, ep.query_y) + self.extra_loss(ep.support_x, ep.support_y, ep.query_x, logits)
+            extra = self.extra_loss(ep.support_x, ep.support_y, ep.query_x, logits, classes=ep.classes, query_y=ep.query_y)
+            loss = self.pixel_loss(logits, ep.query_y) + extra
             losses.append(loss)
             scores.append(self.score(logits.detach().softmax(1)[:, 1], ep.query_y))
         loss = torch.stack(losses).mean()
@@ -134,9 +135,14 @@ class MaskLearner(Learner):
         return F.cross_entropy(logits, masks.long(), weight=weight)
 
     def extra_loss(
-        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, query_logits: torch.Tensor
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, query_logits: torch.Tensor,
+        classes: torch.Tensor | None = None, query_y: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """A learner's own regulariser during meta-training (PANet's alignment loss); 0 by default."""
+        """A learner's own regulariser during meta-training (PANet's alignment loss); 0 by default.
+
+        ``classes`` is the episode's class index among the training classes and ``query_y`` the
+        query masks, when the caller has them.
+        """
         return query_logits.new_zeros(())
 
     # -- Python use: model.fit(images, masks), then model.predict(images) ----------------------
