@@ -147,3 +147,14 @@ def test_unknown_command_exits_nonzero():
     proc = subprocess.run([sys.executable, "-m", "metakit", "trian"], capture_output=True, text=True,
                           env={"PYTHONPATH": str(REPO / "src"), "PATH": ""})
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+@pytest.mark.parametrize(("config", "command"), [("seg-glyphs-panet.yaml", "metakit segment train"),
+                                                 ("rl-point2d-mamlrl.yaml", "metakit rl train"),
+                                                 ("recsys-ml100k.yaml", "metakit recsys train")])
+def test_train_names_the_command_for_another_domains_config(tmp_path, capsys, config, command):
+    path = str(Path(__file__).resolve().parents[1] / "configs" / config)
+    assert main(["train", path, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"`{command} {path}`" in err
+    assert not (tmp_path / "run").exists()

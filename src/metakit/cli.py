@@ -99,13 +99,45 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _other_domain(path: str, overrides: Sequence[str], dataset: str | None) -> str | None:
+    """The command that trains ``path`` when it is another domain's config (``metakit train`` is classification's)."""
+    from metakit.config import load_config
+    from metakit.registry import plugins
+
+    for plugin in plugins().values():
+        command = next(iter(plugin.commands), None)
+        if plugin.name == "classification" or command is None:
+            continue
+        if dataset is not None:
+            if dataset in plugin.datasets:
+                return f"metakit {command} train"
+            continue
+        if plugin.config_root:
+            try:
+                load_config(path, overrides, domain=plugin.name)
+            except MetakitError:
+                continue
+            return f"metakit {command} train"
+    return None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Meta-train from a YAML config."""
     from metakit import distributed as dist
     from metakit.config import load_config
     from metakit.training import train
 
-    config = load_config(args.config, args.overrides)
+    try:
+        config = load_config(args.config, args.overrides)
+    except MetakitError:
+        # An rl or recsys file fails the classification schema; say which command it is for.
+        command = _other_domain(args.config, args.overrides, None)
+        if command is None:
+            raise
+        raise MetakitError(f"{args.config} is not a classification config; train it with `{command} {args.config}`.") from None
+    command = _other_domain(args.config, args.overrides, config.dataset.name)
+    if command is not None:  # a segmentation file passes the shared schema but not the classification learners
+        raise MetakitError(f"{args.config} uses dataset {config.dataset.name!r}; train it with `{command} {args.config}`.")
     if dist.init_from_env() and not args.out:
         raise MetakitError("multi-process training needs an explicit --out DIR shared by every process.")
     out = check_output_dir(args.out or default_out(config.name))
