@@ -99,6 +99,15 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_type(dataset: str) -> str | None:
+    from metakit.datasets import get_dataset
+
+    try:
+        return get_dataset(dataset).task_type
+    except MetakitError:
+        return None
+
+
 def _other_domain(path: str, overrides: Sequence[str], dataset: str | None) -> str | None:
     """The command that trains ``path`` when it is another domain's config (``metakit train`` is classification's)."""
     from metakit.config import load_config
@@ -109,7 +118,9 @@ def _other_domain(path: str, overrides: Sequence[str], dataset: str | None) -> s
         if plugin.name == "classification" or command is None:
             continue
         if dataset is not None:
-            if dataset in plugin.datasets:
+            # Only a dataset of the domain's own task type (segmentation masks) needs its command:
+            # a plugin's class datasets train with `metakit train`, and ratings datasets have their own message.
+            if dataset in plugin.datasets and _task_type(dataset) not in ("classification", "regression", "recommendation"):
                 return f"metakit {command} train"
             continue
         if plugin.config_root:
