@@ -140,7 +140,6 @@ class SetFitStyle(Learner):
     # -- the training domain's reference (fallback) ---------------------------------------------
 
     def _init_reference(self, task: TaskInfo, quantile: float, per_class: int) -> None:
-        self.adapter_off = {n: torch.zeros_like(p) for n, p in self.backbone.named_parameters() if "lora_B" in n}
         if not self.adapter_off:
             raise MetakitError("setfit_style fallback switches LoRA adapters off; it needs backbone lora_r > 0 and train_layers > 0.")
         if not task.num_classes:
@@ -153,6 +152,14 @@ class SetFitStyle(Learner):
         self.register_buffer("reference", torch.zeros(task.num_classes, per_class, dim))
         self.register_buffer("reference_count", torch.zeros(task.num_classes, dtype=torch.long))
         self._threshold: tuple[int, torch.Tensor, float] | None = None
+
+    @property
+    def adapter_off(self) -> Params:
+        """Zeros for the LoRA ``B`` matrices: the adapters' update vanishes, leaving the pretrained encoder.
+
+        Made on each use, on the weights' device, so a learner moved to a GPU keeps working.
+        """
+        return {n: torch.zeros_like(p) for n, p in self.backbone.named_parameters() if "lora_B" in n}
 
     def pretrained_embeddings(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings of ``x`` by the pretrained encoder (LoRA adapters off), without gradients."""
