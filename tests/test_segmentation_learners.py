@@ -94,6 +94,66 @@ def test_prototype_matching_segments_what_the_support_shows() -> None:
     assert torch.equal(learner.adapt(support_x, 1 - support_y, 1)(query_x) >= 0.5, ~query_y.bool())
 
 
+def _three_colour(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images with a square of class 1 (colour channel 1) and one of class 2 (channel 2) on background (channel 0).
+
+    Returns the images, their full label maps (0, 1, 2) and one-class support label maps: image
+    ``i`` of the first half labelled with class 1 only, of the second half with class 2 only.
+    """
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(n, 8, 8)
+    for i in range(n):
+        # Random corners: a fixed layout would let a rule that only looks at positions pass.
+        corners = torch.randperm(4, generator=g)[:2].tolist()
+        for cls, c in zip((1, 2), corners, strict=True):
+            y, x = 5 * (c // 2), 5 * (c % 2)
+            labels[i, y : y + 3, x : x + 3] = cls
+    images = torch.stack([labels == 0, labels == 1, labels == 2], dim=1).float()
+    half = torch.arange(n)[:, None, None] < n // 2
+    support = torch.where(half, (labels == 1) * 1.0, (labels == 2) * 2.0)
+    return images, labels, support
+
+
+class _Pixels3(_Pixels):
+    channels = 3
+
+
+@pytest.mark.parametrize("learner", ["panet", "intensity"])
+def test_n_way_labels_each_class_from_its_own_support_masks(learner) -> None:
+    task = TaskInfo("segmentation", (3, 8, 8), 2, max_ways=2)
+    model = PANet(_Pixels3(), task) if learner == "panet" else IntensityBaseline(nn.Identity(), task)
+    images, _, support = _three_colour(4, seed=0)
+    queries, truth, _ = _three_colour(5, seed=1)
+    probs = model.adapt(images, support, 2)(queries)
+    assert probs.shape == (5, 3, 8, 8)
+    assert torch.allclose(probs.sum(1), torch.ones(5, 8, 8), atol=1e-5)
+    assert torch.equal(probs.argmax(1), truth.long())
+    assert model.score(probs, truth) == 0.0
+    # Swapping which class each support image names swaps the predicted classes.
+    swapped = torch.where(support > 0, 3 - support, support)
+    assert torch.equal(model.adapt(images, swapped, 2)(queries).argmax(1), torch.where(truth > 0, 3 - truth, truth).long())
+    # Python use: label maps to fit, probabilities of background and both classes back.
+    assert torch.equal(model.fit(images, support).predict(queries).argmax(1), truth.long()) and model.ways == 2
+
+
+def test_one_class_decoders_combine_as_independent_log_odds() -> None:
+    """N-way for a one-class learner: background logit 0, each class its own binary log-odds."""
+    task = TaskInfo("segmentation", (3, 8, 8), 2, max_ways=2)
+    model = IntensityBaseline(nn.Identity(), task)
+    images, _, support = _three_colour(4, seed=0)
+    queries, _, _ = _three_colour(3, seed=2)
+    logits = model.segment(images, support, queries, ways=2)
+    for i in (1, 2):
+        shows = (support == i).flatten(1).any(1)
+        binary = model.segment(images[shows], (support[shows] == i).float(), queries)
+        assert torch.allclose(logits[:, i], binary[:, 1] - binary[:, 0])
+    assert torch.equal(logits[:, 0], torch.zeros_like(logits[:, 0]))
+    # One way is exactly the two-class decoder's softmax.
+    one = model.adapt(images[:2], support[:2], 1)(queries)
+    binary = model.segment(images[:2], support[:2], queries).softmax(1)[:, 1]
+    assert torch.equal(one, binary)
+
+
 def test_alignment_loss_trains_the_encoder_and_can_be_turned_off() -> None:
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1))
@@ -193,16 +253,18 @@ def test_fit_then_predict_and_bad_masks() -> None:
         learner.fit(images, torch.zeros_like(masks))
     with pytest.raises(MetakitError, match=r"masks must be \[n, H, W\]"):
         learner.fit(images, masks[:1])
-    with pytest.raises(MetakitError, match="1-way"):
-        PANet(_Pixels(), TaskInfo("segmentation", (2, 8, 8), 2))
+    with pytest.raises(MetakitError, match=r"every class 1\.\.N present"):
+        learner.fit(images, masks * 2)  # labels 0 and 2: class 1 has no mask
+    with pytest.raises(MetakitError, match="label maps"):
+        learner.fit(images, masks * 1.5)
 
 
 # -- runs: the shared trainer and run layer ----------------------------------------------------
 
 
 def test_config_mistakes_are_one_line() -> None:
-    with pytest.raises(MetakitError, match="segmentation episodes are 1-way"):
-        build_seg_experiment(config_from_dict(_config(episodes={"ways": 5})))
+    with pytest.raises(MetakitError, match="segmentation episodes need ways >= 1"):
+        build_seg_experiment(config_from_dict(_config(episodes={"ways": 0})))
     with pytest.raises(MetakitError, match="does not handle segmentation tasks"):
         build_seg_experiment(config_from_dict(_config(learner={"name": "protonet"})))
     with pytest.raises(MetakitError, match="is a classification dataset; a segmentation run needs"):
@@ -251,6 +313,61 @@ def test_train_writes_a_run_directory_and_evaluate_reports_it(trained, tmp_path)
     report = (run / "report.md").read_text()
     assert "| 1-shot, 2 queries | miou |" in report and "best validation jaccard_distance" in report
     assert (run / "segmentation_grid.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("learner", ["seg-panet", "seg-finetune"])
+def test_n_way_runs_train_and_evaluate_per_class(tmp_path, monkeypatch, learner) -> None:
+    """2-way meta-training (PANet natively, fine-tuning through its training classes), evaluated at 1 and 2 ways."""
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    config = _write_config(tmp_path, _config({"name": learner}, episodes={"ways": 2}, eval={"ways": [2], "shots": [1]},
+                                             train={"steps": 6, "val_every": 3}))
+    out, result = tmp_path / "run", tmp_path / "eval.json"
+    assert main(["segment", "train", config, "--out", str(out), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["jaccard_distance"] <= 1 for r in records if "jaccard_distance" in r)
+    assert main(["segment", "evaluate", str(out), "--episodes", "4", "--seeds", "1", "--ways", "1", "2",
+                 "--no-progress", "--json", str(result)]) == 0
+    rows = {(r["ways"], r["metric"]): r for r in json.loads(result.read_text())["results"]}
+    assert set(rows) == {(w, m) for w in (1, 2) for m in ("miou", "fb_iou", "ap50")}
+    assert all(0 <= r["mean"] <= 1 for r in rows.values())
+    assert "| 2-way 1-shot, 2 queries | miou |" in (out / "report.md").read_text()
+
+
+def test_n_way_evaluation_scores_each_class_on_its_own(tmp_path, monkeypatch) -> None:
+    """A perfect N-way prediction scores mIoU 1; labelling one class as the other scores it 0."""
+    from metakit.segmentation.experiment import evaluate_setting
+
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    exp = build_seg_experiment(config_from_dict(_config(eval={"ways": [2], "shots": [1]})))
+    sampler = exp.source("test", 2, 1, 2)
+
+    class Oracle(IntensityBaseline):
+        """Knows the truth of the episode it is given (the test reads it from the sampler)."""
+
+        swap = False
+
+        def adapt(self, support_x, support_y, ways=1):
+            truth = self.truth.long()
+            if self.swap:
+                truth = torch.where(truth > 0, 3 - truth, truth)
+            return lambda query_x: torch.nn.functional.one_hot(truth, 3).permute(0, 3, 1, 2).float()
+
+    oracle = Oracle(nn.Identity(), exp.task)
+    original = sampler.sample_with_instances
+
+    def sample(generator):
+        episode, instances = original(generator)
+        oracle.truth = episode.query_y
+        return episode, instances
+
+    sampler.sample_with_instances = sample
+    rows = {r["metric"]: r for r in evaluate_setting(oracle, sampler, 4, 1, 0)[0]}
+    # AP50 stays below 1 even so: a glyph drawn in separate strokes is several components, several boxes.
+    assert rows["miou"]["mean"] == 1.0 and rows["fb_iou"]["mean"] == 1.0 and rows["ap50"]["mean"] > 0.3
+    oracle.swap = True
+    rows = {r["metric"]: r for r in evaluate_setting(oracle, sampler, 4, 1, 0)[0]}
+    # Every foreground pixel is found (FB-IoU 1) but under the other class: no class IoU, no box.
+    assert rows["miou"]["mean"] == 0.0 and rows["fb_iou"]["mean"] == 1.0 and rows["ap50"]["mean"] == 0.0
 
 
 def test_core_commands_hand_a_segmentation_run_to_the_domain(trained, tmp_path) -> None:
@@ -322,7 +439,8 @@ def test_export_command_writes_the_fss_layout(trained, tmp_path, monkeypatch) ->
     ("args", "message"),
     [
         (["train", "{tmp}/nope.yaml"], "nope.yaml not found"),
-        (["train", "{cfg}", "episodes.ways=3"], "segmentation episodes are 1-way"),
+        (["train", "{cfg}", "eval.ways=[0]"], "segmentation episodes need ways >= 1"),
+        (["train", "{cfg}", "eval.ways=[900]"], "900-way episodes need 900 classes"),
         (["train", "{cfg}", "learner.name=seg-panett"], "unknown learner 'seg-panett'"),
         (["train", "{cfg}", "dataset.name=fss-folder", "dataset.root={tmp}/none"], "unknown option 'source'"),
         (["train", "{cfg}", "eval.shots=[40]"], "need 42 images per class"),
@@ -375,6 +493,31 @@ def test_predict_writes_masks_overlays_and_boxes(trained, tmp_path, monkeypatch)
     assert main(["segment", "predict", str(trained["panet"]), "--support", str(support), "--query", str(query),
                  "--out", str(tmp_path / "pred2"), "--no-progress"]) == 2
     assert not (tmp_path / "pred2").exists()
+
+
+def test_predict_with_a_folder_per_class_labels_every_class(trained, tmp_path, monkeypatch) -> None:
+    """An N-way support folder (SUPPORT/<class>/): mask PNGs hold class numbers, boxes name their class."""
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    fss = tmp_path / "fss"
+    assert main(["segment", "export", trained["config"], "--out", str(fss), "--per-class", "3", "--no-progress"]) == 0
+    names = (fss / "splits" / "test.txt").read_text().split()[:2]
+    support = tmp_path / "support"
+    for cls in names:
+        (support / cls).mkdir(parents=True)
+        for ext in ("jpg", "png"):
+            (support / cls / f"0.{ext}").write_bytes((fss / cls / f"0.{ext}").read_bytes())
+    out = tmp_path / "pred"
+    assert main(["segment", "predict", str(trained["panet"]), "--support", str(support), "--query", str(fss / names[0] / "1.jpg"),
+                 "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "boxes.json").read_text())
+    assert result["classes"] == sorted(names) and result["support_images"] == 2
+    assert set(np.unique(np.asarray(Image.open(out / "1_mask.png"))).tolist()) <= {0, 1, 2}
+    assert all(b["class"] in names for b in result["queries"]["1"])
+    overlay = np.asarray(Image.open(out / "1_overlay.png"))
+    assert overlay.shape == (32, 32, 3)
 
 
 def test_core_predict_on_a_segmentation_run_writes_a_folder(trained, tmp_path, monkeypatch) -> None:

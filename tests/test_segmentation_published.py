@@ -171,5 +171,5 @@ def test_a_pascal5i_config_builds_a_run(tmp_path: Path) -> None:
     })
     exp = build_seg_experiment(cfg)
     assert exp.task.input_shape == (3, 32, 32) and exp.task.num_classes == 15
-    episode = exp.source("test", 1, 1).sample(torch.Generator().manual_seed(0))
+    episode = exp.source("test", 1, 1, 1).sample(torch.Generator().manual_seed(0))
     assert episode.support_x.shape == (1, 3, 32, 32) and episode.query_y.sum() > 0

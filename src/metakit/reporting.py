@@ -58,9 +58,12 @@ def learning_curve(metrics_path: Path, metric: str) -> Any | None:
 
 
 def setting(r: dict[str, Any]) -> str:
-    """``5-way 1-shot``; ways and shots of 0 mean Meta-Dataset's variable-way variable-shot episodes."""
+    """``5-way 1-shot``; ways and shots of 0 mean Meta-Dataset's variable-way variable-shot episodes.
+
+    Other metrics (regression, segmentation) name the shots, and the ways only when there are several.
+    """
     if r["metric"] != "accuracy":
-        return f"{r['shots']}-shot"
+        return f"{r['ways']}-way {r['shots']}-shot" if (r.get("ways") or 1) > 1 else f"{r['shots']}-shot"
     return f"{r['ways']}-way {r['shots']}-shot" if r["ways"] else "variable-way variable-shot"
 
 

@@ -48,7 +48,7 @@ def _evaluate(run_dir: Path, args: argparse.Namespace) -> None:
 
     result = evaluate_seg_run(
         run_dir, episodes=getattr(args, "episodes", None), seeds=getattr(args, "seeds", None) or 5,
-        shots=getattr(args, "shots", None), split=getattr(args, "split", "test"),
+        shots=getattr(args, "shots", None), ways=getattr(args, "ways", None), split=getattr(args, "split", "test"),
         checkpoint=getattr(args, "checkpoint", "best"),
     )
     title = f"{result['learner']} on {result['dataset']} ({result['split']} split, CI over {result['seeds']} seeds)"
@@ -150,12 +150,14 @@ def add_segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=positive_int, help="episodes per seed (default: the config's eval.episodes)")
     p.add_argument("--seeds", type=positive_int, default=5, help="episode sets, each from its own seed (default 5)")
     p.add_argument("--shots", type=positive_int, nargs="+", help="shot counts (default: the config's eval.shots)")
+    p.add_argument("--ways", type=positive_int, nargs="+",
+                   help="classes per episode, each with background (default: the config's eval.ways; 1 is the field's standard)")
     p.add_argument("--split", choices=("test", "val"), default="test", help="which classes (default test)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which weights (default best)")
     p = add_run_dir_command(seg, "predict", cmd_segment_predict,
                             help="masks, overlays and boxes for your images from a few labelled ones",
                             run_dir_help="a run directory written by metakit segment train")
-    p.add_argument("--support", required=True, metavar="DIR", help="<n>.jpg images of one class with masks <n>.png")
+    p.add_argument("--support", required=True, metavar="DIR", help="<n>.jpg images of one class with masks <n>.png, or one such folder per class (N-way)")
     p.add_argument("--query", required=True, metavar="PATH", help="an image, or a folder of .jpg/.png images")
     p.add_argument("--out", required=True, metavar="DIR", help="a new folder for the masks, overlays and boxes.json")
     p.add_argument("--threshold", type=int, metavar="N", help="support mask pixels >= N are foreground (for soft masks)")

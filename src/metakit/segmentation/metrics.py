@@ -153,11 +153,21 @@ class IoUAccumulator:
     fb_intersection: list[float] = field(default_factory=lambda: [0.0, 0.0])  # background, foreground
     fb_union: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
-    def update(self, cls: str, predicted: torch.Tensor, truth: torch.Tensor) -> None:
-        """Add one episode's query masks (bool ``[n, H, W]`` or ``[H, W]``) of class ``cls``."""
+    def update(self, cls: str, predicted: torch.Tensor, truth: torch.Tensor, fb: bool = True) -> None:
+        """Add one episode's query masks (bool ``[n, H, W]`` or ``[H, W]``) of class ``cls``.
+
+        ``fb=False`` leaves FB-IoU out: an N-way episode adds each class here, then its foreground
+        (any class) once with :meth:`update_fb`.
+        """
         p, t = predicted.bool(), truth.bool()
         self.intersection[cls] = self.intersection.get(cls, 0.0) + float((p & t).sum())
         self.union[cls] = self.union.get(cls, 0.0) + float((p | t).sum())
+        if fb:
+            self.update_fb(p, t)
+
+    def update_fb(self, predicted: torch.Tensor, truth: torch.Tensor) -> None:
+        """Add predicted and true foreground (bool, any class) to FB-IoU only."""
+        p, t = predicted.bool(), truth.bool()
         for k, (pp, tt) in enumerate(((~p, ~t), (p, t))):
             self.fb_intersection[k] += float((pp & tt).sum())
             self.fb_union[k] += float((pp | tt).sum())

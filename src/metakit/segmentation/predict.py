@@ -6,6 +6,12 @@ adapts to them, then segments each query image. For each query it writes ``<name
 (0/255, the query's own size) and ``<name>_overlay.png`` (the mask tinted red on the image). The
 instances' boxes (connected components of the mask, with their mean probability) go to
 ``boxes.json``.
+
+A support folder of class folders (``SUPPORT/<class>/<n>.jpg`` + ``<n>.png``, each mask marking
+its folder's class) is an N-way support set: every query pixel gets background or one of the
+classes. The mask PNG then holds the class's number (1..N, in the order of ``classes`` in
+``boxes.json``; 0 background), the overlay tints each class in its own colour, and each box names
+its class.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ __all__ = ["overlay", "predict_folder", "segment_images"]
 
 _QUERY_SUFFIXES = (*_IMAGE_SUFFIXES, ".png")
 
+#: Overlay tints of classes 1, 2, ...: red first, as a one-class mask is.
+_COLOURS = ((255, 0, 0), (0, 200, 0), (0, 90, 255), (255, 200, 0), (200, 0, 255), (0, 220, 220), (255, 120, 0), (140, 70, 20))
+
 
 def _tensor(pixels: np.ndarray, size: tuple[int, int], channels: int) -> torch.Tensor:
     """uint8 ``[H, W(, C)]`` -> float ``[C, size]`` in [0, 1], resized as the loaders resize."""
@@ -33,10 +42,27 @@ def _tensor(pixels: np.ndarray, size: tuple[int, int], channels: int) -> torch.T
     return F.interpolate(img[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0] / 255
 
 
-def _support(folder: Path, size: tuple[int, int], channels: int, threshold: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    mode = "RGB" if channels == 3 else "L"
+def _support(folder: Path, size: tuple[int, int], channels: int, threshold: int | None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Support images and label maps from one class's folder, or from a folder of class folders (N-way).
+
+    Returns the images ``[K, C, H, W]``, label maps ``[K, H, W]`` (class ``i`` of the returned names is ``i + 1``)
+    and the class names (``[]`` for one class).
+    """
     if not folder.is_dir():
         raise MetakitError(f"--support {folder} is not a folder; pass a folder of <n>.jpg images with <n>.png masks.")
+    has_images = any(p.suffix.lower() in _IMAGE_SUFFIXES for p in folder.iterdir())
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and any(q.suffix.lower() in _IMAGE_SUFFIXES for q in p.iterdir()))
+    if has_images or not classes:
+        images, masks = _one_class(folder, size, channels, threshold)
+        return images, masks, []
+    parts = [_one_class(folder / c, size, channels, threshold) for c in classes]
+    images = torch.cat([x for x, _ in parts])
+    labels = torch.cat([m * (i + 1) for i, (_, m) in enumerate(parts)])
+    return images, labels, classes
+
+
+def _one_class(folder: Path, size: tuple[int, int], channels: int, threshold: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    mode = "RGB" if channels == 3 else "L"
     images, masks = [], []
     for image_path in sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES):
         mask_path = image_path.with_suffix(".png")
@@ -63,17 +89,28 @@ def _queries(path: Path) -> list[Path]:
 
 
 def overlay(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The image (uint8 ``[H, W]`` or ``[H, W, 3]``) as RGB with the mask's pixels tinted half red."""
+    """The image (uint8 ``[H, W]`` or ``[H, W, 3]``) as RGB with the mask's pixels tinted half red.
+
+    A label map (ints, 0 background) tints class ``i`` in the ``i``-th colour instead.
+    """
     rgb = np.asarray(Image.fromarray(pixels).convert("RGB"), dtype=np.float32)
-    rgb[mask] = 0.5 * rgb[mask] + 0.5 * np.array([255.0, 0.0, 0.0])
+    labels = mask.astype(np.int64)
+    for i in range(1, int(labels.max(initial=0)) + 1):
+        where = labels == i
+        rgb[where] = 0.5 * rgb[where] + 0.5 * np.array(_COLOURS[(i - 1) % len(_COLOURS)], dtype=np.float32)
     return rgb.round().astype(np.uint8)
 
 
 def segment_images(learner: Any, size: tuple[int, int], channels: int, pixels: np.ndarray) -> torch.Tensor:
-    """Foreground probabilities of one image (uint8 ``[H, W(, C)]``) at its own size, from a learner already fitted."""
+    """Probabilities of one image (uint8 ``[H, W(, C)]``) at its own size, from a learner already fitted.
+
+    Foreground probabilities ``[H, W]`` for one class; ``[N + 1, H, W]`` (background, then the classes) for N.
+    """
     probs = learner.predict(_tensor(pixels, size, channels)[None])
     # Back to the image's own size, so the mask lines up with the image the user gave.
-    return F.interpolate(probs[:, None], size=pixels.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+    if probs.dim() == 3:
+        return F.interpolate(probs[:, None], size=pixels.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+    return F.interpolate(probs, size=pixels.shape[:2], mode="bilinear", align_corners=False)[0]
 
 
 def predict_folder(
@@ -95,7 +132,7 @@ def predict_folder(
     channels, height, width = exp.task.input_shape
     query = Path(query)
     queries = _queries(query)  # checked before anything is written
-    support_x, support_y = _support(Path(support), (height, width), channels, threshold)
+    support_x, support_y, classes = _support(Path(support), (height, width), channels, threshold)
     learner.fit(support_x, support_y)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=False)
@@ -104,13 +141,20 @@ def predict_folder(
     for path in queries:
         pixels = _open(path, mode)
         full = segment_images(learner, (height, width), channels, pixels)
-        mask = (full >= 0.5).numpy()
         # Names from the path under --query, so a/1.jpg and b/1.jpg do not overwrite each other.
         name = "_".join(path.relative_to(query).with_suffix("").parts) if query.is_dir() else path.stem
-        Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}_mask.png")
-        Image.fromarray(overlay(pixels, mask)).save(out / f"{name}_overlay.png")
-        scores, found = detect_instances(full)
-        boxes[name] = [{"box": [int(v) for v in b.tolist()], "score": round(float(s), 4)} for s, b in zip(scores, found, strict=True)]
-    result = {"out": str(out), "support_images": len(support_x), "queries": boxes}
+        if not classes:
+            mask = (full >= 0.5).numpy()
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}_mask.png")
+            Image.fromarray(overlay(pixels, mask)).save(out / f"{name}_overlay.png")
+            found = [(None, *detect_instances(full))]
+        else:
+            labels = full.argmax(0)
+            Image.fromarray(labels.numpy().astype(np.uint8)).save(out / f"{name}_mask.png")
+            Image.fromarray(overlay(pixels, labels.numpy())).save(out / f"{name}_overlay.png")
+            found = [(c, *detect_instances(full[i + 1] * (labels == i + 1))) for i, c in enumerate(classes)]
+        boxes[name] = [{**({"class": c} if c else {}), "box": [int(v) for v in b.tolist()], "score": round(float(s), 4)}
+                       for c, scores, kept in found for s, b in zip(scores, kept, strict=True)]
+    result = {"out": str(out), "support_images": len(support_x), **({"classes": classes} if classes else {}), "queries": boxes}
     write_json(out / "boxes.json", result)
     return result

@@ -28,7 +28,7 @@ class SegANIL(MaskLearner):
 
     Args:
         backbone: a fully-convolutional encoder with ``channels`` (``seg-fcn``).
-        task: a 1-way segmentation task.
+        task: a segmentation task.
         inner_steps: gradient steps on the support set during meta-training.
         inner_lr: their step size.
         eval_inner_steps: steps at evaluation (default: ``inner_steps``).

@@ -27,7 +27,7 @@ class FineTuneHead(MaskLearner):
 
     Args:
         backbone: a fully-convolutional encoder with ``channels`` (``seg-fcn``).
-        task: a 1-way segmentation task; ``task.num_classes`` sizes the training head.
+        task: a segmentation task; ``task.num_classes`` sizes the training head.
         steps: Adam steps on the support pixels at adaptation.
         lr: their learning rate.
         fg_weight: the weight of foreground pixels in both losses (see :attr:`MaskLearner.fg_weight`).
@@ -59,8 +59,9 @@ class FineTuneHead(MaskLearner):
         images, targets = [], []
         for ep in batch.tasks():
             images += [ep.support_x, ep.query_x]
-            cls = int(ep.classes.reshape(-1)[0]) + 1
-            targets += [ep.support_y * cls, ep.query_y * cls]
+            # Label i of the episode is training class classes[i - 1], index classes[i - 1] + 1 of the head.
+            lookup = torch.cat([torch.zeros(1), ep.classes.reshape(-1).float() + 1])
+            targets += [lookup[ep.support_y.long()], lookup[ep.query_y.long()]]
         # One encoder pass for the whole batch, scored at the feature grid: a cell is the class's
         # where any of its pixels is (max-pooling keeps strokes a pixel wide), 4x cheaper than
         # upsampling logits over every training class.

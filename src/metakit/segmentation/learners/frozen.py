@@ -90,7 +90,7 @@ class PretrainedPrototypes(PANet):
     Args:
         backbone: ignored (the config's ``seg-fcn`` is built but unused): the features are
             :class:`FrozenFeatures`'.
-        task: a 1-way segmentation task.
+        task: a segmentation task.
         stages, image_size: see :class:`FrozenFeatures`.
         scale: the cosine similarities are multiplied by this before the softmax.
         bg_prototypes, kmeans_steps, fg_per_shot: prototypes, as in :class:`~.panet.PANet`.

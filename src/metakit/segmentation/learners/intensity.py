@@ -25,7 +25,7 @@ class IntensityBaseline(MaskLearner):
 
     Args:
         backbone: unused (the baseline reads pixels); any backbone the config names is ignored.
-        task: a 1-way segmentation task.
+        task: a segmentation task.
         min_std: a floor on each Gaussian's standard deviation, so a flat support region does
             not give a degenerate, overconfident model.
     """

@@ -16,6 +16,10 @@ background prototypes they get one of their own, and more shots bring more of th
 their average: the shots show the class in different fonts, sizes and rotations, and an average
 of them blurs what each one shows.
 
+N-way episodes are PANet's own form: one foreground prototype (or one per shot) for each class,
+background prototypes from every support image's background, and each query location takes the
+best-matching class; the alignment loss segments each support image with the query's prototypes.
+
 ``aux_weight > 0`` adds a supervised term during meta-training: a 1x1-conv classifier on the
 encoder features must name the episode's training class at its foreground locations (support
 and query). Episodic cross-entropy alone mostly teaches "ink versus clutter"; naming the class
@@ -37,11 +41,11 @@ __all__ = ["PANet"]
 
 
 class PANet(MaskLearner):
-    """Prototype matching on ``backbone`` features (``learner: seg-panet``).
+    """Prototype matching on ``backbone`` features (``learner: seg-panet``), 1-way or N-way.
 
     Args:
         backbone: a fully-convolutional encoder with ``channels`` (``seg-fcn``).
-        task: a 1-way segmentation task.
+        task: a segmentation task.
         scale: the cosine similarities are multiplied by this before the softmax (PANet's 20).
         align_weight: the weight of the prototype alignment loss during meta-training (PANet's
             1.0); 0 turns it off.
@@ -53,6 +57,8 @@ class PANet(MaskLearner):
         fg_per_shot: one foreground prototype per support image instead of one for all of them.
         aux_weight: the weight of the supervised class term (0: off); needs ``task.num_classes``.
     """
+
+    multiway = True
 
     def __init__(
         self, backbone: nn.Module, task: TaskInfo, scale: float = 20.0, align_weight: float = 1.0, fg_weight: float = 1.0,
@@ -107,43 +113,50 @@ class PANet(MaskLearner):
         protos = (onehot.T @ points) / counts.clamp_min(1)[:, None]
         return protos[counts > 0]
 
-    def _prototypes(self, features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Foreground ``[a, D]`` and background ``[b, D]`` prototypes from features ``[n, D, h, w]`` and masks ``[n, H, W]``."""
-        small = F.interpolate(masks[:, None], size=features.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        if self.fg_per_shot and len(features) > 1:
-            shown = [i for i in range(len(features)) if small[i].sum() > 0]
-            fg = torch.stack([masked_average(features[i : i + 1], small[i : i + 1]) for i in shown])
-        else:
-            fg = masked_average(features, small)[None]
-        return fg, self._background(features, 1 - small)
+    def _prototypes(self, features: torch.Tensor, labels: torch.Tensor, ways: int) -> list[torch.Tensor]:
+        """Prototypes ``[background [b, D], class 1 [a, D], ..., class ways]`` from features ``[n, D, h, w]`` and label maps ``[n, H, W]``."""
+        small = [F.interpolate((labels == c).float()[:, None], size=features.shape[-2:], mode="bilinear",
+                               align_corners=False)[:, 0] for c in range(1, ways + 1)]
+        groups = [self._background(features, 1 - sum(small))]
+        for weights in small:
+            if self.fg_per_shot and len(features) > 1:
+                shown = [i for i in range(len(features)) if weights[i].sum() > 0]
+                groups.append(torch.stack([masked_average(features[i : i + 1], weights[i : i + 1]) for i in shown]))
+            else:
+                groups.append(masked_average(features, weights)[None])
+        return groups
 
-    def _match(self, features: torch.Tensor, protos: tuple[torch.Tensor, torch.Tensor], size: torch.Size) -> torch.Tensor:
-        """Logits ``[n, 2, H, W]`` (background, foreground): scaled cosine similarity to the prototypes, upsampled.
+    def _match(self, features: torch.Tensor, groups: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
+        """Logits ``[n, len(groups), H, W]`` (background, then each class): scaled cosine similarity, upsampled.
 
-        Each logit is the best match among that side's prototypes.
+        Each logit is the best match among that group's prototypes.
         """
         unit = F.normalize(features, dim=1, eps=1e-6)
         logits = [self.scale * torch.einsum("ndhw,kd->nkhw", unit, F.normalize(p, dim=1, eps=1e-6)).max(1).values
-                  for p in (protos[1], protos[0])]
+                  for p in groups]
         return F.interpolate(torch.stack(logits, dim=1), size=size, mode="bilinear", align_corners=False)
 
-    def prepare(self, support_x: torch.Tensor, support_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The support set's foreground and background prototypes."""
-        return self._prototypes(self._features(support_x), support_y)
+    @staticmethod
+    def _ways_of(labels: torch.Tensor) -> int:
+        return max(1, int(labels.max().item()))
 
-    def decode(self, state: tuple[torch.Tensor, torch.Tensor], query_x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, support_x: torch.Tensor, support_y: torch.Tensor) -> list[torch.Tensor]:
+        """The support set's background prototypes, then each class's (``support_y``: binary masks or N-way label maps)."""
+        return self._prototypes(self._features(support_x), support_y, self._ways_of(support_y))
+
+    def decode(self, state: list[torch.Tensor], query_x: torch.Tensor) -> torch.Tensor:
         """Query logits from the prototypes ``state``."""
         return self._match(self._features(query_x), state, query_x.shape[-2:])
 
-    def segment(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor) -> torch.Tensor:
+    def segment(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, ways: int = 1) -> torch.Tensor:
         """Query logits; in training, support and query share one encoder pass, kept for the alignment loss."""
         if not self.training:
-            return super().segment(support_x, support_y, query_x)
+            return super().segment(support_x, support_y, query_x, ways)
         # GroupNorm normalises each image on its own, so one batched pass equals two separate ones.
         features = self._features(torch.cat([support_x, query_x]))
         support_f, query_f = features[: len(support_x)], features[len(support_x):]
         self._episode_features = (support_x, query_x, support_f, query_f)
-        return self._match(query_f, self._prototypes(support_f, support_y), query_x.shape[-2:])
+        return self._match(query_f, self._prototypes(support_f, support_y, ways), query_x.shape[-2:])
 
     def extra_loss(
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, query_logits: torch.Tensor,
@@ -160,21 +173,27 @@ class PANet(MaskLearner):
             features, masks = support_f, support_y
             if query_y is not None:
                 features, masks = torch.cat([support_f, query_f]), torch.cat([support_y, query_y])
-            loss = loss + self.aux_weight * self._class_loss(features, masks, int(classes.reshape(-1)[0]))
+            loss = loss + self.aux_weight * self._class_loss(features, masks, classes.reshape(-1))
         if self.align_weight == 0:
             return loss
         # PANet uses the hard predicted mask; its gradient flows through the query features only.
-        predicted = (query_logits.argmax(1) == 1).float()
+        predicted = query_logits.argmax(1).float()
         if not predicted.any():
             return loss  # no predicted foreground: no query prototype to align
-        protos = self._prototypes(query_f, predicted)
+        protos = self._prototypes(query_f, predicted, query_logits.shape[1] - 1)
         support_logits = self._match(support_f, protos, support_x.shape[-2:])
         return loss + self.align_weight * self.pixel_loss(support_logits, support_y)
 
-    def _class_loss(self, features: torch.Tensor, masks: torch.Tensor, cls: int) -> torch.Tensor:
-        """Cross-entropy of the class head at the foreground locations of ``masks`` (the episode's class ``cls``)."""
-        small = F.interpolate(masks[:, None], size=features.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        logits = self.aux_head(features).permute(0, 2, 3, 1)[small > 0.5]  # type: ignore[misc]
+    def _class_loss(self, features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the class head at the labelled locations of ``labels`` (label ``i`` is training class ``classes[i - 1]``)."""
+        scores = self.aux_head(features).permute(0, 2, 3, 1)  # type: ignore[misc]
+        logits, targets = [], []
+        for i, cls in enumerate(classes.tolist(), start=1):
+            small = F.interpolate((labels == i).float()[:, None], size=features.shape[-2:], mode="bilinear",
+                                  align_corners=False)[:, 0]
+            logits.append(scores[small > 0.5])
+            targets.append(torch.full((len(logits[-1]),), int(cls), dtype=torch.long))
+        logits = torch.cat(logits)
         if not len(logits):
             return features.new_zeros(())
-        return F.cross_entropy(logits, torch.full((len(logits),), cls, dtype=torch.long))
+        return F.cross_entropy(logits, torch.cat(targets))
