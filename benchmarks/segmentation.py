@@ -6,6 +6,14 @@ with ``dataset.source: omniglot``, split by alphabet), evaluates on ``--seeds`` 
 ``--episodes`` test episodes per shot count (classes never seen in training), and prints one
 table: mIoU ± 95% CI over seeds, FB-IoU, AP50, median adaptation time and meta-training time.
 
+Two columns say whether a learner uses its support set. "5-shot gain" is the 5-shot mIoU minus
+the 1-shot mIoU of the same model, paired class by class (every shot count draws the same
+classes, as :func:`~metakit.segmentation.experiment.evaluate_setting` does), with a 95% CI over
+the test classes. The row ``every character`` is a class-agnostic reference, not a learner: it
+labels every character of a query scene as the class (read from the scene's own labels), which
+needs no support at all. A learner below it has learned to find characters more than to tell
+the support's character from the others.
+
     python benchmarks/segmentation.py --threads 1
     python benchmarks/segmentation.py --sets glyphs --learners intensity panet --episodes 20 --seeds 2
     python benchmarks/segmentation.py --render runs/bench-seg-*/results.json   # the markdown table again
@@ -20,20 +28,26 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from metakit.config import load_config
-from metakit.segmentation.experiment import build_seg_experiment, evaluate_seg_run
+from metakit.segmentation.episodes import SegmentationEpisodes
+from metakit.segmentation.experiment import build_seg_experiment, evaluate_seg_run, evaluate_setting
+from metakit.segmentation.learners.intensity import IntensityBaseline
 from metakit.training import Trainer
 from metakit.utils import write_json
 
 REPO = Path(__file__).resolve().parents[1]
-LEARNERS = ("intensity", "pretrained", "panet", "anil", "finetune")
+LEARNERS = ("every-character", "intensity", "pretrained", "panet", "anil", "finetune")
 
 
 def _omniglot_overrides(root: Path) -> list[str]:
@@ -48,11 +62,50 @@ def _skip_reason(scene_set: str, learner: str, omniglot: Path) -> str | None:
     return None
 
 
+class _EveryCharacter(IntensityBaseline):
+    """The class-agnostic reference: every character of the query scenes, whatever the support shows."""
+
+    def __init__(self, exp: Any, sampler: SegmentationEpisodes) -> None:
+        super().__init__(nn.Identity(), exp.task)
+        self._sampler, self._draw = sampler, sampler.sample_with_instances
+        sampler.sample_with_instances = self._sample  # type: ignore[method-assign]
+        self._answer = torch.zeros(0)
+
+    def _sample(self, generator: torch.Generator) -> tuple[Any, torch.Tensor]:
+        state = generator.get_state()
+        episode, instances = self._draw(generator)
+        chosen, picked = self._sampler._draw(torch.Generator().set_state(state))
+        query = picked[:, self._sampler.shots:].reshape(-1)
+        ink = (self._sampler.scenes.labels[query] >= 0).float()
+        # At N ways a character of none of the episode's classes is still "a character": the
+        # reference gives it to the first class, as a detector that knows no classes would.
+        self._answer = ink if episode.ways == 1 else torch.cat([1 - ink[:, None], ink[:, None], torch.zeros(
+            len(ink), episode.ways - 1, *ink.shape[1:])], dim=1)
+        return episode, instances
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, ways: int = 1) -> Any:
+        return lambda query_x: self._answer
+
+
+def run_reference(scene_set: str, args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
+    """The ``every character`` rows: evaluated like a learner on the same episodes, nothing trained."""
+    exp = build_seg_experiment(load_config(REPO / "configs" / "seg-glyphs-intensity.yaml", overrides))
+    results = []
+    for ways in args.ways:
+        for shots in (1, 5):
+            sampler = exp.source("test", ways, shots, exp.config.eval.queries)
+            results += evaluate_setting(_EveryCharacter(exp, sampler), sampler, args.episodes, args.seeds, exp.config.eval.seed)[0]
+    return {"set": scene_set, "learner": "every character (class-agnostic reference)", "steps": 0, "train_seconds": 0.0,
+            "wall_seconds": 0.0, "results": results}
+
+
 def run_one(scene_set: str, learner: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Meta-train (or validate once, for the learners with nothing to train) and evaluate one learner on one scene set."""
     overrides = [f"train.threads={args.threads}", *(args.overrides or [])]
     if scene_set == "omniglot":
         overrides += _omniglot_overrides(Path(args.omniglot))
+    if learner == "every-character":
+        return run_reference(scene_set, args, overrides)
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
     shots, name = [1, 5], f"seg-{learner}"
@@ -67,37 +120,53 @@ def run_one(scene_set: str, learner: str, args: argparse.Namespace, out: Path) -
     start = time.perf_counter()
     summary = Trainer(build_seg_experiment(config), run_dir, progress=not args.no_progress, domain="segmentation").fit()
     wall = time.perf_counter() - start
-    result = evaluate_seg_run(run_dir, episodes=args.episodes, seeds=args.seeds, shots=shots)
+    result = evaluate_seg_run(run_dir, episodes=args.episodes, seeds=args.seeds, shots=shots, ways=args.ways)
     return {"set": scene_set, "learner": name, "steps": summary.get("steps"),
             "train_seconds": summary.get("train_seconds") or 0.0, "wall_seconds": wall, "results": result["results"]}
 
 
+def shot_gain(five: dict[str, Any], one: dict[str, Any]) -> str:
+    """5-shot minus 1-shot IoU, paired class by class, ± the 95% CI over the classes both rows scored."""
+    a, b = one.get("per_class"), five.get("per_class")
+    if not a or not b:
+        return ""
+    diffs = [b[c] - a[c] for c in a if c in b]
+    if len(diffs) < 2:
+        return ""
+    return f"{statistics.fmean(diffs):+.3f} ± {1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs)):.3f}"
+
+
 def _cells(row: dict[str, Any]) -> list[list[str]]:
-    """One line per shot count: scenes, learner, shots, mIoU, FB-IoU, AP50, adaptation, meta-training."""
-    by = {(r["metric"], r["shots"]): r for r in row["results"]}
+    """One line per (ways, shots): scenes, learner, episodes, mIoU, 5-shot gain, FB-IoU, AP50, adaptation, meta-training."""
+    by = {(r["metric"], r.get("ways", 1), r["shots"]): r for r in row["results"]}
     lines = []
-    for shots in sorted({r["shots"] for r in row["results"]}):
-        cells = [f"{by[(m, shots)]['mean']:.3f} ± {by[(m, shots)]['ci95']:.3f}" for m in ("miou", "fb_iou", "ap50")]
-        adapt = by[("miou", shots)]["median_adapt_seconds"] * 1000
+    for ways, shots in sorted({(r.get("ways", 1), r["shots"]) for r in row["results"]}):
+        cells = [f"{by[(m, ways, shots)]['mean']:.3f} ± {by[(m, ways, shots)]['ci95']:.3f}" for m in ("miou", "fb_iou", "ap50")]
+        gain = shot_gain(by[("miou", ways, shots)], by[("miou", ways, 1)]) if shots > 1 and ("miou", ways, 1) in by else ""
+        adapt = by[("miou", ways, shots)]["median_adapt_seconds"] * 1000
         steps = row["steps"] or 0
         train = f"{steps:,} steps, {row['train_seconds']:.0f} s" if row["train_seconds"] > 1 else "none"
-        lines.append([row["set"], f"`{row['learner']}`", str(shots), *cells, f"{adapt:.1f} ms", train])
+        lines.append([row["set"], f"`{row['learner']}`", f"{ways}-way {shots}-shot", cells[0], gain, *cells[1:],
+                      f"{adapt:.1f} ms", train])
     return lines
+
+
+COLUMNS = ("scenes", "learner", "episodes", "mIoU", "5-shot gain (paired)", "FB-IoU", "AP50", "adaptation (median)", "meta-training")
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The table as docs/benchmarks.md holds it."""
-    head = "| scenes | learner | shots | mIoU | FB-IoU | AP50 | adaptation (median) | meta-training |"
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    head = "| " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join(cells) + " |" for row in rows for cells in _cells(row)]
     return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]], episodes: int, seeds: int) -> Table:
     """The benchmark's table, one line per (scene set, learner, shots)."""
-    t = Table(title=f"few-shot segmentation, 1-way; mean ± 95% CI over {seeds} seeds x {episodes} test episodes")
-    for col in ("scenes", "learner", "shots", "mIoU", "FB-IoU", "AP50", "adaptation (median)", "meta-training"):
-        t.add_column(col, justify="left" if col in ("scenes", "learner") else "right")
+    t = Table(title=f"few-shot segmentation; mean ± 95% CI over {seeds} seeds x {episodes} test episodes")
+    for col in COLUMNS:
+        t.add_column(col, justify="left" if col in ("scenes", "learner", "episodes") else "right")
     for row in rows:
         for cells in _cells(row):
             t.add_row(*cells)
@@ -111,6 +180,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100, help="test episodes per seed and shot count (default 100)")
     parser.add_argument("--seeds", type=int, default=5, help="episode sets, each from its own seed (default 5)")
     parser.add_argument("--steps", type=int, help="meta-training steps per run (default: the configs')")
+    parser.add_argument("--ways", type=int, nargs="+", default=[1], help="classes per test episode (default 1; e.g. 1 2)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train-shots", type=int, help="meta-train on episodes of this many shots and test at it only")
     parser.add_argument("--meta-batch", type=int, default=2, help="episodes per meta-batch with --train-shots (default 2)")

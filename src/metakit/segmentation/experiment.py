@@ -157,12 +157,15 @@ def evaluate_setting(
 
     Set ``s`` is drawn from seed ``seed + s``, so every learner sees the same episodes (and, at
     every shot count, the same classes in the same order). Returns the result rows and, for the
-    grid figure, (query, true labels, predicted labels) of the first few queries.
+    grid figure, (query, true labels, predicted labels) of the first few queries. The mIoU row
+    also has ``per_class``: each test class's IoU over all its episodes of every seed, which pairs
+    one learner or shot count with another class by class.
     """
     learner.eval()
     miou, fbiou, ap50, times = [], [], [], []
     examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     names = sampler.scenes.class_names
+    pooled = IoUAccumulator()
     with torch.no_grad():
         for s in range(seeds):
             acc = IoUAccumulator()
@@ -179,12 +182,15 @@ def evaluate_setting(
                 labels = _score_episode(acc, names, ep, probs, instances, detections, truths)
                 if len(examples) < 6 and s == 0:
                     examples.append((ep.query_x[0], ep.query_y[0], labels[0]))
+            pooled.add(acc)
             miou.append(acc.miou())
             fbiou.append(acc.fb_iou())
             ap50.append(average_precision(detections, truths, iou=0.5))
     adapt = statistics.median(times)
     shape = (episodes * seeds, sampler, adapt)
-    return [_row("miou", miou, *shape), _row("fb_iou", fbiou, *shape), _row("ap50", ap50, *shape)], examples
+    rows = [_row("miou", miou, *shape), _row("fb_iou", fbiou, *shape), _row("ap50", ap50, *shape)]
+    rows[0]["per_class"] = pooled.per_class()
+    return rows, examples
 
 
 def grid_figure(examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], title: str) -> Any:

@@ -172,6 +172,15 @@ class IoUAccumulator:
             self.fb_intersection[k] += float((pp & tt).sum())
             self.fb_union[k] += float((pp | tt).sum())
 
+    def add(self, other: IoUAccumulator) -> None:
+        """Add everything ``other`` has summed (another seed's episodes) to these sums."""
+        for c in other.intersection:
+            self.intersection[c] = self.intersection.get(c, 0.0) + other.intersection[c]
+            self.union[c] = self.union.get(c, 0.0) + other.union[c]
+        for k in range(2):
+            self.fb_intersection[k] += other.fb_intersection[k]
+            self.fb_union[k] += other.fb_union[k]
+
     def per_class(self) -> dict[str, float]:
         """IoU of each class seen (a class whose masks and predictions are all empty counts as 1)."""
         return {c: self.intersection[c] / self.union[c] if self.union[c] else 1.0 for c in self.intersection}
