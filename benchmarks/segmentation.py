@@ -12,11 +12,14 @@ classes, as :func:`~metakit.segmentation.experiment.evaluate_setting` does), wit
 the test classes. The row ``every character`` is a class-agnostic reference, not a learner: it
 labels every character of a query scene as the class (read from the scene's own labels), which
 needs no support at all. A learner below it has learned to find characters more than to tell
-the support's character from the others.
+the support's character from the others. A second table says it directly: the share of the
+class's pixels a learner marks, and the share of the *other* characters' pixels it marks too
+(1-way test episodes, pooled over pixels).
 
     python benchmarks/segmentation.py --threads 1
     python benchmarks/segmentation.py --sets glyphs --learners intensity panet --episodes 20 --seeds 2
     python benchmarks/segmentation.py --render runs/bench-seg-*/results.json   # the markdown table again
+    python benchmarks/segmentation.py --sets glyphs --ways 2 --resume --out runs/bench-seg-glyphs --results results-2way.json
 
 The Omniglot rows need ``../shared/data/omniglot/images_background.zip`` beside the repository
 (or ``--omniglot PATH``); without it they are skipped with the reason. ``seg-pretrained`` needs
@@ -40,6 +43,8 @@ from rich.table import Table
 from torch import nn
 
 from metakit.config import load_config
+from metakit.episodes import episode_seed
+from metakit.runs import load_run_config, load_weights
 from metakit.segmentation.episodes import SegmentationEpisodes
 from metakit.segmentation.experiment import build_seg_experiment, evaluate_seg_run, evaluate_setting
 from metakit.segmentation.learners.intensity import IntensityBaseline
@@ -99,6 +104,23 @@ def run_reference(scene_set: str, args: argparse.Namespace, overrides: list[str]
             "wall_seconds": 0.0, "results": results}
 
 
+def discrimination(learner: Any, sampler: SegmentationEpisodes, episodes: int, seed: int) -> dict[str, float]:
+    """Shares of the class's pixels and of the other characters' pixels that ``learner`` marks as the class (1 way)."""
+    marked = {"class": [0.0, 0.0], "others": [0.0, 0.0]}  # marked pixels, all pixels
+    learner.eval()
+    with torch.no_grad():
+        for i in range(episodes):
+            chosen, picked = sampler._draw(torch.Generator().manual_seed(episode_seed(seed, i)))
+            episode = sampler._episode(chosen, picked)
+            query = picked[:, sampler.shots:].reshape(-1)
+            predicted = learner.adapt(episode.support_x, episode.support_y, 1)(episode.query_x) >= 0.5
+            target = episode.query_y > 0.5
+            for key, where in (("class", target), ("others", (sampler.scenes.labels[query] >= 0) & ~target)):
+                marked[key][0] += float((predicted & where).sum())
+                marked[key][1] += float(where.sum())
+    return {key: m / n if n else math.nan for key, (m, n) in marked.items()}
+
+
 def run_one(scene_set: str, learner: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Meta-train (or validate once, for the learners with nothing to train) and evaluate one learner on one scene set."""
     overrides = [f"train.threads={args.threads}", *(args.overrides or [])]
@@ -118,10 +140,15 @@ def run_one(scene_set: str, learner: str, args: argparse.Namespace, out: Path) -
     config = load_config(REPO / "configs" / f"seg-glyphs-{learner}.yaml", overrides)
     run_dir = out / f"{scene_set}-{learner}" if not args.train_shots else out / f"{scene_set}-{learner}-{args.train_shots}shot"
     start = time.perf_counter()
-    summary = Trainer(build_seg_experiment(config), run_dir, progress=not args.no_progress, domain="segmentation").fit()
+    summary = Trainer(build_seg_experiment(config), run_dir, resume=args.resume, progress=not args.no_progress,
+                      domain="segmentation").fit()
     wall = time.perf_counter() - start
     result = evaluate_seg_run(run_dir, episodes=args.episodes, seeds=args.seeds, shots=shots, ways=args.ways)
-    return {"set": scene_set, "learner": name, "steps": summary.get("steps"),
+    exp = build_seg_experiment(load_run_config(run_dir))
+    exp.learner.load_state_dict(load_weights(run_dir))
+    marked = {k: discrimination(exp.learner, exp.source("test", 1, k, exp.config.eval.queries), args.episodes, exp.config.eval.seed)
+              for k in shots} if 1 in args.ways else {}
+    return {"set": scene_set, "learner": name, "steps": summary.get("steps"), "marked": marked,
             "train_seconds": summary.get("train_seconds") or 0.0, "wall_seconds": wall, "results": result["results"]}
 
 
@@ -162,6 +189,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def marked_markdown(rows: list[dict[str, Any]]) -> str:
+    """The class-discrimination table: shares of the class's and of the other characters' pixels marked."""
+    lines = ["| scenes | learner | shots | class pixels marked | other characters' pixels marked |", "|---|---|---:|---:|---:|"]
+    for row in rows:
+        for shots, m in sorted((int(k), v) for k, v in (row.get("marked") or {}).items()):
+            lines.append(f"| {row['set']} | `{row['learner']}` | {shots} | {m['class']:.3f} | {m['others']:.3f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]], episodes: int, seeds: int) -> Table:
     """The benchmark's table, one line per (scene set, learner, shots)."""
     t = Table(title=f"few-shot segmentation; mean ± 95% CI over {seeds} seeds x {episodes} test episodes")
@@ -188,11 +224,15 @@ def main() -> None:
     parser.add_argument("--overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     parser.add_argument("--out", default=str(REPO / "runs" / f"bench-segmentation-{time.strftime('%Y%m%d-%H%M%S')}"))
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse (or finish) the runs already in --out, e.g. to evaluate them at other --ways")
+    parser.add_argument("--results", default="results.json", help="the results file's name in --out (default results.json)")
     parser.add_argument("--render", nargs="+", metavar="JSON", help="print the markdown table of results.json files and stop")
     args = parser.parse_args()
     console = Console()
     if args.render:
-        print(markdown([row for path in args.render for row in json.loads(Path(path).read_text())["rows"]]))
+        rendered = [row for path in args.render for row in json.loads(Path(path).read_text())["rows"]]
+        print(markdown(rendered) + "\n\n" + marked_markdown(rendered))
         return
     out = Path(args.out)
     rows = []
@@ -203,12 +243,12 @@ def main() -> None:
                 console.print(f"skipped {scene_set} / seg-{learner}: {reason}")
                 continue
             rows.append(run_one(scene_set, learner, args, out))
-            write_json(out / "results.json", {"episodes": args.episodes, "seeds": args.seeds, "threads": args.threads,
-                                              "rows": rows})
+            write_json(out / args.results, {"episodes": args.episodes, "seeds": args.seeds, "threads": args.threads,
+                                            "rows": rows})
             console.print(f"done {scene_set} / seg-{learner} ({rows[-1]['wall_seconds']:.0f} s)")
     console.print(table(rows, args.episodes, args.seeds))
-    print(markdown(rows))
-    console.print(f"results: {out / 'results.json'}")
+    print(markdown(rows) + "\n\n" + marked_markdown(rows))
+    console.print(f"results: {out / args.results}")
     print(json.dumps({"out": str(out)}))
 
 

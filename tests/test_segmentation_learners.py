@@ -227,6 +227,38 @@ def test_anil_adapts_its_head_on_the_support_and_meta_learns_through_the_steps()
         SegANIL(_Pixels(), TASK, inner_lr=0)
 
 
+def test_anil_with_a_prototype_head_starts_as_panet_and_meta_learns_the_scale() -> None:
+    from metakit.episodes import Episode, collate
+
+    support_x, support_y = _two_colour(2)
+    query_x, query_y = _two_colour(5)
+    # Scale 2: the cosine logits do not saturate, so the inner steps have gradients to follow.
+    learner = SegANIL(_Pixels(), TASK, head_init="prototypes", eval_inner_steps=0, scale=2.0)
+    assert not hasattr(learner, "head")
+    learner.eval()
+    with torch.no_grad():
+        start = learner.adapt(support_x, support_y, 1)(query_x)
+        panet = PANet(_Pixels(), TASK, scale=2.0).adapt(support_x, support_y, 1)(query_x)
+    assert torch.allclose(start, panet, atol=1e-5)  # before any step: PANet's cosine matching
+    learner.eval_inner_steps = 5
+    with torch.no_grad():
+        stepped = learner.adapt(support_x, support_y, 1)(query_x)
+        moved = learner.prepare(support_x, support_y)["weight"]
+        learner.eval_inner_steps = 0
+        assert not torch.allclose(moved, learner.prepare(support_x, support_y)["weight"])  # the steps refine the head
+    assert torch.equal(stepped >= 0.5, query_y.bool())
+    # The swapped masks give the swapped answer: the head comes from the support, not from training.
+    with torch.no_grad():
+        assert torch.equal(learner.adapt(support_x, 1 - support_y, 1)(query_x) >= 0.5, ~query_y.bool())
+    encoder = nn.Conv2d(2, 8, 3, padding=1)
+    encoder.channels = 8
+    meta = SegANIL(encoder, TASK, inner_steps=2, head_init="prototypes", first_order=True)
+    meta.meta_step(collate([Episode(support_x, support_y, query_x, query_y, 1, 2, 5, torch.tensor([0]))]))
+    assert meta.log_scale.grad.abs() > 0 and encoder.weight.grad.abs().sum() > 0
+    with pytest.raises(MetakitError, match="head_init 'learned' or 'prototypes'"):
+        SegANIL(_Pixels(), TASK, head_init="zeros")
+
+
 def test_intensity_baseline_finds_bright_foreground_and_has_nothing_to_train() -> None:
     support_y = torch.zeros(1, 8, 8)
     support_y[0, 2:5, 2:5] = 1
