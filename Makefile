@@ -11,7 +11,7 @@ CONSTRAINTS := constraints.txt
 # The drift check's venv: the same install without constraints.
 LATEST := .venv-latest
 
-.PHONY: demo test install install-dev bench lock test-latest clean
+.PHONY: demo test install install-dev bench bench-segmentation lock test-latest clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,17 @@ lock: test-latest
 bench: install
 	$(PY) benchmarks/maml_throughput.py
 	$(PY) benchmarks/sinusoid_maml.py --steps 6000 --threads 2
+
+# The few-shot segmentation table of docs/benchmarks.md (issue #22): both scene sets, every learner,
+# 1 and 5 shots, 1 and 2 ways; about 40 minutes with the two sets side by side on 2 cores.
+SEG = $(PY) benchmarks/segmentation.py --steps 1500 --seeds 5 --threads 1 --no-progress
+bench-segmentation: install-dev  # dev holds the vision extra (timm) for seg-pretrained
+	for set in glyphs omniglot; do ( \
+	  $(SEG) --sets $$set --out runs/bench-seg-$$set --learners every-character intensity panet anil --episodes 400 && \
+	  $(SEG) --sets $$set --out runs/bench-seg-$$set --learners pretrained finetune --episodes 80 --results results-slow.json && \
+	  $(SEG) --sets $$set --out runs/bench-seg-$$set --learners every-character intensity pretrained panet anil --episodes 80 \
+	    --ways 2 --resume --results results-2way.json ) & done; wait
+	$(PY) benchmarks/segmentation.py --render runs/bench-seg-*/results*.json
 
 clean:
 	rm -rf $(VENV) $(LATEST) build dist src/*.egg-info

@@ -721,3 +721,47 @@ def test_serve_shows_the_overlay_of_an_uploaded_query(trained, tmp_path, monkeyp
     bad = client.post("/predict", files=[upload[0], ("mask", ("0.png", small.getvalue())), upload[4]])
     assert bad.status_code == 400 and "8x8 but its image 0.jpg is 32x32" in bad.json()["error"]
     assert client.post("/predict", json={}).status_code == 415
+
+
+def _benchmark_module():
+    import importlib.util as iu
+    from pathlib import Path
+
+    spec = iu.spec_from_file_location("seg_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "segmentation.py")
+    bench = iu.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_pairs_the_shot_gain_by_class_and_measures_class_discrimination(tmp_path, monkeypatch) -> None:
+    from metakit.segmentation.experiment import evaluate_setting
+
+    bench = _benchmark_module()
+    gain = bench.shot_gain({"per_class": {"a": 0.5, "b": 0.7}}, {"per_class": {"a": 0.4, "b": 0.4, "c": 0.9}})
+    assert gain == f"+0.200 ± {1.96 * 0.1414213 / 2 ** 0.5:.3f}"  # only the classes both rows scored are paired
+    assert bench.shot_gain({"per_class": {"a": 0.5}}, {"per_class": {"a": 0.4}}) == ""
+
+    monkeypatch.setenv("METAKIT_CACHE", str(tmp_path / "cache"))
+    exp = build_seg_experiment(config_from_dict(_config(eval={"shots": [1]})))
+    sampler = exp.source("test", 1, 1, 2)
+    # The class-agnostic reference marks every character: all of the class, all of the others.
+    reference = bench._EveryCharacter(exp, sampler)
+    rows = {r["metric"]: r for r in evaluate_setting(reference, sampler, 6, 1, 0)[0]}
+    assert 0 < rows["miou"]["mean"] < 1 and rows["fb_iou"]["mean"] > 0.5
+
+    class Truth(IntensityBaseline):
+        def adapt(self, support_x, support_y, ways=1):
+            return lambda query_x: self.answer
+
+    oracle = Truth(nn.Identity(), exp.task)
+    plain = exp.source("test", 1, 1, 2)
+    original = plain._episode
+
+    def episode(chosen, picked):
+        ep = original(chosen, picked)
+        oracle.answer = ep.query_y
+        return ep
+
+    plain._episode = episode
+    # A learner that marks exactly the class marks none of the other characters.
+    assert bench.discrimination(oracle, plain, 6, 0) == {"class": 1.0, "others": 0.0}
