@@ -197,6 +197,11 @@ def test_finetune_head_starts_at_the_prototypes_and_fits_the_support() -> None:
     assert torch.equal(learner.adapt(support_x, 1 - support_y, 1)(query_x) >= 0.5, ~query_y.bool())
     with pytest.raises(MetakitError, match="steps >= 0"):
         FineTuneHead(_Pixels(), task, steps=-1)
+    # A fixed foreground weight in the support loss instead of the 1:1 balance.
+    learner = FineTuneHead(_Pixels(), task, steps=20, support_fg_weight=20.0)
+    assert torch.equal(learner.adapt(support_x, support_y, 1)(query_x) >= 0.5, query_y.bool())
+    with pytest.raises(MetakitError, match="support_fg_weight > 0"):
+        FineTuneHead(_Pixels(), task, support_fg_weight=0.0)
 
 
 def test_anil_adapts_its_head_on_the_support_and_meta_learns_through_the_steps() -> None:

@@ -33,11 +33,13 @@ class FineTuneHead(MaskLearner):
         fg_weight: the weight of foreground pixels in both losses (see :attr:`MaskLearner.fg_weight`).
         scale: the new head is a cosine classifier (the features are L2-normalised per location, so
             one learning rate suits every encoder); its cosines are multiplied by this.
+        support_fg_weight: the weight of foreground pixels in the support loss; ``None`` weighs
+            the two classes 1:1 (inverse frequency: about 50 for a character on 2% of a scene).
     """
 
     def __init__(
         self, backbone: nn.Module, task: TaskInfo, steps: int = 50, lr: float = 0.01, fg_weight: float = 5.0,
-        scale: float = 20.0,
+        scale: float = 20.0, support_fg_weight: float | None = None,
     ) -> None:
         super().__init__(backbone, task)
         if steps < 0 or lr <= 0 or fg_weight <= 0 or scale <= 0:
@@ -49,6 +51,9 @@ class FineTuneHead(MaskLearner):
         if not hasattr(backbone, "channels") or not task.num_classes:
             raise MetakitError("seg-finetune needs a fully-convolutional backbone such as seg-fcn and a class count.")
         self.steps, self.lr = int(steps), float(lr)
+        if support_fg_weight is not None and support_fg_weight <= 0:
+            raise MetakitError(f"seg-finetune needs support_fg_weight > 0 (or null: balanced), got {support_fg_weight}.")
+        self.support_fg_weight = None if support_fg_weight is None else float(support_fg_weight)
         # Index 0 is background; training class c is c + 1.
         self.classifier = nn.Conv2d(backbone.channels, task.num_classes + 1, 1)
 
@@ -91,10 +96,13 @@ class FineTuneHead(MaskLearner):
         weight, bias = weight.clone().requires_grad_(True), torch.zeros(2, requires_grad=True)
         with torch.enable_grad():
             # The loss is on the images' own pixels: strokes a pixel or two wide vanish from a downsampled mask.
-            # Classes weighted by inverse frequency: a character covers a few percent of a scene, and
-            # a plain loss on so few pixels is lowest with no foreground at all.
-            fg = support_y.mean().clamp(1e-3, 1 - 1e-3)
-            balance = torch.stack([0.5 / (1 - fg), 0.5 / fg])
+            # A character covers a few percent of a scene, and a plain loss on so few pixels is
+            # lowest with no foreground at all; weighted 1:1, the head marks every character instead.
+            if self.support_fg_weight is None:
+                fg = support_y.mean().clamp(1e-3, 1 - 1e-3)
+                balance = torch.stack([0.5 / (1 - fg), 0.5 / fg])
+            else:
+                balance = torch.tensor([1.0, self.support_fg_weight])
             target = support_y.long()
             opt = torch.optim.Adam([weight, bias], lr=self.lr)
             for _ in range(self.steps):
