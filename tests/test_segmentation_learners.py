@@ -770,3 +770,14 @@ def test_benchmark_pairs_the_shot_gain_by_class_and_measures_class_discriminatio
     plain._episode = episode
     # A learner that marks exactly the class marks none of the other characters.
     assert bench.discrimination(oracle, plain, 6, 0) == {"class": 1.0, "others": 0.0}
+
+
+def test_n_way_instances_are_the_pixels_each_class_wins_even_below_one_half() -> None:
+    """Three labels: a class can win a pixel with probability 0.4; its instance is still found."""
+    from metakit.segmentation.metrics import detect_instances
+
+    probs = torch.zeros(8, 8)
+    probs[2:5, 2:5] = 0.4
+    assert len(detect_instances(probs)[0]) == 0  # the one-class rule: nothing >= 0.5
+    scores, boxes = detect_instances(probs, mask=probs > 0.3)
+    assert scores.tolist() == [pytest.approx(0.4)] and boxes.tolist() == [[2.0, 2.0, 5.0, 5.0]]

@@ -144,7 +144,7 @@ def _score_episode(
     for i, cls in enumerate(ep.classes.tolist(), start=1):
         acc.update(names[cls], labels == i, truth == i, fb=False)
         for q in range(len(probs)):
-            detections.append(detect_instances(probs[q, i] * (labels[q] == i)))
+            detections.append(detect_instances(probs[q, i], mask=labels[q] == i))
             truths.append(boxes_of(instances[q] * (truth[q] == i)))
     acc.update_fb(labels > 0, truth > 0)
     return labels

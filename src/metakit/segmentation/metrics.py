@@ -77,13 +77,17 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter).clamp_min(1e-12)
 
 
-def detect_instances(probs: torch.Tensor, threshold: float = 0.5, min_pixels: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def detect_instances(
+    probs: torch.Tensor, threshold: float = 0.5, min_pixels: int = 4, mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Instances of a foreground probability map ``[H, W]``: ``(scores [n], boxes [n, 4])``.
 
-    The components of ``probs >= threshold`` with at least ``min_pixels`` pixels (smaller ones are
-    speckle) are the instances; each one's score is its mean probability.
+    The components of ``mask`` (default ``probs >= threshold``) with at least ``min_pixels``
+    pixels (smaller ones are speckle) are the instances; each one's score is its mean
+    probability. An N-way prediction passes the pixels where its class is the most probable
+    as ``mask``: with three or more labels the winner can have a probability below 0.5.
     """
-    comps = connected_components(probs >= threshold)
+    comps = connected_components(probs >= threshold if mask is None else mask)
     scores, keep = [], []
     for i in range(1, int(comps.max()) + 1):
         inside = comps == i

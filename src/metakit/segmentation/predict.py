@@ -152,7 +152,7 @@ def predict_folder(
             labels = full.argmax(0)
             Image.fromarray(labels.numpy().astype(np.uint8)).save(out / f"{name}_mask.png")
             Image.fromarray(overlay(pixels, labels.numpy())).save(out / f"{name}_overlay.png")
-            found = [(c, *detect_instances(full[i + 1] * (labels == i + 1))) for i, c in enumerate(classes)]
+            found = [(c, *detect_instances(full[i + 1], mask=labels == i + 1)) for i, c in enumerate(classes)]
         boxes[name] = [{**({"class": c} if c else {}), "box": [int(v) for v in b.tolist()], "score": round(float(s), 4)}
                        for c, scores, kept in found for s, b in zip(scores, kept, strict=True)]
     result = {"out": str(out), "support_images": len(support_x), **({"classes": classes} if classes else {}), "queries": boxes}
