@@ -121,6 +121,22 @@ def test_episodes_are_one_way_k_shot_with_masks_of_one_class(scene_sets) -> None
     assert torch.equal(inst > 0, ep.query_y.bool())
 
 
+def test_episodes_can_label_every_object_for_supervised_training(scene_sets) -> None:
+    """``labels="all"``: the same draw, with every object marked 1 + its class (the transfer baseline trains on it)."""
+    train = scene_sets["train"]
+    episode = SegmentationEpisodes(train, shots=2, queries=2).sample(torch.Generator().manual_seed(0))
+    every = SegmentationEpisodes(train, shots=2, queries=2, labels="all").sample(torch.Generator().manual_seed(0))
+    assert torch.equal(every.support_x, episode.support_x) and torch.equal(every.classes, episode.classes)
+    cls = int(every.classes.item())
+    for ys, images in ((every.support_y, every.support_x), (every.query_y, every.query_x)):
+        for img, y in zip(images, ys, strict=True):
+            (i,) = [i for i in range(len(train.images)) if torch.equal(train.images[i].float() / 255, img)]
+            assert torch.equal(y.long(), train.labels[i] + 1)
+            assert (y == cls + 1).any() and len(y.unique()) > 2  # the episode's class and others
+    with pytest.raises(MetakitError, match="label 'episode' classes or 'all'"):
+        SegmentationEpisodes(train, shots=1, queries=1, labels="some")
+
+
 def test_fixed_episodes_repeat_and_differ_by_seed(scene_sets) -> None:
     sampler = SegmentationEpisodes(scene_sets["test"], shots=1, queries=2)
     a, b = FixedEpisodes(sampler, 5, seed=3), FixedEpisodes(sampler, 5, seed=3)

@@ -17,6 +17,7 @@ from metakit.cli import main
 from metakit.config import config_from_dict
 from metakit.errors import MetakitError
 from metakit.learners import TaskInfo
+from metakit.runs import load_run_config
 from metakit.segmentation.experiment import build_seg_experiment, evaluate_seg_run
 from metakit.segmentation.learners.anil import SegANIL
 from metakit.segmentation.learners.base import masked_average
@@ -202,6 +203,34 @@ def test_finetune_head_starts_at_the_prototypes_and_fits_the_support() -> None:
     assert torch.equal(learner.adapt(support_x, support_y, 1)(query_x) >= 0.5, query_y.bool())
     with pytest.raises(MetakitError, match="support_fg_weight > 0"):
         FineTuneHead(_Pixels(), task, support_fg_weight=0.0)
+
+
+def test_finetune_can_tune_the_encoders_last_layer_without_touching_the_model() -> None:
+    from metakit.segmentation.backbone import SegFCN
+    from metakit.segmentation.learners.finetune import _last_layer
+
+    torch.manual_seed(0)
+    backbone = SegFCN(2, hidden=8, layers=2, pools=0)
+    # The last conv and its norm; nothing before them.
+    assert _last_layer(backbone) == {"net.3.weight", "net.3.bias", "net.4.weight", "net.4.bias"}
+    task = TaskInfo("segmentation", (2, 8, 8), 1, num_classes=4)
+    support_x, support_y = _two_colour(2)
+    query_x, query_y = _two_colour(5)
+    frozen = FineTuneHead(backbone, task, steps=5)
+    tuned, _, _ = frozen.prepare(support_x, support_y)
+    assert tuned == {}
+    learner = FineTuneHead(backbone, task, steps=5, encoder_steps=30, encoder_lr=0.01)
+    before = {n: p.clone() for n, p in backbone.named_parameters()}
+    tuned, _, _ = learner.prepare(support_x, support_y)
+    assert set(tuned) == _last_layer(backbone)
+    assert any(not torch.equal(tuned[n], before[n]) for n in tuned)
+    # The model's own weights are untouched and collect no gradient: every episode starts from them.
+    assert all(torch.equal(p, before[n]) and p.grad is None for n, p in backbone.named_parameters())
+    with torch.no_grad():
+        probs = learner.adapt(support_x, support_y, 1)(query_x)
+    assert ((probs >= 0.5) == query_y.bool()).float().mean() > 0.95
+    with pytest.raises(MetakitError, match="encoder_steps >= 0"):
+        FineTuneHead(backbone, task, encoder_steps=-1)
 
 
 def test_anil_adapts_its_head_on_the_support_and_meta_learns_through_the_steps() -> None:
@@ -420,7 +449,10 @@ def test_core_commands_hand_a_segmentation_run_to_the_domain(trained, tmp_path) 
 
 
 def test_finetune_trains_through_the_shared_trainer(trained) -> None:
+    """It trains on every object of a scene, labelled with its training class, not only the episode's."""
     run = trained["finetune"]
+    exp = build_seg_experiment(load_run_config(run))
+    assert exp.train_source().labels == "all" and exp.val_source().labels == "episode"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
     assert len(train) >= 2 and train[-1]["loss"] < train[0]["loss"]

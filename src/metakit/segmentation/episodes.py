@@ -30,8 +30,11 @@ class SegmentationEpisodes:
     :attr:`skipped`); with ``strict`` (a user's own data, where a short class is a mistake) any
     such class is an error instead.
 
+    ``labels`` is ``"episode"`` (the episode's classes, the few-shot task) or ``"all"`` (every
+    object with its class in the split, for supervised training).
+
     Raises:
-        MetakitError: ``ways``, ``shots`` or ``queries`` below 1, fewer usable classes than
+        MetakitError: an unknown ``labels``, ``ways``, ``shots`` or ``queries`` below 1, fewer usable classes than
             ``ways``, or a short class (the short classes are named): any with ``strict``, else
             when every class is short.
     """
@@ -41,12 +44,17 @@ class SegmentationEpisodes:
     #: Draws of ``ways`` classes tried before giving up on finding scenes enough for all of them.
     _TRIES = 100
 
-    def __init__(self, scenes: SceneSet, shots: int, queries: int, strict: bool = False, ways: int = 1) -> None:
+    def __init__(
+        self, scenes: SceneSet, shots: int, queries: int, strict: bool = False, ways: int = 1, labels: str = "episode"
+    ) -> None:
+        if labels not in ("episode", "all"):
+            raise MetakitError(f"segmentation episodes label 'episode' classes or 'all' of them, got {labels!r}.")
         if shots < 1 or queries < 1 or ways < 1:
             raise MetakitError(
                 f"segmentation episodes need ways >= 1, shots >= 1 and queries >= 1, got {ways}, {shots} and {queries}."
             )
         self.scenes, self.shots, self.queries, self.ways = scenes, int(shots), int(queries), int(ways)
+        self.labels = labels
         need = self.shots + self.queries
         occ = scenes.occurrences()
         self.classes = [c for c in range(scenes.num_classes) if len(occ[c]) >= need]
@@ -101,12 +109,16 @@ class SegmentationEpisodes:
     def _episode(self, chosen: list[int], picked: torch.Tensor) -> Episode:
         k = self.shots
         support, query = picked[:, :k].reshape(-1), picked[:, k:].reshape(-1)
-        # Each support image is labelled with its own class: as one-class masks (fss-folder, a
-        # user's annotations) are.
-        support_y = torch.cat([(i + 1) * self.scenes.mask(picked[i, :k], cls) for i, cls in enumerate(chosen)])
+        if self.labels == "all":
+            support_y, query_y = (self.scenes.labels[support] + 1).float(), (self.scenes.labels[query] + 1).float()
+        else:
+            # Each support image is labelled with its own class: as one-class masks (fss-folder, a
+            # user's annotations) are.
+            support_y = torch.cat([(i + 1) * self.scenes.mask(picked[i, :k], cls) for i, cls in enumerate(chosen)])
+            query_y = self._labels(query, chosen)
         return Episode(
             support_x=self.scenes.images[support].float() / 255, support_y=support_y,
-            query_x=self.scenes.images[query].float() / 255, query_y=self._labels(query, chosen),
+            query_x=self.scenes.images[query].float() / 255, query_y=query_y,
             ways=self.ways, shots=k, queries=self.queries, classes=torch.tensor(chosen),
         )
 

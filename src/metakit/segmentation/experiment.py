@@ -48,17 +48,20 @@ class SegExperiment:
     learner: Learner
     sets: dict[str, SceneSet]
 
-    def source(self, split: str, ways: int, shots: int, queries: int) -> SegmentationEpisodes:
-        """``ways``-way ``shots``-shot episodes with ``queries`` query images per class over ``split``."""
+    def source(self, split: str, ways: int, shots: int, queries: int, labels: str = "episode") -> SegmentationEpisodes:
+        """``ways``-way ``shots``-shot episodes with ``queries`` query images per class over ``split``.
+
+        ``labels``: which objects the label maps mark (see :class:`SegmentationEpisodes`).
+        """
         if split not in self.sets:
             raise unknown_name("split", split, self.sets)
         scenes = self.sets[split]
-        return SegmentationEpisodes(scenes, shots, queries, strict=scenes.strict, ways=ways)
+        return SegmentationEpisodes(scenes, shots, queries, strict=scenes.strict, ways=ways, labels=labels)
 
     def train_source(self) -> SegmentationEpisodes:
-        """The meta-training episodes."""
+        """The meta-training episodes, labelled as the learner trains (:attr:`MaskLearner.train_labels`)."""
         e = self.config.episodes
-        return self.source("train", e.ways, e.shots, e.queries)
+        return self.source("train", e.ways, e.shots, e.queries, labels=getattr(self.learner, "train_labels", "episode"))
 
     def val_source(self) -> SegmentationEpisodes:
         """The validation episodes (``eval.val_shots`` or the first of ``eval.shots``, the first of ``eval.ways``)."""

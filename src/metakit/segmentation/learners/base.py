@@ -107,6 +107,11 @@ class MaskLearner(Learner):
     #: logits itself; otherwise N-way episodes adapt once per class (:meth:`prepare_ways`).
     multiway: ClassVar[bool] = False
 
+    #: What the meta-training label maps mark: ``"episode"``, the episode's classes (the few-shot
+    #: task itself), or ``"all"``, every object with ``1 +`` its training class (supervised
+    #: training; see :class:`~metakit.segmentation.episodes.SegmentationEpisodes`).
+    train_labels: ClassVar[str] = "episode"
+
     #: Weight of foreground pixels in the meta-training cross-entropy (1: PANet's plain loss). Small
     #: objects cover a few percent of an image, and with equal weights a learner can lower the
     #: loss by predicting background almost everywhere; a subclass option sets it higher.

@@ -1,11 +1,13 @@
 """The transfer baseline: a supervised encoder, then a new head fine-tuned on each support set (``seg-finetune``).
 
 Meta-training is ordinary supervised segmentation over the training classes: a 1x1-conv head
-labels every pixel with one of the training classes or background (each episode's masks give the
-pixels of its class; everything else counts as background). At test time that head is dropped:
-a fresh two-class cosine head on the frozen encoder features starts at the support set's
-masked-average prototypes and takes ``steps`` Adam steps on the support pixels. This is the
-"fine-tune a segmentation head on the support set" baseline: no episodic learning, only transfer.
+labels every pixel with one of the training classes or background, and every labelled object of
+a training scene counts (``train_labels = "all"``), not only the episode's class. At test time
+that head is dropped: a fresh two-class cosine head on the frozen encoder features starts at the
+support set's masked-average prototypes and takes ``steps`` Adam steps on the support pixels;
+then, with ``encoder_steps``, the head and the encoder's last layer are fine-tuned together. This
+is the "fine-tune a segmentation head on the support set" baseline: no episodic learning, only
+transfer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from metakit.episodes import MetaBatch
 from metakit.errors import MetakitError
@@ -35,16 +38,22 @@ class FineTuneHead(MaskLearner):
             one learning rate suits every encoder); its cosines are multiplied by this.
         support_fg_weight: the weight of foreground pixels in the support loss; ``None`` weighs
             the two classes 1:1 (inverse frequency: about 50 for a character on 2% of a scene).
+        encoder_steps: Adam steps after ``steps`` that fine-tune the head and the encoder's last
+            convolution (with the layers after it, such as its norm) together; 0 keeps the encoder frozen.
+        encoder_lr: the learning rate of those encoder weights (the head keeps ``lr``).
     """
+
+    train_labels = "all"
 
     def __init__(
         self, backbone: nn.Module, task: TaskInfo, steps: int = 50, lr: float = 0.01, fg_weight: float = 5.0,
-        scale: float = 20.0, support_fg_weight: float | None = None,
+        scale: float = 20.0, support_fg_weight: float | None = None, encoder_steps: int = 0, encoder_lr: float = 1e-3,
     ) -> None:
         super().__init__(backbone, task)
-        if steps < 0 or lr <= 0 or fg_weight <= 0 or scale <= 0:
+        if steps < 0 or lr <= 0 or fg_weight <= 0 or scale <= 0 or encoder_steps < 0 or encoder_lr <= 0:
             raise MetakitError(
-                f"seg-finetune needs steps >= 0, lr > 0, fg_weight > 0 and scale > 0, got {steps}, {lr}, {fg_weight} and {scale}."
+                f"seg-finetune needs steps >= 0, lr > 0, fg_weight > 0, scale > 0, encoder_steps >= 0 and encoder_lr > 0, "
+                f"got {steps}, {lr}, {fg_weight}, {scale}, {encoder_steps} and {encoder_lr}."
             )
         self.scale = float(scale)
         self.fg_weight = float(fg_weight)
@@ -54,29 +63,33 @@ class FineTuneHead(MaskLearner):
         if support_fg_weight is not None and support_fg_weight <= 0:
             raise MetakitError(f"seg-finetune needs support_fg_weight > 0 (or null: balanced), got {support_fg_weight}.")
         self.support_fg_weight = None if support_fg_weight is None else float(support_fg_weight)
+        self.encoder_steps, self.encoder_lr = int(encoder_steps), float(encoder_lr)
+        self._tail = _last_layer(backbone)
         # Index 0 is background; training class c is c + 1.
         self.classifier = nn.Conv2d(backbone.channels, task.num_classes + 1, 1)
 
     def meta_loss(self, batch: MetaBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cross-entropy over background + the training classes at every feature location of support and query images."""
-        if batch.classes is None:
-            raise MetakitError("seg-finetune trains on episodes that record their class (metakit's segmentation episodes).")
-        images, targets = [], []
-        for ep in batch.tasks():
-            images += [ep.support_x, ep.query_x]
-            # Label i of the episode is training class classes[i - 1], index classes[i - 1] + 1 of the head.
-            lookup = torch.cat([torch.zeros(1), ep.classes.reshape(-1).float() + 1])
-            targets += [lookup[ep.support_y.long()], lookup[ep.query_y.long()]]
+        """Cross-entropy over background + the training classes at every feature location of support and query images.
+
+        The label maps mark every object with ``1 +`` its training class (``train_labels = "all"``):
+        with only the episode's class marked, a character would be background in one episode
+        and foreground in the next, and the encoder would learn to find characters, not to tell
+        them apart (measured: its head then marked ~70% of the other characters' pixels).
+        """
+        images = torch.cat([torch.cat([ep.support_x, ep.query_x]) for ep in batch.tasks()])
+        labels = torch.cat([torch.cat([ep.support_y, ep.query_y]) for ep in batch.tasks()])
         # One encoder pass for the whole batch, scored at the feature grid: a cell is the class's
         # where any of its pixels is (max-pooling keeps strokes a pixel wide), 4x cheaper than
         # upsampling logits over every training class.
-        logits = self.classifier(self.backbone(torch.cat(images)))
-        target = F.adaptive_max_pool2d(torch.cat(targets)[:, None], logits.shape[-2:])[:, 0].long()
+        logits = self.classifier(self.backbone(images))
+        target = F.adaptive_max_pool2d(labels[:, None], logits.shape[-2:])[:, 0].long()
+        if target.max() >= logits.shape[1]:
+            raise MetakitError("seg-finetune trains on label maps of training classes (segmentation episodes with labels='all').")
         weight = logits.new_full((logits.shape[1],), self.fg_weight)
         weight[0] = 1.0
         loss = F.cross_entropy(logits, target, weight=weight)
         with torch.no_grad():
-            fg = logits.softmax(1).gather(1, target.clamp_min(1)[:, None])[:, 0]  # probability of the episode's class
+            fg = logits.softmax(1).gather(1, target.clamp_min(1)[:, None])[:, 0]  # probability of each cell's class
             score = self.score(fg, target > 0)
         return loss, {"loss": loss.item(), self.metric: score}
 
@@ -86,31 +99,64 @@ class FineTuneHead(MaskLearner):
         cos = torch.einsum("ndhw,kd->nkhw", F.normalize(features, dim=1, eps=1e-6), F.normalize(weight, dim=1, eps=1e-6))
         return F.interpolate(self.scale * cos + bias[None, :, None, None], size=size, mode="bilinear", align_corners=False)
 
-    def prepare(self, support_x: torch.Tensor, support_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A two-class cosine head (weights ``[2, D]``, biases ``[2]``) fitted to the support pixels on frozen features."""
+    def prepare(self, support_x: torch.Tensor, support_y: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The fine-tuned encoder weights (empty without ``encoder_steps``) and a two-class cosine head (weights ``[2, D]``, biases ``[2]``)."""
         with torch.no_grad():
             feats = self.backbone(support_x)
             small = F.interpolate(support_y[:, None], size=feats.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             # Start at the prototypes, so 0 steps is prototype matching (PANet's, without its training).
             weight = torch.stack([masked_average(feats, 1 - small), masked_average(feats, small)])
         weight, bias = weight.clone().requires_grad_(True), torch.zeros(2, requires_grad=True)
+        # The loss is on the images' own pixels: strokes a pixel or two wide vanish from a downsampled mask.
+        # A character covers a few percent of a scene, and a plain loss on so few pixels is
+        # lowest with no foreground at all; weighted 1:1, the head marks every character instead.
+        if self.support_fg_weight is None:
+            fg = support_y.mean().clamp(1e-3, 1 - 1e-3)
+            balance = torch.stack([0.5 / (1 - fg), 0.5 / fg])
+        else:
+            balance = torch.tensor([1.0, self.support_fg_weight])
+        target = support_y.long()
+        tuned: dict[str, torch.Tensor] = {}
         with torch.enable_grad():
-            # The loss is on the images' own pixels: strokes a pixel or two wide vanish from a downsampled mask.
-            # A character covers a few percent of a scene, and a plain loss on so few pixels is
-            # lowest with no foreground at all; weighted 1:1, the head marks every character instead.
-            if self.support_fg_weight is None:
-                fg = support_y.mean().clamp(1e-3, 1 - 1e-3)
-                balance = torch.stack([0.5 / (1 - fg), 0.5 / fg])
-            else:
-                balance = torch.tensor([1.0, self.support_fg_weight])
-            target = support_y.long()
             opt = torch.optim.Adam([weight, bias], lr=self.lr)
             for _ in range(self.steps):
                 opt.zero_grad()
                 F.cross_entropy(self._logits(feats, (weight, bias), support_x.shape[-2:]), target, weight=balance).backward()
                 opt.step()
-        return weight.detach(), bias.detach()
+            if self.encoder_steps:
+                # The head first, then both: a random-looking head would pull the encoder off course.
+                tuned = {n: p.detach().clone().requires_grad_(True) for n, p in self.backbone.named_parameters() if n in self._tail}
+                opt = torch.optim.Adam([{"params": list(tuned.values()), "lr": self.encoder_lr},
+                                        {"params": [weight, bias], "lr": self.lr}])
+                for _ in range(self.encoder_steps):
+                    opt.zero_grad()
+                    logits = self._logits(self._encode(support_x, tuned), (weight, bias), support_x.shape[-2:])
+                    F.cross_entropy(logits, target, weight=balance).backward()
+                    opt.step()
+        return {n: p.detach() for n, p in tuned.items()}, weight.detach(), bias.detach()
 
-    def decode(self, state: tuple[torch.Tensor, torch.Tensor], query_x: torch.Tensor) -> torch.Tensor:
-        """Query logits from the fine-tuned head on the encoder's features, upsampled to the images."""
-        return self._logits(self.backbone(query_x), state, query_x.shape[-2:])
+    def _encode(self, images: torch.Tensor, tuned: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The encoder's features with ``tuned`` in place of its own last-layer weights (the model's stay as trained)."""
+        if not tuned:
+            return self.backbone(images)
+        frozen = {n: p.detach() for n, p in self.backbone.named_parameters()}
+        return functional_call(self.backbone, {**frozen, **tuned}, (images,))
+
+    def decode(self, state: tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], query_x: torch.Tensor) -> torch.Tensor:
+        """Query logits from the fine-tuned head (and encoder weights), upsampled to the images."""
+        tuned, weight, bias = state
+        return self._logits(self._encode(query_x, tuned), (weight, bias), query_x.shape[-2:])
+
+
+def _last_layer(backbone: nn.Module) -> set[str]:
+    """Names of ``backbone``'s parameters from its last convolution on (the conv, then e.g. its norm).
+
+    An encoder without convolutions gives the parameters of its last module that has any.
+    """
+    names = [n for n, _ in backbone.named_parameters()]
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    owners = convs or [m for m in backbone.modules() if any(True for _ in m.parameters(recurse=False))]
+    if not owners:
+        return set()
+    first = next(n for n, p in backbone.named_parameters() if p is next(owners[-1].parameters(recurse=False)))
+    return set(names[names.index(first):])
