@@ -89,8 +89,7 @@ class FineTuneHead(MaskLearner):
         weight[0] = 1.0
         loss = F.cross_entropy(logits, target, weight=weight)
         with torch.no_grad():
-            fg = logits.softmax(1).gather(1, target.clamp_min(1)[:, None])[:, 0]  # probability of each cell's class
-            score = self.score(fg, target > 0)
+            score = self.score(logits, target)  # every training class's cells, each labelled with its most probable class
         return loss, {"loss": loss.item(), self.metric: score}
 
     def _logits(self, features: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor], size: torch.Size) -> torch.Tensor:
