@@ -64,8 +64,8 @@ SEG = $(PY) benchmarks/segmentation.py --steps 1500 --seeds 5 --threads 1 --no-p
 bench-segmentation: install-dev  # dev holds the vision extra (timm) for seg-pretrained
 	for set in glyphs omniglot; do ( \
 	  $(SEG) --sets $$set --out runs/bench-seg-$$set --learners every-character intensity panet anil --episodes 400 && \
-	  $(SEG) --sets $$set --out runs/bench-seg-$$set --learners pretrained finetune --episodes 80 --results results-slow.json && \
-	  $(SEG) --sets $$set --out runs/bench-seg-$$set --learners every-character intensity pretrained panet anil --episodes 80 \
+	  $(SEG) --sets $$set --out runs/bench-seg-$$set --learners pretrained finetune --episodes 400 --results results-slow.json && \
+	  $(SEG) --sets $$set --out runs/bench-seg-$$set --learners every-character intensity pretrained panet anil finetune --episodes 80 \
 	    --ways 2 --resume --results results-2way.json ) & done; wait
 	$(PY) benchmarks/segmentation.py --render runs/bench-seg-*/results*.json
 
