@@ -123,7 +123,7 @@ class FineTuneHead(MaskLearner):
                 F.cross_entropy(self._logits(feats, (weight, bias), support_x.shape[-2:]), target, weight=balance).backward()
                 opt.step()
             if self.encoder_steps:
-                # The head first, then both: a random-looking head would pull the encoder off course.
+                # The head settles on the frozen features first, so the encoder's few steps fix what the head cannot.
                 tuned = {n: p.detach().clone().requires_grad_(True) for n, p in self.backbone.named_parameters() if n in self._tail}
                 opt = torch.optim.Adam([{"params": list(tuned.values()), "lr": self.encoder_lr},
                                         {"params": [weight, bias], "lr": self.lr}])
